@@ -1,0 +1,214 @@
+//! `obscura anonymise`: turns the arguments into jobs (input → output), runs them through
+//! one shared `Anonymizer`, writes outputs atomically, and reports.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use obscura::image_io::{Format, safe_join, write_atomic};
+use obscura::{Anonymizer, Report};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::args::AnonymiseArgs;
+
+enum Source {
+    File(PathBuf),
+    Stdin,
+}
+
+enum Dest {
+    File(PathBuf),
+    Stdout,
+}
+
+struct Job {
+    name: String,
+    source: Source,
+    /// Where the output goes, or why there can be none.
+    dest: Result<Dest, String>,
+}
+
+#[derive(Serialize)]
+struct ImageReport {
+    input: String,
+    output: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    report: Option<Report>,
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    obscura_version: &'static str,
+    images: Vec<ImageReport>,
+}
+
+/// Runs the subcommand; returns the process exit code.
+pub fn run(args: &AnonymiseArgs, quiet: bool) -> Result<i32> {
+    let jobs = plan_jobs(args)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel = args.jobs.unwrap_or(cores).max(1);
+    let anonymizer = Anonymizer::new(args.config(parallel, jobs.len()))?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build().context("starting worker threads")?;
+    let started = Instant::now();
+    let images: Vec<ImageReport> = pool.install(|| jobs.par_iter().map(|job| run_job(&anonymizer, job)).collect());
+
+    let failed: Vec<(String, String)> =
+        images.iter().filter_map(|r| r.error.as_ref().map(|e| (r.input.clone(), e.clone()))).collect();
+    let regions: usize = images.iter().filter_map(|r| r.report.as_ref()).map(|r| r.regions.len()).sum();
+    if let Some(path) = &args.report {
+        let report = RunReport { obscura_version: env!("CARGO_PKG_VERSION"), images };
+        let json = serde_json::to_vec_pretty(&report).context("serialising the report")?;
+        write_atomic(path, &json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    for (input, error) in &failed {
+        eprintln!("error: {input}: {error}");
+    }
+    let total = jobs.len();
+    if !quiet {
+        eprintln!(
+            "obscura: {} of {total} image(s) anonymised, {regions} region(s) redacted, in {:.2} s{}",
+            total - failed.len(),
+            started.elapsed().as_secs_f64(),
+            if failed.is_empty() { String::new() } else { format!("; {} failed (no output written for them)", failed.len()) }
+        );
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
+fn run_job(anonymizer: &Anonymizer, job: &Job) -> ImageReport {
+    let (output, result) = match &job.dest {
+        Err(e) => (None, Err(anyhow::anyhow!("{e}"))),
+        Ok(dest) => {
+            let output = match dest {
+                Dest::File(p) => Some(p.display().to_string()),
+                Dest::Stdout => Some("-".to_string()),
+            };
+            (output, process(anonymizer, &job.source, dest))
+        }
+    };
+    match result {
+        Ok(report) => ImageReport { input: job.name.clone(), output, status: "ok", error: None, report: Some(report) },
+        Err(e) => ImageReport { input: job.name.clone(), output: None, status: "failed", error: Some(format!("{e:#}")), report: None },
+    }
+}
+
+fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest) -> Result<Report> {
+    let bytes = match source {
+        Source::File(p) => std::fs::read(p).context("reading")?,
+        Source::Stdin => {
+            let mut buf = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut buf).context("reading stdin")?;
+            buf
+        }
+    };
+    // An output file named .png/.jpg/.webp gets that format; otherwise the input's.
+    let format = match dest {
+        Dest::File(p) => p.extension().and_then(|e| e.to_str()).and_then(Format::from_extension),
+        Dest::Stdout => None,
+    };
+    let out = anonymizer.anonymize_to(&bytes, format)?;
+    match dest {
+        Dest::File(p) => {
+            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            write_atomic(p, &out.bytes)?;
+        }
+        Dest::Stdout => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&out.bytes).and_then(|_| stdout.flush()).context("writing stdout")?;
+        }
+    }
+    Ok(out.report)
+}
+
+fn plan_jobs(args: &AnonymiseArgs) -> Result<Vec<Job>> {
+    let mut sources: Vec<(Source, Option<PathBuf>, String)> = Vec::new(); // (source, path relative to a folder input, name)
+    let mut stdin_seen = false;
+    for input in &args.inputs {
+        if input.as_os_str() == "-" {
+            if stdin_seen {
+                bail!("`-` (stdin) given more than once");
+            }
+            stdin_seen = true;
+            sources.push((Source::Stdin, None, "-".into()));
+        } else if input.is_dir() {
+            let mut files = Vec::new();
+            walk(input, &mut files).with_context(|| format!("listing {}", input.display()))?;
+            files.sort();
+            for f in files {
+                let rel = f.strip_prefix(input).map(Path::to_path_buf).unwrap_or_else(|_| f.clone());
+                let name = f.display().to_string();
+                sources.push((Source::File(f), Some(rel), name));
+            }
+        } else {
+            // Named files are taken whatever their extension; a missing one fails as a job.
+            sources.push((Source::File(input.clone()), None, input.display().to_string()));
+        }
+    }
+    if args.output.is_some() && sources.len() != 1 {
+        bail!("-o/--output takes exactly one input image ({} given); use --out-dir for several", sources.len());
+    }
+    let inputs: Vec<PathBuf> =
+        sources.iter().filter_map(|(s, _, _)| if let Source::File(p) = s { p.canonicalize().ok() } else { None }).collect();
+    Ok(sources
+        .into_iter()
+        .map(|(source, rel, name)| {
+            let dest = destination(args, &source, rel.as_deref()).and_then(|d| match &d {
+                Dest::File(p) if !args.in_place && is_input(p, &inputs) => {
+                    Err(format!("output {} would overwrite an input; pass --in-place to replace inputs", p.display()))
+                }
+                _ => Ok(d),
+            });
+            Job { name, source, dest }
+        })
+        .collect())
+}
+
+fn destination(args: &AnonymiseArgs, source: &Source, rel: Option<&Path>) -> Result<Dest, String> {
+    match (source, &args.output, &args.out_dir) {
+        (_, Some(o), _) if o.as_os_str() == "-" => Ok(Dest::Stdout),
+        (_, Some(o), _) => Ok(Dest::File(o.clone())),
+        (Source::Stdin, None, Some(dir)) => match &args.stdin_name {
+            Some(name) => safe_join(dir, name).map(Dest::File).map_err(|e| e.to_string()),
+            None => Err("reading stdin with --out-dir needs --stdin-name NAME".into()),
+        },
+        (Source::Stdin, None, None) => Ok(Dest::Stdout),
+        (Source::File(p), None, Some(dir)) => {
+            let name = rel.map(Path::to_path_buf).or_else(|| p.file_name().map(PathBuf::from)).ok_or("input has no file name")?;
+            safe_join(dir, &name).map(Dest::File).map_err(|e| e.to_string())
+        }
+        (Source::File(p), None, None) if args.in_place => Ok(Dest::File(p.clone())),
+        (Source::File(p), None, None) => {
+            let stem = p.file_stem().ok_or("input has no file name")?.to_string_lossy();
+            let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| Format::Jpeg.extension().into());
+            Ok(Dest::File(p.with_file_name(format!("{stem}.anonymized.{ext}"))))
+        }
+    }
+}
+
+fn is_input(path: &Path, inputs: &[PathBuf]) -> bool {
+    path.canonicalize().map(|c| inputs.contains(&c)).unwrap_or(false)
+}
+
+/// Image files under `dir`, recursively. Symbolic links to folders are not followed.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&path, out)?;
+        } else if path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension).is_some()
+            && !path.file_stem().is_some_and(|s| s.to_string_lossy().ends_with(".anonymized"))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Command-line definitions (clap). Mapping onto the library's `Config` lives here too;
+//! no anonymisation logic does.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use obscura::Config;
+use obscura::detect::Device;
+use obscura::redact::{Shape, Style};
+
+#[derive(Parser, Debug)]
+#[command(name = "obscura", version, about = "Anonymise faces in photos: detect, redact irreversibly, strip metadata.")]
+#[command(after_help = "Exit status: 0 every image done; 1 one or more images failed (no output was written for them); 2 usage or set-up error.")]
+pub struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Anonymise image files (JPEG, PNG, WebP) or folders of them.
+    #[command(visible_alias = "anonymize")]
+    Anonymise(AnonymiseArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AnonymiseArgs {
+    /// Input files or folders (searched recursively for .jpg/.jpeg/.png/.webp); `-` reads stdin.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output file for a single input (`-` = stdout).
+    #[arg(short, long, conflicts_with_all = ["out_dir", "in_place"])]
+    pub output: Option<PathBuf>,
+    /// Write outputs into this folder (folder inputs keep their relative paths). Without
+    /// -o/--out-dir, each output goes next to its input as NAME.anonymized.EXT.
+    #[arg(long, conflicts_with = "in_place")]
+    pub out_dir: Option<PathBuf>,
+    /// File name inside --out-dir for the image read from stdin.
+    #[arg(long, requires = "out_dir")]
+    pub stdin_name: Option<PathBuf>,
+    /// Replace each input with its anonymised version.
+    #[arg(long)]
+    pub in_place: bool,
+    /// Redaction style. pixelate (default): face-relative blocks plus noise; fill: solid
+    /// colour; blur: Gaussian plus noise (weakest, see README).
+    #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
+    pub style: StyleArg,
+    /// Shape of the redacted area.
+    #[arg(long, value_enum, default_value_t = Shape::Rect)]
+    pub shape: Shape,
+    /// Detection score threshold, 0–1.
+    #[arg(long, default_value_t = 0.2)]
+    pub threshold: f32,
+    /// Growth of each side of a face box, as a fraction of the box.
+    #[arg(long, default_value_t = 0.3)]
+    pub padding: f32,
+    /// Keep the ICC profile and EXIF (minus thumbnail and orientation). Off by default:
+    /// outputs carry no metadata.
+    #[arg(long)]
+    pub keep_metadata: bool,
+    /// Write a JSON report (per image: regions, scores, model, timings, errors).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Draw the detector's boxes on the output (debugging).
+    #[arg(long)]
+    pub draw_boxes: bool,
+    /// Where inference runs.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// Images processed at once (default: CPU cores).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Face model file (default: models/centerface.onnx from scripts/setup, checksum-verified).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// JPEG output quality.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_quality: u8,
+    /// Noise seed (reproducible output for tests; by default each image gets a fresh one).
+    #[arg(long, hide = true)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StyleArg {
+    Pixelate,
+    Fill,
+    Blur,
+}
+
+impl AnonymiseArgs {
+    /// The library configuration these flags describe, for `jobs` images at once.
+    pub fn config(&self, jobs: usize, images: usize) -> Config {
+        let mut c = Config::default();
+        c.redact.style = match self.style {
+            StyleArg::Pixelate => Style::DEFAULT_PIXELATE,
+            StyleArg::Fill => Style::DEFAULT_FILL,
+            StyleArg::Blur => Style::DEFAULT_BLUR,
+        };
+        c.redact.shape = self.shape;
+        c.redact.padding = self.padding;
+        c.redact.draw_boxes = self.draw_boxes;
+        c.redact.seed = self.seed;
+        c.detect.threshold = self.threshold;
+        c.detect.model = self.model.clone();
+        c.image.keep_metadata = self.keep_metadata;
+        c.image.jpeg_quality = self.jpeg_quality;
+        c.runtime.device = self.device;
+        // One image: all cores inside one inference. Many: one core per image in flight.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parallel = jobs.min(images).max(1);
+        c.runtime.sessions = parallel;
+        c.runtime.intra_threads = (cores / parallel).max(1);
+        c
+    }
+}

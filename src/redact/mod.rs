@@ -1,0 +1,135 @@
+//! Redaction: what happens to the pixels of each detected region.
+//!
+//! Owns the redaction spec ([`Style`], [`Shape`], padding, soft edge, noise), the plan
+//! that turns detections into [`Region`]s, and the backends that apply it: [`cpu`]
+//! (rayon) is the reference implementation. It knows nothing of models or files.
+//!
+//! # Why the styles hold
+//! - **Pixelate** (default): each region is cut into at most `cells` blocks across its
+//!   longer side (8 by default, so a padded face is about 5 blocks wide), each block is
+//!   replaced by its mean colour, and every block mean gets independent random noise
+//!   (±`noise`). Five-by-five blocks leave too little information to recognise a face,
+//!   and the noise (fresh random seed per image) defeats attacks that match exact block
+//!   means against candidate faces (the DP-Pix / "Privacy Blur" line of work). The block
+//!   size grows with the face, so large faces are not left finely pixelated.
+//! - **Fill**: a solid colour. Nothing of the original survives; the highest assurance.
+//! - **Blur**: Gaussian with sigma a fraction of the region (default ⅛ of its longer
+//!   side) computed in floating point, plus per-pixel noise. Offered for appearance only:
+//!   published work re-identifies most Gaussian-blurred faces (Revelio, 2025), and weak
+//!   blur is invertible. Not the default.
+//!
+//! Alpha is never left transparent inside a region: a face's colour hidden under alpha 0
+//! would survive in the file, so redacted pixels become opaque.
+
+pub mod cpu;
+pub mod math;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::{Class, Detection};
+use crate::geometry::PixelRect;
+
+/// How a region's pixels are replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Style {
+    /// Block means over at most `cells` blocks across the region's longer side, plus noise.
+    Pixelate { cells: u32 },
+    /// Gaussian blur, sigma = `sigma` × the region's longer side, plus noise.
+    Blur { sigma: f32 },
+    /// A solid RGB colour.
+    Fill { color: [u8; 3] },
+}
+
+impl Style {
+    pub const DEFAULT_PIXELATE: Style = Style::Pixelate { cells: 8 };
+    pub const DEFAULT_BLUR: Style = Style::Blur { sigma: 0.125 };
+    pub const DEFAULT_FILL: Style = Style::Fill { color: [0, 0, 0] };
+}
+
+impl Default for Style {
+    fn default() -> Self {
+        Style::DEFAULT_PIXELATE
+    }
+}
+
+/// The outline of the redacted area inside a region's rectangle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// The whole rectangle (default: covers hair and ears in the corners too).
+    #[default]
+    Rect,
+    /// The ellipse inscribed in the rectangle.
+    Ellipse,
+}
+
+/// Redaction settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedactConfig {
+    pub style: Style,
+    pub shape: Shape,
+    /// Each side of a detected box grows by this fraction of the box (default 0.3, like
+    /// deface's mask scale 1.3), so hairline, ears and chin are covered.
+    pub padding: f32,
+    /// Width of the soft edge as a fraction of the region's half-size (default 0.1); the
+    /// inner 90 % is fully redacted. 0 gives a hard edge.
+    pub feather: f32,
+    /// Noise amplitude in 8-bit levels added to pixelated blocks and blurred pixels
+    /// (default 16).
+    pub noise: f32,
+    /// Noise seed; `None` (default) draws a fresh random seed for every image, which is
+    /// what makes the noise a defence. Set it only for reproducible tests.
+    pub seed: Option<u64>,
+    /// Draw detector boxes on the output (debugging aid; the regions are still redacted).
+    pub draw_boxes: bool,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        Self { style: Style::default(), shape: Shape::default(), padding: 0.3, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false }
+    }
+}
+
+/// One area to redact, already padded and clipped to the image.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Region {
+    pub rect: PixelRect,
+    pub class: Class,
+    pub style: Style,
+    pub shape: Shape,
+}
+
+/// Turns detections into regions: pads each box, clips it to the image, drops boxes
+/// that fall wholly outside.
+pub fn plan(detections: &[Detection], config: &RedactConfig, width: u32, height: u32) -> Vec<Region> {
+    detections
+        .iter()
+        .filter_map(|d| {
+            let rect = d.bbox.pad(config.padding).to_pixels(width, height)?;
+            Some(Region { rect, class: d.class, style: config.style, shape: config.shape })
+        })
+        .collect()
+}
+
+/// Per-image parameters every backend applies identically.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Params {
+    pub feather: f32,
+    pub noise: f32,
+    pub seed: u32,
+}
+
+impl Params {
+    /// Resolves the seed: the configured one, or a fresh random one.
+    pub fn for_image(config: &RedactConfig) -> Params {
+        let seed = config.seed.unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            // A failing OS random source leaves the noise predictable, not the face visible.
+            getrandom::fill(&mut b).unwrap_or_else(|e| tracing::warn!("no OS randomness for the noise seed: {e}"));
+            u64::from_le_bytes(b)
+        });
+        Params { feather: config.feather.max(0.0), noise: config.noise.max(0.0), seed: (seed ^ (seed >> 32)) as u32 }
+    }
+}
