@@ -28,6 +28,7 @@ pub mod assets;
 pub mod config;
 pub mod detect;
 pub mod error;
+pub mod eval;
 pub mod geometry;
 pub mod image_io;
 pub mod pipeline;

@@ -11,6 +11,7 @@ fn main() {
     init_logging(&cli);
     let result = match &cli.command {
         Command::Anonymise(args) => cli::anonymise::run(args, cli.quiet),
+        Command::Eval(args) => cli::eval::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

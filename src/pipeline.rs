@@ -132,15 +132,21 @@ impl Anonymizer {
         Ok(Anonymized { bytes, format, report })
     }
 
+    /// Detects faces and plans the regions to redact, without changing any pixel.
+    pub fn plan(&self, frame: &Frame) -> Result<(Vec<Detection>, Vec<Region>), DetectError> {
+        let detections = self.inner.detector.detect(frame)?;
+        let regions = redact::plan(&detections, &self.inner.config.redact, frame.width, frame.height);
+        Ok((detections, regions))
+    }
+
     /// Detects and redacts in place on already-decoded pixels. On `Err` the frame may be
     /// partly redacted and must be discarded.
     pub fn redact_frame(&self, frame: &mut Frame) -> Result<(Vec<Detection>, Vec<Region>, Timings), DetectError> {
         let config = &self.inner.config;
         let t = Instant::now();
-        let detections = self.inner.detector.detect(frame)?;
+        let (detections, regions) = self.plan(frame)?;
         let detect = ms(t);
         let t = Instant::now();
-        let regions = redact::plan(&detections, &config.redact, frame.width, frame.height);
         redact::cpu::redact(frame, &regions, &Params::for_image(&config.redact));
         if config.redact.draw_boxes {
             for d in &detections {

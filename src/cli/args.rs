@@ -36,6 +36,32 @@ pub enum Command {
     /// Anonymise image files (JPEG, PNG, WebP) or folders of them.
     #[command(visible_alias = "anonymize")]
     Anonymise(AnonymiseArgs),
+    /// Score detection against an annotated set: coverage recall by subset and face size.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Folder of images.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Face boxes: image,x,y,w,h[,...,official_eval_subset].
+    #[arg(long)]
+    pub faces: PathBuf,
+    /// Which images are face-scored (face_gt = yes); default: manifest.csv beside the images folder.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.2)]
+    pub threshold: f32,
+    #[arg(long, default_value_t = 0.3)]
+    pub padding: f32,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

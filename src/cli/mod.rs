@@ -3,3 +3,4 @@
 
 pub mod anonymise;
 pub mod args;
+pub mod eval;

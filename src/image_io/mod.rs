@@ -78,6 +78,15 @@ impl Format {
         }
     }
 
+    /// The format's usual name (`JPEG`, `PNG`, `WebP`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Jpeg => "JPEG",
+            Format::Png => "PNG",
+            Format::Webp => "WebP",
+        }
+    }
+
     fn to_image(self) -> ImageFormat {
         match self {
             Format::Jpeg => ImageFormat::Jpeg,
@@ -126,13 +135,13 @@ pub enum DecodeError {
     UnsupportedFormat,
     #[error("image is {width}×{height} pixels, over the limit of {limit} (raise it with the image limits if this is intended)")]
     TooLarge { width: u32, height: u32, limit: String },
-    #[error("corrupt or truncated {format:?} image: {reason}")]
+    #[error("corrupt or truncated {} image: {reason}", format.name())]
     Corrupt { format: Format, reason: String },
 }
 
 /// Encoding failed (should not happen for a valid [`Frame`]).
 #[derive(Debug, thiserror::Error)]
-#[error("encoding {format:?} failed: {reason}")]
+#[error("encoding {} failed: {reason}", format.name())]
 pub struct EncodeError {
     pub format: Format,
     pub reason: String,
@@ -177,24 +186,15 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         Ok(ImageFormat::WebP) => Format::Webp,
         _ => return Err(DecodeError::UnsupportedFormat),
     };
-    let corrupt = |e: image::ImageError| match e {
-        image::ImageError::Limits(_) => DecodeError::TooLarge { width: 0, height: 0, limit: format!("{} bytes of memory", config.max_alloc_bytes) },
-        other => DecodeError::Corrupt { format, reason: other.to_string() },
-    };
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
+    if format == Format::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::Corrupt { format, reason: "the data ends before the image does (no end-of-image marker)".into() });
+    }
+    // Read the header without limits (it is small), check the size ourselves so the error
+    // can say how large the image claims to be, then decode under the memory limit.
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(config.max_dimension);
-    limits.max_image_height = Some(config.max_dimension);
-    limits.max_alloc = Some(config.max_alloc_bytes);
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| match e {
-        image::ImageError::Limits(_) => DecodeError::TooLarge {
-            width: 0,
-            height: 0,
-            limit: format!("{} pixels per side", config.max_dimension),
-        },
-        other => corrupt(other),
-    })?;
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     if width > config.max_dimension || height > config.max_dimension {
         return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels per side", config.max_dimension) });
@@ -202,6 +202,15 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     if u64::from(width) * u64::from(height) > config.max_pixels {
         return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels", config.max_pixels) });
     }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(config.max_dimension);
+    limits.max_image_height = Some(config.max_dimension);
+    limits.max_alloc = Some(config.max_alloc_bytes);
+    let limited = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => DecodeError::TooLarge { width, height, limit: format!("{} bytes of memory", config.max_alloc_bytes) },
+        other => corrupt(other),
+    };
+    decoder.set_limits(limits).map_err(limited)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let metadata = if config.keep_metadata {
         KeptMetadata {
@@ -211,10 +220,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     } else {
         KeptMetadata::default()
     };
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| match e {
-        image::ImageError::Limits(_) => DecodeError::TooLarge { width, height, limit: format!("{} bytes of memory", config.max_alloc_bytes) },
-        other => corrupt(other),
-    })?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(limited)?;
     image.apply_orientation(orientation);
     let (width, height) = (image.width(), image.height());
     let frame = if image.color().has_alpha() {
@@ -223,6 +229,17 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         Frame::new(width, height, 3, image.into_rgb8().into_raw())
     };
     Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
+}
+
+/// Whether a JPEG's last scan is followed by an end-of-image marker. The decoder is
+/// lenient and would return a truncated photo with its missing part grey; we refuse it.
+/// (Entropy-coded data never contains `FF DA` or `FF D9`: `FF` bytes are stuffed.)
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 fn orientation_tag(o: Orientation) -> u8 {
@@ -239,22 +256,30 @@ fn orientation_tag(o: Orientation) -> u8 {
 }
 
 /// Encodes a frame in `format`. No metadata is written except what `metadata` holds.
-/// JPEG has no alpha: an RGBA frame is flattened to RGB. WebP is written lossless
-/// (the only WebP encoder the `image` crate has).
+/// JPEG has no alpha: an RGBA frame is flattened to RGB (`jpeg-encoder`, SIMD). WebP is
+/// written lossless (the only WebP encoder the `image` crate has).
 pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_quality: u8) -> Result<Vec<u8>, EncodeError> {
     use image::ImageEncoder;
-    use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, webp::WebPEncoder};
+    use image::codecs::{png::PngEncoder, webp::WebPEncoder};
     let err = |e: &dyn std::fmt::Display| EncodeError { format, reason: e.to_string() };
     let mut out = Vec::with_capacity(frame.data.len() / 4);
-    let image = match (format, frame.channels) {
-        (Format::Jpeg, 4) => DynamicImage::ImageRgb8(frame.into_dynamic().into_rgb8()),
-        _ => frame.into_dynamic(),
-    };
-    let color = image.color().into();
-    let (w, h) = (image.width(), image.height());
+    let (w, h) = (frame.width, frame.height);
+    if format == Format::Jpeg {
+        let (w16, h16) = (u16::try_from(w).map_err(|e| err(&e))?, u16::try_from(h).map_err(|e| err(&e))?);
+        let mut enc = jpeg_encoder::Encoder::new(&mut out, jpeg_quality.clamp(1, 100));
+        if let Some(icc) = &metadata.icc_profile {
+            enc.add_icc_profile(icc).map_err(|e| err(&e))?;
+        }
+        if let Some(exif) = &metadata.exif {
+            enc.add_exif_metadata(exif).map_err(|e| err(&e))?;
+        }
+        let color = if frame.channels == 4 { jpeg_encoder::ColorType::Rgba } else { jpeg_encoder::ColorType::Rgb };
+        enc.encode(&frame.data, w16, h16, color).map_err(|e| err(&e))?;
+        return Ok(out);
+    }
     fn with_metadata<E: ImageEncoder>(mut enc: E, m: &KeptMetadata) -> E {
-        // Each encoder here accepts both; an error would only mean "unsupported", and then
-        // the metadata is simply not written, which is the safe direction.
+        // Both encoders accept both; an error would only mean "unsupported", and then the
+        // metadata is simply not written, which is the safe direction.
         if let Some(icc) = &m.icc_profile {
             let _ = enc.set_icc_profile(icc.clone());
         }
@@ -263,19 +288,14 @@ pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_qualit
         }
         enc
     }
-    match format {
-        Format::Jpeg => with_metadata(JpegEncoder::new_with_quality(&mut out, jpeg_quality.clamp(1, 100)), metadata)
-            .write_image(image.as_bytes(), w, h, color)
-            .map_err(|e| err(&e))?,
-        Format::Png => with_metadata(
-            PngEncoder::new_with_quality(&mut out, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Adaptive),
-            metadata,
-        )
-        .write_image(image.as_bytes(), w, h, color)
-        .map_err(|e| err(&e))?,
-        Format::Webp => with_metadata(WebPEncoder::new_lossless(&mut out), metadata)
-            .write_image(image.as_bytes(), w, h, color)
-            .map_err(|e| err(&e))?,
-    }
+    let image = frame.into_dynamic();
+    let color = image.color().into();
+    let result = if format == Format::Png {
+        let enc = PngEncoder::new_with_quality(&mut out, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Adaptive);
+        with_metadata(enc, metadata).write_image(image.as_bytes(), w, h, color)
+    } else {
+        with_metadata(WebPEncoder::new_lossless(&mut out), metadata).write_image(image.as_bytes(), w, h, color)
+    };
+    result.map_err(|e| err(&e))?;
     Ok(out)
 }

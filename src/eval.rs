@@ -1,0 +1,211 @@
+//! Scoring against annotated photos: what share of ground-truth faces ends up inside
+//! redacted regions (coverage recall, the privacy number), broken down by subset and size,
+//! and how many regions land on photos without people.
+//!
+//! Reads the layout of `shared/eval` (`manifest.csv`, `faces_wider_attributes.csv`); see
+//! its README. A face counts as covered when at least [`COVERED`] of its box lies inside
+//! the union of the redacted regions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::geometry::{BBox, PixelRect};
+
+/// Share of a ground-truth box that must be redacted for it to count as covered.
+pub const COVERED: f32 = 0.8;
+/// Faces of the `easy` subset at least this tall must always be covered ("must cover").
+pub const MUST_COVER_MIN_HEIGHT: f32 = 32.0;
+
+/// One annotated face.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GtFace {
+    pub bbox: BBox,
+    /// WIDER's `official_eval_subset`: `easy`, `medium`, `hard` or `none`.
+    pub subset: String,
+}
+
+impl GtFace {
+    pub fn must_cover(&self) -> bool {
+        self.subset == "easy" && self.bbox.height() >= MUST_COVER_MIN_HEIGHT
+    }
+}
+
+/// The face-scored images of an evaluation set and their faces (empty for photos
+/// without people).
+#[derive(Clone, Debug, Default)]
+pub struct FaceSet {
+    pub images: BTreeMap<String, Vec<GtFace>>,
+}
+
+/// Reading the set failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} line {line}: {reason}")]
+    Parse { path: String, line: usize, reason: String },
+}
+
+impl FaceSet {
+    /// Loads the images whose `face_gt` starts with `yes` from `manifest`, with the boxes of
+    /// `faces` (`image,x,y,w,h[,…,official_eval_subset]`; subset `none` when absent).
+    pub fn load(manifest: &Path, faces: &Path) -> Result<FaceSet, EvalError> {
+        let mut set = FaceSet::default();
+        for (_, fields) in read_csv(manifest)?.1 {
+            if fields.len() > 3 && fields[3].trim_start_matches('"').starts_with("yes") {
+                set.images.insert(fields[0].clone(), Vec::new());
+            }
+        }
+        let (header, rows) = read_csv(faces)?;
+        let subset_col = header.iter().position(|h| h == "official_eval_subset");
+        for (line, f) in rows {
+            let bad = |reason: &str| EvalError::Parse { path: faces.display().to_string(), line, reason: reason.into() };
+            if f.len() < 5 {
+                return Err(bad("expected image,x,y,w,h"));
+            }
+            let num = |i: usize| f[i].parse::<f32>().map_err(|_| bad("x, y, w, h must be numbers"));
+            let face = GtFace {
+                bbox: BBox::from_xywh(num(1)?, num(2)?, num(3)?, num(4)?),
+                subset: subset_col.and_then(|c| f.get(c).cloned()).unwrap_or_else(|| "none".into()),
+            };
+            if let Some(list) = set.images.get_mut(&f[0]) {
+                list.push(face);
+            }
+        }
+        Ok(set)
+    }
+}
+
+type Rows = Vec<(usize, Vec<String>)>;
+
+/// The header's column names and the data rows as (1-based line number, fields). Fields
+/// are split on commas; only leading columns are read, so quoted commas in trailing notes
+/// do no harm.
+fn read_csv(path: &Path) -> Result<(Vec<String>, Rows), EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.display().to_string(), source })?;
+    let split = |l: &str| l.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>();
+    let header = text.lines().next().map(split).unwrap_or_default();
+    let rows = text
+        .lines()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, split(l)))
+        .collect();
+    Ok((header, rows))
+}
+
+/// Fraction of `gt` (clipped to the image) that lies inside the union of `regions`.
+pub fn covered_fraction(gt: &BBox, regions: &[PixelRect], width: u32, height: u32) -> f32 {
+    let Some(g) = gt.to_pixels(width, height) else { return 0.0 };
+    let mut covered = 0u64;
+    for y in g.y..g.y + g.h {
+        for x in g.x..g.x + g.w {
+            if regions.iter().any(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h) {
+                covered += 1;
+            }
+        }
+    }
+    covered as f32 / (g.w as u64 * g.h as u64) as f32
+}
+
+/// Covered / total for one bucket of faces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Recall {
+    pub covered: usize,
+    pub total: usize,
+}
+
+impl Recall {
+    pub fn add(&mut self, covered: bool) {
+        self.total += 1;
+        self.covered += covered as usize;
+    }
+    pub fn value(&self) -> f64 {
+        if self.total == 0 { 1.0 } else { self.covered as f64 / self.total as f64 }
+    }
+}
+
+/// Height buckets used in the reports, in pixels.
+pub const HEIGHT_BUCKETS: [(&str, f32, f32); 5] =
+    [("<10", 0.0, 10.0), ("10-19", 10.0, 20.0), ("20-39", 20.0, 40.0), ("40-79", 40.0, 80.0), (">=80", 80.0, f32::INFINITY)];
+
+/// Coverage recall over a set, split several ways.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Coverage {
+    pub all: Recall,
+    pub must_cover: Recall,
+    pub by_subset: BTreeMap<String, Recall>,
+    pub by_height: BTreeMap<String, Recall>,
+    /// Regions on photos that have no faces, and on how many such photos.
+    pub false_regions: usize,
+    pub photos_with_false_regions: usize,
+    pub negative_photos: usize,
+    /// Must-cover faces that were not covered: (image, box).
+    pub must_cover_misses: Vec<(String, BBox)>,
+}
+
+impl Coverage {
+    /// Adds one image's outcome.
+    pub fn add_image(&mut self, image: &str, faces: &[GtFace], regions: &[PixelRect], width: u32, height: u32) {
+        if faces.is_empty() {
+            self.negative_photos += 1;
+            self.false_regions += regions.len();
+            self.photos_with_false_regions += (!regions.is_empty()) as usize;
+            return;
+        }
+        for f in faces {
+            let covered = covered_fraction(&f.bbox, regions, width, height) >= COVERED;
+            self.all.add(covered);
+            self.by_subset.entry(f.subset.clone()).or_default().add(covered);
+            let h = f.bbox.height();
+            if let Some((name, _, _)) = HEIGHT_BUCKETS.iter().find(|(_, lo, hi)| h >= *lo && h < *hi) {
+                self.by_height.entry((*name).into()).or_default().add(covered);
+            }
+            if f.must_cover() {
+                self.must_cover.add(covered);
+                if !covered {
+                    self.must_cover_misses.push((image.to_string(), f.bbox));
+                }
+            }
+        }
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let row = |s: &mut String, name: &str, r: &Recall| s.push_str(&format!("{name:<16} {:>6.3}  ({}/{})\n", r.value(), r.covered, r.total));
+        row(&mut s, "all", &self.all);
+        row(&mut s, "must-cover", &self.must_cover);
+        for (k, r) in &self.by_subset {
+            row(&mut s, &format!("subset {k}"), r);
+        }
+        for (name, _, _) in HEIGHT_BUCKETS {
+            if let Some(r) = self.by_height.get(name) {
+                row(&mut s, &format!("height {name}"), r);
+            }
+        }
+        s.push_str(&format!(
+            "false regions    {} on {} of {} photos without faces\n",
+            self.false_regions, self.photos_with_false_regions, self.negative_photos
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_counts_the_union_of_regions() {
+        let gt = BBox::from_xywh(0.0, 0.0, 10.0, 10.0);
+        let half = PixelRect { x: 0, y: 0, w: 5, h: 10 };
+        let other_half = PixelRect { x: 5, y: 0, w: 5, h: 10 };
+        assert_eq!(covered_fraction(&gt, &[half], 100, 100), 0.5);
+        assert_eq!(covered_fraction(&gt, &[half, other_half], 100, 100), 1.0);
+        assert_eq!(covered_fraction(&gt, &[half, half], 100, 100), 0.5);
+    }
+}

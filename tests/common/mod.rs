@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests: where the evaluation photos and the binary
+//! are, and small image comparisons.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use obscura::geometry::PixelRect;
+
+/// A WIDER photo with one large, frontal face at (116, 124) 150×218.
+pub const ONE_FACE: &str = "wider_8_Election_Campain_Election_Campaign_8_69.jpg";
+pub const ONE_FACE_BOX: PixelRect = PixelRect { x: 116, y: 124, w: 150, h: 218 };
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/eval` (or `OBSCURA_EVAL_DIR`); panics with a clear message when absent.
+pub fn eval_dir() -> PathBuf {
+    let dir = std::env::var_os("OBSCURA_EVAL_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/eval"));
+    assert!(dir.join("manifest.csv").is_file(), "evaluation set not found at {} (set OBSCURA_EVAL_DIR)", dir.display());
+    dir
+}
+
+pub fn eval_image(name: &str) -> PathBuf {
+    eval_dir().join("images").join(name)
+}
+
+/// True when running under CI, where skipping is not allowed.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// The `obscura` binary with logs quiet unless a test asks.
+pub fn obscura() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_obscura"));
+    c.env_remove("OBSCURA_ORT_LIB").env_remove("ORT_DYLIB_PATH").env_remove("OBSCURA_LOG");
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running obscura");
+    eprintln!("--- {:?}\nstatus {:?}\nstderr:\n{}", cmd, out.status.code(), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Mean absolute difference per channel between two RGB images over `rect`.
+pub fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage, rect: PixelRect) -> f64 {
+    let mut sum = 0u64;
+    for y in rect.y..rect.y + rect.h {
+        for x in rect.x..rect.x + rect.w {
+            let (p, q) = (a.get_pixel(x, y).0, b.get_pixel(x, y).0);
+            for c in 0..3 {
+                sum += (p[c] as i32 - q[c] as i32).unsigned_abs() as u64;
+            }
+        }
+    }
+    sum as f64 / (rect.w as u64 * rect.h as u64 * 3) as f64
+}
+
+pub fn load_rgb(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display())).to_rgb8()
+}
+
+/// The files in a folder (names only), sorted.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}

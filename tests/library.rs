@@ -1,0 +1,86 @@
+//! The library API as an upload handler meets it: one `Anonymizer`, shared, sync and
+//! async, failing closed.
+
+mod common;
+
+use common::*;
+use obscura::{Anonymizer, Config, Error};
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.redact.seed = Some(7);
+    c
+}
+
+#[test]
+fn anonymizer_is_shareable() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Anonymizer>();
+}
+
+#[test]
+fn anonymizes_bytes_and_reports_what_it_did() {
+    let anonymizer = Anonymizer::new(config()).expect("scripts/setup has been run");
+    let input = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let out = anonymizer.anonymize(&input).unwrap();
+    assert_eq!(out.format, obscura::image_io::Format::Jpeg);
+    assert_eq!((out.report.width, out.report.height), (1024, 707));
+    assert_eq!(out.report.regions.len(), 1);
+    let face = obscura::geometry::BBox::from_xywh(116.0, 124.0, 150.0, 218.0);
+    let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
+    assert!(obscura::eval::covered_fraction(&face, &rects, 1024, 707) >= 0.99);
+    let result = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
+    assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &result, ONE_FACE_BOX) > 15.0);
+}
+
+#[test]
+fn bad_bytes_give_an_error_and_no_image() {
+    let anonymizer = Anonymizer::new(config()).unwrap();
+    assert!(matches!(anonymizer.anonymize(b""), Err(Error::Decode(_))));
+    assert!(matches!(anonymizer.anonymize(b"GIF89a not supported"), Err(Error::Decode(_))));
+}
+
+#[test]
+fn fails_closed_when_the_detector_fails() {
+    // NanoDet is a valid ONNX model that cannot take CenterFace's input: loading works,
+    // every inference fails, and no bytes may come back.
+    let mut c = config();
+    c.detect.model = Some(root().join("../shared/models/nanodet.onnx"));
+    let anonymizer = Anonymizer::new(c).unwrap();
+    let input = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    match anonymizer.anonymize(&input) {
+        Err(Error::Detect(e)) => assert!(e.to_string().contains("inference failed"), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an image came back although detection failed"),
+    }
+}
+
+#[test]
+fn async_calls_run_concurrently_off_the_reactor() {
+    let mut c = config();
+    c.max_concurrency = 2;
+    let anonymizer = Anonymizer::new(c).unwrap();
+    let input = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // A single-threaded runtime stays responsive while images are processed.
+        let ticker = tokio::spawn(async {
+            let mut ticks = 0;
+            for _ in 0..5 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                ticks += 1;
+            }
+            ticks
+        });
+        let tasks: Vec<_> = (0..6).map(|_| tokio::spawn({
+            let a = anonymizer.clone();
+            let bytes = input.clone();
+            async move { a.anonymize_async(bytes).await }
+        })).collect();
+        for t in tasks {
+            let out = t.await.unwrap().unwrap();
+            assert_eq!(out.report.regions.len(), 1);
+        }
+        assert_eq!(ticker.await.unwrap(), 5);
+    });
+}
