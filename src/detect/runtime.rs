@@ -110,6 +110,8 @@ impl OrtRuntime {
             .and_then(|b| Ok(b.with_inter_threads(1)?))
             // Several sessions share the cores: spinning threads would steal them from each other.
             .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
+            // Every photo has its own size: per-shape memory plans would only pile up.
+            .and_then(|b| Ok(b.with_memory_pattern(false)?))
             .map_err(|e| invalid(&e))?;
         if device == Device::Cuda {
             builder = register_cuda(builder)?;
