@@ -84,3 +84,30 @@ fn async_calls_run_concurrently_off_the_reactor() {
         assert_eq!(ticker.await.unwrap(), 5);
     });
 }
+
+#[test]
+fn finds_small_faces_in_large_photos() {
+    // A 5000×3500 photo with the portrait pasted small (face ≈ 44×64 px). Shrunk whole to
+    // detector size the face would be ≈ 17×25 px; the full-resolution tiles keep it as is.
+    let portrait = load_rgb(&eval_image(ONE_FACE));
+    let scale = 300.0 / 1024.0;
+    let small = image::imageops::resize(&portrait, 300, 207, image::imageops::FilterType::Triangle);
+    let mut canvas = image::RgbImage::from_pixel(5000, 3500, image::Rgb([90, 110, 100]));
+    let (ox, oy) = (3100u32, 2100u32);
+    image::imageops::replace(&mut canvas, &small, ox as i64, oy as i64);
+    let mut png = Vec::new();
+    canvas.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+
+    let anonymizer = Anonymizer::new(config()).unwrap();
+    let out = anonymizer.anonymize(&png).unwrap();
+    let b = ONE_FACE_BOX;
+    let face = obscura::geometry::BBox::from_xywh(
+        ox as f32 + b.x as f32 * scale,
+        oy as f32 + b.y as f32 * scale,
+        b.w as f32 * scale,
+        b.h as f32 * scale,
+    );
+    let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
+    let covered = obscura::eval::covered_fraction(&face, &rects, 5000, 3500);
+    assert!(covered >= 0.8, "face {face:?} covered {covered:.2} by {rects:?}");
+}
