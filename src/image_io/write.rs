@@ -37,7 +37,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".obscura-").suffix(".tmp").tempfile_in(dir).map_err(err)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".obscura-").suffix(".tmp");
+    // tempfile creates 0600 files; an output should get the mode an ordinary write would
+    // (0666 less the umask), or keep the mode of the file it replaces.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o666);
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
@@ -72,4 +82,24 @@ pub fn safe_join(dir: &Path, name: &Path) -> Result<PathBuf, PathError> {
         return Err(escape());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_get_the_mode_of_an_ordinary_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plain"), b"x").unwrap();
+        write_atomic(&dir.path().join("atomic"), b"x").unwrap();
+        let mode = |n: &str| std::fs::metadata(dir.path().join(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("atomic"), mode("plain"));
+        // Replacing a file keeps its mode.
+        std::fs::set_permissions(dir.path().join("plain"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&dir.path().join("plain"), b"y").unwrap();
+        assert_eq!(mode("plain"), 0o640);
+    }
 }
