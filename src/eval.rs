@@ -32,12 +32,16 @@ impl GtFace {
     }
 }
 
-/// The face-scored images of an evaluation set and their faces (empty for photos
-/// without people).
+/// The images of an evaluation set scored for one class, and their boxes (empty for
+/// photos without people).
 #[derive(Clone, Debug, Default)]
 pub struct FaceSet {
     pub images: BTreeMap<String, Vec<GtFace>>,
 }
+
+/// Which manifest column says an image is scored for faces / for persons.
+pub const FACE_GT: &str = "face_gt";
+pub const PERSON_GT: &str = "person_gt";
 
 /// Reading the set failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +56,21 @@ impl FaceSet {
     /// Loads the images whose `face_gt` starts with `yes` from `manifest`, with the boxes of
     /// `faces` (`image,x,y,w,h[,…,official_eval_subset]`; subset `none` when absent).
     pub fn load(manifest: &Path, faces: &Path) -> Result<FaceSet, EvalError> {
+        Self::load_for(manifest, FACE_GT, faces)
+    }
+
+    /// The same for any class: images whose manifest `column` starts with `yes`, boxes
+    /// from `boxes` (e.g. `persons.csv` with [`PERSON_GT`]).
+    pub fn load_for(manifest: &Path, column: &str, faces: &Path) -> Result<FaceSet, EvalError> {
         let mut set = FaceSet::default();
-        for (_, fields) in read_csv(manifest)?.1 {
-            if fields.len() > 3 && fields[3].trim_start_matches('"').starts_with("yes") {
+        let (header, rows) = read_csv(manifest)?;
+        let col = header.iter().position(|h| h == column).ok_or_else(|| EvalError::Parse {
+            path: manifest.display().to_string(),
+            line: 1,
+            reason: format!("no column {column}"),
+        })?;
+        for (_, fields) in rows {
+            if fields.get(col).is_some_and(|v| v.starts_with("yes")) {
                 set.images.insert(fields[0].clone(), Vec::new());
             }
         }
@@ -80,20 +96,18 @@ impl FaceSet {
 
 type Rows = Vec<(usize, Vec<String>)>;
 
-/// The header's column names and the data rows as (1-based line number, fields). Fields
-/// are split on commas; only leading columns are read, so quoted commas in trailing notes
-/// do no harm.
+/// The header's column names and the data rows as (1-based line number, fields).
 fn read_csv(path: &Path) -> Result<(Vec<String>, Rows), EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.display().to_string(), source })?;
-    let split = |l: &str| l.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>();
-    let header = text.lines().next().map(split).unwrap_or_default();
-    let rows = text
-        .lines()
-        .enumerate()
-        .skip(1)
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, split(l)))
-        .collect();
+    let io = |source| EvalError::Io { path: path.display().to_string(), source };
+    let parse = |line: usize, e: csv::Error| EvalError::Parse { path: path.display().to_string(), line, reason: e.to_string() };
+    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(std::fs::File::open(path).map_err(io)?);
+    let header = reader.headers().map_err(|e| parse(1, e))?.iter().map(str::to_string).collect();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| parse(i + 2, e))?;
+        let line = record.position().map_or(i + 2, |p| p.line() as usize);
+        rows.push((line, record.iter().map(str::to_string).collect()));
+    }
     Ok((header, rows))
 }
 

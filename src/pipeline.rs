@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::detect::{Detection, DetectError, Detector, ModelInfo, OrtRuntime, centerface::CenterFace};
+use crate::detect::{Class, Detection, DetectError, Detector, ModelInfo, OrtRuntime, centerface::CenterFace, nanodet::NanoDet};
 use crate::error::Error;
 use crate::image_io::{self, Decoded, Format, Frame};
 use crate::redact::{self, Params, Region};
@@ -33,7 +33,8 @@ pub struct Report {
     pub orientation: u8,
     pub detections: Vec<Detection>,
     pub regions: Vec<Region>,
-    pub model: ModelInfo,
+    /// The models that ran (one per target class).
+    pub models: Vec<ModelInfo>,
     pub metadata_kept: bool,
     pub timings_ms: Timings,
 }
@@ -65,36 +66,48 @@ pub struct Anonymizer {
 
 struct Inner {
     config: Config,
-    detector: Box<dyn Detector>,
+    detectors: Vec<Box<dyn Detector>>,
     limiter: Arc<tokio::sync::Semaphore>,
 }
 
 impl Anonymizer {
-    /// Loads ONNX Runtime and the face model. Fails with a message that says what is
-    /// missing and how to get it.
+    /// Loads ONNX Runtime and a model per target class. Fails with a message that says
+    /// what is missing and how to get it.
     pub fn new(config: Config) -> Result<Self, Error> {
         let runtime = OrtRuntime::load(&config.runtime)?;
-        let detector = CenterFace::new(&runtime, &config.runtime, &config.detect)?;
-        Ok(Self::with_detector(config, Box::new(detector)))
+        let mut targets = config.detect.targets.clone();
+        targets.sort();
+        targets.dedup();
+        let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
+        // Persons first: their regions are applied first, so a face inside a body still
+        // gets its own face-relative redaction on top.
+        if targets.contains(&Class::Person) {
+            detectors.push(Box::new(NanoDet::new(&runtime, &config.runtime, &config.detect.person)?));
+        }
+        if targets.contains(&Class::Face) {
+            detectors.push(Box::new(CenterFace::new(&runtime, &config.runtime, &config.detect)?));
+        }
+        Ok(Self::with_detectors(config, detectors))
     }
 
-    /// Builds an anonymiser around any detector (for other models, or several fused).
-    pub fn with_detector(config: Config, detector: Box<dyn Detector>) -> Self {
+    /// Builds an anonymiser around any detectors (other models, several fused); their
+    /// detections are concatenated in order.
+    pub fn with_detectors(config: Config, detectors: Vec<Box<dyn Detector>>) -> Self {
         let permits = match config.max_concurrency {
             0 => config.runtime.resolved_threads().0,
             n => n,
         };
         let limiter = Arc::new(tokio::sync::Semaphore::new(permits.max(1)));
-        Self { inner: Arc::new(Inner { config, detector, limiter }) }
+        Self { inner: Arc::new(Inner { config, detectors, limiter }) }
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
-    /// The face model in use.
-    pub fn model(&self) -> &ModelInfo {
-        self.inner.detector.model()
+    /// The models in use.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        self.inner.detectors.iter().map(|d| d.model().clone()).collect()
     }
 
     /// Anonymises an encoded image (JPEG, PNG or WebP) and returns it in the same format.
@@ -125,7 +138,7 @@ impl Anonymizer {
             orientation,
             detections,
             regions,
-            model: self.model().clone(),
+            models: self.models(),
             metadata_kept: metadata.icc_profile.is_some() || metadata.exif.is_some(),
             timings_ms: timings,
         };
@@ -134,7 +147,10 @@ impl Anonymizer {
 
     /// Detects faces and plans the regions to redact, without changing any pixel.
     pub fn plan(&self, frame: &Frame) -> Result<(Vec<Detection>, Vec<Region>), DetectError> {
-        let detections = self.inner.detector.detect(frame)?;
+        let mut detections = Vec::new();
+        for detector in &self.inner.detectors {
+            detections.extend(detector.detect(frame)?);
+        }
         let regions = redact::plan(&detections, &self.inner.config.redact, frame.width, frame.height);
         Ok((detections, regions))
     }

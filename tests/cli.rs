@@ -51,7 +51,7 @@ fn round_trips_jpeg_png_and_webp_with_the_face_redacted() {
     assert_eq!(images.len(), 3);
     for img in images {
         assert_eq!(img["status"], "ok");
-        assert_eq!(img["model"]["name"], "centerface");
+        assert_eq!(img["models"][0]["name"], "centerface");
         assert!(!img["regions"].as_array().unwrap().is_empty());
         assert!(img["timings_ms"]["detect"].as_f64().unwrap() > 0.0);
     }

