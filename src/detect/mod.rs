@@ -49,8 +49,37 @@ impl Scored for Detection {
     }
 }
 
+/// A model file the set-up installs: its name in `models/`, pinned sha256, and what it
+/// finds (for messages).
+pub(crate) struct PinnedModel {
+    pub name: &'static str,
+    pub file: &'static str,
+    pub sha256: &'static str,
+    pub what: &'static str,
+}
+
+/// Locates `model` (or uses `explicit`, unverified), checks the pin, and opens a session
+/// pool for it on `runtime`.
+pub(crate) fn load_model(
+    runtime: &OrtRuntime,
+    rt_config: &RuntimeConfig,
+    model: &PinnedModel,
+    explicit: Option<&std::path::Path>,
+) -> Result<(runtime::SessionPool, ModelInfo), DetectError> {
+    let path = crate::assets::locate(explicit, &[], "models", &[model.file])
+        .map_err(|searched| DetectError::ModelMissing { what: model.what, searched })?;
+    let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
+    if explicit.is_none() && sha256 != model.sha256 {
+        return Err(DetectError::ModelChecksum { path, actual: sha256, expected: model.sha256.into() });
+    }
+    let (sessions, intra) = rt_config.resolved_threads();
+    let pool = runtime::SessionPool::new(runtime, &path, rt_config.device, sessions, intra)?;
+    let device = format!("{:?}", pool.device()).to_lowercase();
+    Ok((pool, ModelInfo { name: model.name.into(), path, sha256, device }))
+}
+
 /// sha256 of a file, hex.
-pub(crate) fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;

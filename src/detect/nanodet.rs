@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use image::{ImageBuffer, Rgb, Rgba};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
-use super::{Class, DetectError, Detection, Detector, ModelInfo};
-use crate::assets;
+use super::{Class, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
 use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
@@ -58,21 +57,13 @@ pub struct NanoDet {
 }
 
 impl NanoDet {
+    /// Loads the model (located and checksum-verified unless `config.model` names a file).
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &PersonConfig) -> Result<Self, DetectError> {
-        let path = assets::locate(config.model.as_deref(), &[], "models", &[MODEL_FILE])
-            .map_err(|searched| DetectError::ModelMissing { what: "person", searched })?;
-        let sha256 = super::file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
-        if config.model.is_none() && sha256 != MODEL_SHA256 {
-            return Err(DetectError::ModelChecksum { path, actual: sha256, expected: MODEL_SHA256.into() });
-        }
-        let (sessions, intra) = rt_config.resolved_threads();
-        let pool = SessionPool::new(runtime, &path, rt_config.device, sessions, intra)?;
-        let device = format!("{:?}", pool.device()).to_lowercase();
-        Ok(Self { pool, config: config.clone(), info: ModelInfo { name: NAME.into(), path, sha256, device } })
+        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "person" };
+        let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
+        Ok(Self { pool, config: config.clone(), info })
     }
-}
 
-impl NanoDet {
     /// Runs the network on a prepared `[1,3,416,416]` input and returns its three levels.
     pub fn infer(&self, input: &[f32]) -> Result<Vec<Level>, DetectError> {
         self.pool.with_session(|session| {
@@ -185,10 +176,6 @@ pub fn decode_cell(stride: u32, grid: usize, cell: usize, dist: &[f32; 44]) -> B
     BBox::new((cx - d[0]).max(0.0), (cy - d[1]).max(0.0), (cx + d[2]).min(size), (cy + d[3]).min(size))
 }
 
-/// The model path this build would use by default, if it exists.
-pub fn default_model_path() -> Option<PathBuf> {
-    assets::locate(None, &[], "models", &[MODEL_FILE]).ok()
-}
 
 #[cfg(test)]
 mod tests {
