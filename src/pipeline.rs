@@ -9,7 +9,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::detect::{Class, Detection, DetectError, Detector, ModelInfo, OrtRuntime, centerface::CenterFace, nanodet::NanoDet};
+use crate::detect::{
+    Class, Detection, DetectError, Detector, FaceModel, ModelInfo, OrtRuntime, centerface::CenterFace, nanodet::NanoDet,
+    retinaface::RetinaFace,
+};
 use crate::error::Error;
 use crate::image_io::{self, Decoded, Format, Frame};
 use crate::redact::{self, Params, Region};
@@ -85,7 +88,15 @@ impl Anonymizer {
             detectors.push(Box::new(NanoDet::new(&runtime, &config.runtime, &config.detect.person)?));
         }
         if targets.contains(&Class::Face) {
-            detectors.push(Box::new(CenterFace::new(&runtime, &config.runtime, &config.detect)?));
+            let mut models = config.detect.face_models.clone();
+            models.sort();
+            models.dedup();
+            for model in models {
+                detectors.push(match model {
+                    FaceModel::Centerface => Box::new(CenterFace::new(&runtime, &config.runtime, &config.detect)?),
+                    FaceModel::Retinaface => Box::new(RetinaFace::new(&runtime, &config.runtime, &config.detect)?),
+                });
+            }
         }
         Ok(Self::with_detectors(config, detectors))
     }

@@ -111,3 +111,25 @@ fn finds_small_faces_in_large_photos() {
     let covered = obscura::eval::covered_fraction(&face, &rects, 5000, 3500);
     assert!(covered >= 0.8, "face {face:?} covered {covered:.2} by {rects:?}");
 }
+
+#[test]
+fn retinaface_alone_and_fused_with_centerface_find_the_face() {
+    use obscura::detect::FaceModel;
+    let input = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let face = obscura::geometry::BBox::from_xywh(116.0, 124.0, 150.0, 218.0);
+    for (models, names) in [
+        (vec![FaceModel::Retinaface], vec!["retinaface-mnet0.25"]),
+        (vec![FaceModel::Centerface, FaceModel::Retinaface], vec!["centerface", "retinaface-mnet0.25"]),
+    ] {
+        let mut c = config();
+        c.detect.face_models = models;
+        let out = Anonymizer::new(c).unwrap().anonymize(&input).unwrap();
+        let used: Vec<&str> = out.report.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(used, names);
+        let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
+        assert!(obscura::eval::covered_fraction(&face, &rects, 1024, 707) >= 0.99, "{names:?}");
+        for name in names {
+            assert!(out.report.detections.iter().any(|d| d.model == name && d.bbox.iou(&face) > 0.5), "{name} found it");
+        }
+    }
+}

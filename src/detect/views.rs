@@ -11,6 +11,12 @@
 //! pixels in the downscaled view (≥ 120 px with the defaults on a 4000-px photo), which
 //! the detector finds easily.
 
+use image::{GenericImageView, ImageBuffer, Pixel, Rgb, Rgba};
+
+use super::{DetectConfig, DetectError, Detection};
+use crate::geometry::nms;
+use crate::image_io::Frame;
+
 /// A rectangle of the image, seen at `scale` (1.0 = full resolution).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct View {
@@ -37,6 +43,82 @@ pub fn plan(width: u32, height: u32, max_side: u32, tile: u32, overlap: u32) -> 
         }
     }
     views
+}
+
+/// The network input for one view: three planes of f32, padded with zeros to multiples
+/// of 32 (right and bottom; never stretched, so boxes need no aspect correction).
+pub struct ViewInput {
+    pub data: Vec<f32>,
+    pub w: u32,
+    pub h: u32,
+    /// The part of the padded input that holds image content.
+    pub content_w: u32,
+    pub content_h: u32,
+}
+
+impl ViewInput {
+    /// Crops (and, for scaled views, shrinks) `view` of `frame`; `pixel` maps RGB to the
+    /// model's three input channels.
+    pub fn prepare(frame: &Frame, view: &View, pixel: impl Fn([u8; 3]) -> [f32; 3]) -> ViewInput {
+        let content_w = ((view.w as f32 * view.scale).round() as u32).max(1);
+        let content_h = ((view.h as f32 * view.scale).round() as u32).max(1);
+        let (w, h) = (content_w.div_ceil(32) * 32, content_h.div_ceil(32) * 32);
+        let mut data = vec![0f32; 3 * (w * h) as usize];
+        let plane = (w * h) as usize;
+        let mut put = |x: u32, y: u32, rgb: [u8; 3]| {
+            let i = (y * w + x) as usize;
+            let v = pixel(rgb);
+            data[i] = v[0];
+            data[plane + i] = v[1];
+            data[2 * plane + i] = v[2];
+        };
+        if view.scale == 1.0 {
+            let c = frame.channels as usize;
+            for y in 0..view.h {
+                let row = &frame.data[((view.y + y) as usize * frame.width as usize + view.x as usize) * c..][..view.w as usize * c];
+                for (x, px) in row.chunks_exact(c).enumerate() {
+                    put(x as u32, y, [px[0], px[1], px[2]]);
+                }
+            }
+        } else if frame.channels == 4 {
+            let img = ImageBuffer::<Rgba<u8>, &[u8]>::from_raw(frame.width, frame.height, &frame.data).expect("frame size");
+            let small = image::imageops::thumbnail(&*img.view(view.x, view.y, view.w, view.h), content_w, content_h);
+            for (x, y, px) in small.enumerate_pixels() {
+                put(x, y, px.to_rgb().0);
+            }
+        } else {
+            let img = ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(frame.width, frame.height, &frame.data).expect("frame size");
+            let small = image::imageops::thumbnail(&*img.view(view.x, view.y, view.w, view.h), content_w, content_h);
+            for (x, y, px) in small.enumerate_pixels() {
+                put(x, y, px.0);
+            }
+        }
+        ViewInput { data, w, h, content_w, content_h }
+    }
+}
+
+/// Runs `detect` on the input of every planned view, maps its boxes and landmarks back
+/// to the image, and merges all views with NMS.
+pub fn detect_all(
+    frame: &Frame,
+    config: &DetectConfig,
+    pixel: impl Fn([u8; 3]) -> [f32; 3] + Copy,
+    detect: impl Fn(&ViewInput) -> Result<Vec<Detection>, DetectError>,
+) -> Result<Vec<Detection>, DetectError> {
+    let mut all = Vec::new();
+    for view in plan(frame.width, frame.height, config.max_side, config.tile, config.tile_overlap) {
+        let (s, ox, oy) = (view.scale, view.x as f32, view.y as f32);
+        for mut d in detect(&ViewInput::prepare(frame, &view, pixel))? {
+            d.bbox = d.bbox.unscale(s, s, ox, oy);
+            if let Some(lm) = &mut d.landmarks {
+                for p in lm.iter_mut() {
+                    *p = [p[0] / s + ox, p[1] / s + oy];
+                }
+            }
+            all.push(d);
+        }
+    }
+    Ok(nms(all, config.nms_iou))
 }
 
 /// Tile start positions along one axis: every `tile - overlap`, the last one flush with
