@@ -98,18 +98,22 @@ impl Anonymizer {
                 });
             }
         }
-        Ok(Self::with_detectors(config, detectors))
+        Self::with_detectors(config, detectors)
     }
 
     /// Builds an anonymiser around any detectors (other models, several fused); their
-    /// detections are concatenated in order.
-    pub fn with_detectors(config: Config, detectors: Vec<Box<dyn Detector>>) -> Self {
+    /// detections are concatenated in order. At least one is required: an anonymiser
+    /// that detects nothing would pass every photo through.
+    pub fn with_detectors(config: Config, detectors: Vec<Box<dyn Detector>>) -> Result<Self, Error> {
+        if detectors.is_empty() {
+            return Err(DetectError::InvalidConfig("no detector to run (targets or face models are empty); nothing would be redacted".into()).into());
+        }
         let permits = match config.max_concurrency {
             0 => config.runtime.resolved_threads().0,
             n => n,
         };
         let limiter = Arc::new(tokio::sync::Semaphore::new(permits.max(1)));
-        Self { inner: Arc::new(Inner { config, detectors, limiter }) }
+        Ok(Self { inner: Arc::new(Inner { config, detectors, limiter }) })
     }
 
     pub fn config(&self) -> &Config {

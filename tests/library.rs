@@ -41,6 +41,16 @@ fn bad_bytes_give_an_error_and_no_image() {
 }
 
 #[test]
+fn refuses_a_configuration_that_detects_nothing() {
+    let mut c = config();
+    c.detect.targets.clear();
+    assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+    let mut c = config();
+    c.detect.face_models.clear();
+    assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+}
+
+#[test]
 fn fails_closed_when_the_detector_fails() {
     // NanoDet is a valid ONNX model that cannot take CenterFace's input: loading works,
     // every inference fails, and no bytes may come back.
