@@ -55,7 +55,17 @@ pub fn run(args: &AnonymiseArgs, quiet: bool) -> Result<i32> {
     let anonymizer = Anonymizer::new(args.config(parallel, jobs.len()))?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build().context("starting worker threads")?;
     let started = Instant::now();
-    let images: Vec<ImageReport> = pool.install(|| jobs.par_iter().map(|job| run_job(&anonymizer, job)).collect());
+    let progress = progress_bar(jobs.len(), quiet);
+    let images: Vec<ImageReport> = pool.install(|| {
+        jobs.par_iter()
+            .map(|job| {
+                let report = run_job(&anonymizer, job);
+                progress.inc(1);
+                report
+            })
+            .collect()
+    });
+    progress.finish_and_clear();
 
     let failed: Vec<(String, String)> =
         images.iter().filter_map(|r| r.error.as_ref().map(|e| (r.input.clone(), e.clone()))).collect();
@@ -78,6 +88,19 @@ pub fn run(args: &AnonymiseArgs, quiet: bool) -> Result<i32> {
         );
     }
     Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
+/// A bar on stderr for several images when stderr is a terminal; hidden otherwise.
+fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || total < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+        .expect("valid progress template");
+    bar.set_style(style);
+    bar
 }
 
 fn run_job(anonymizer: &Anonymizer, job: &Job) -> ImageReport {
