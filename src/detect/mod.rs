@@ -71,13 +71,21 @@ pub(crate) fn load_model(
     let path = crate::assets::locate(explicit, &[], "models", &[model.file])
         .map_err(|searched| DetectError::ModelMissing { what: model.what, searched })?;
     let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
-    if explicit.is_none() && sha256 != model.sha256 {
+    if explicit.is_none() && sha256 != model.sha256 && !locally_verified(&path, &sha256) {
         return Err(DetectError::ModelChecksum { path, actual: sha256, expected: model.sha256.into() });
     }
     let (sessions, intra) = rt_config.resolved_threads();
     let pool = runtime::SessionPool::new(runtime, &path, rt_config.device, sessions, intra)?;
     let device = format!("{:?}", pool.device()).to_lowercase();
     Ok((pool, ModelInfo { name: model.name.into(), path, sha256, device }))
+}
+
+/// Whether the set-up built this file itself and verified it numerically (conversions
+/// that are not byte-reproducible): it then records the sha in `<model>.verified`.
+fn locally_verified(path: &std::path::Path, sha256: &str) -> bool {
+    let mut marker = path.as_os_str().to_owned();
+    marker.push(".verified");
+    std::fs::read_to_string(marker).is_ok_and(|s| s.trim() == sha256)
 }
 
 /// sha256 of a file, hex.
@@ -186,4 +194,21 @@ pub enum DetectError {
     UnexpectedOutput { model: String, reason: String },
     #[error("invalid detection settings: {0}")]
     InvalidConfig(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locally_built_model_is_accepted_only_with_its_own_recorded_sha() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"model").unwrap();
+        let sha = file_sha256(&model).unwrap();
+        assert!(!locally_verified(&model, &sha), "no marker");
+        std::fs::write(dir.path().join("m.onnx.verified"), format!("{sha}\n")).unwrap();
+        assert!(locally_verified(&model, &sha));
+        assert!(!locally_verified(&model, "0000"), "marker for another file");
+    }
 }
