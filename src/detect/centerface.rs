@@ -42,11 +42,8 @@ impl CenterFace {
 
     /// Detections in the input's pixel space.
     fn run(&self, input: &ViewInput) -> Result<Vec<Detection>, DetectError> {
-        let shape = [1usize, 3, input.h as usize, input.w as usize];
-        self.pool.with_session(|session| {
-            let tensor = ort::value::TensorRef::from_array_view((shape, input.data.as_slice()))
-                .map_err(|e| DetectError::Inference(e.to_string()))?;
-            let outputs = session.run(ort::inputs![tensor]).map_err(|e| DetectError::Inference(e.to_string()))?;
+        let shape = [1, 3, input.h as usize, input.w as usize];
+        self.pool.run(shape, &input.data, |outputs| {
             let get = |name: &str| -> Result<ArrayView4<'_, f32>, DetectError> {
                 let value = outputs.get(name).ok_or_else(|| unexpected(format!("no output named {name}")))?;
                 let array = value.try_extract_array::<f32>().map_err(|e| unexpected(format!("output {name}: {e}")))?;
@@ -54,7 +51,7 @@ impl CenterFace {
             };
             let raw = RawOutputs { heatmap: get("537")?, scale: get("538")?, offset: get("539")?, landmarks: get("540")? };
             decode(&raw, self.config.threshold, input.content_w as f32, input.content_h as f32)
-        })?
+        })
     }
 }
 

@@ -66,10 +66,7 @@ impl NanoDet {
 
     /// Runs the network on a prepared `[1,3,416,416]` input and returns its three levels.
     pub fn infer(&self, input: &[f32]) -> Result<Vec<Level>, DetectError> {
-        self.pool.with_session(|session| {
-            let tensor = ort::value::TensorRef::from_array_view(([1usize, 3, SIZE as usize, SIZE as usize], input))
-                .map_err(|e| DetectError::Inference(e.to_string()))?;
-            let outputs = session.run(ort::inputs![tensor]).map_err(|e| DetectError::Inference(e.to_string()))?;
+        self.pool.run([1, 3, SIZE as usize, SIZE as usize], input, |outputs| {
             let mut levels = Vec::with_capacity(LEVELS.len());
             for &(stride, grid) in &LEVELS {
                 let cells = grid * grid;
@@ -86,7 +83,7 @@ impl NanoDet {
                 levels.push(Level { stride, grid, scores: scores.ok_or_else(missing)?, dists: dists.ok_or_else(missing)? });
             }
             Ok(levels)
-        })?
+        })
     }
 }
 

@@ -58,11 +58,8 @@ impl RetinaFace {
     }
 
     fn run(&self, input: &ViewInput) -> Result<Vec<Detection>, DetectError> {
-        let shape = [1usize, 3, input.h as usize, input.w as usize];
-        self.pool.with_session(|session| {
-            let tensor = ort::value::TensorRef::from_array_view((shape, input.data.as_slice()))
-                .map_err(|e| DetectError::Inference(e.to_string()))?;
-            let outputs = session.run(ort::inputs![tensor]).map_err(|e| DetectError::Inference(e.to_string()))?;
+        let shape = [1, 3, input.h as usize, input.w as usize];
+        self.pool.run(shape, &input.data, |outputs| {
             let get = |name: &str, width: usize| -> Result<&[f32], DetectError> {
                 let value = outputs.get(name).ok_or_else(|| unexpected(format!("no output named {name}")))?;
                 let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| unexpected(format!("output {name}: {e}")))?;
@@ -72,7 +69,7 @@ impl RetinaFace {
                 }
             };
             decode(get("loc", 4)?, get("conf", 2)?, get("landmarks", 10)?, input, self.config.retinaface.threshold)
-        })?
+        })
     }
 }
 

@@ -196,7 +196,7 @@ impl SessionPool {
     }
 
     /// Runs `f` with exclusive use of one session.
-    pub fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Result<R, DetectError> {
+    fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Result<R, DetectError> {
         let mut session = self.acquire()?;
         let out = f(&mut session);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,6 +204,20 @@ impl SessionPool {
         drop(state);
         self.returned.notify_one();
         Ok(out)
+    }
+
+    /// Runs the model on one f32 input of `shape` and hands its outputs to `read`.
+    pub fn run<R>(
+        &self,
+        shape: [usize; 4],
+        input: &[f32],
+        read: impl FnOnce(&ort::session::SessionOutputs<'_>) -> Result<R, DetectError>,
+    ) -> Result<R, DetectError> {
+        self.with_session(|session| {
+            let tensor = ort::value::TensorRef::from_array_view((shape, input)).map_err(|e| DetectError::Inference(e.to_string()))?;
+            let outputs = session.run(ort::inputs![tensor]).map_err(|e| DetectError::Inference(e.to_string()))?;
+            read(&outputs)
+        })?
     }
 
     fn acquire(&self) -> Result<Session, DetectError> {
