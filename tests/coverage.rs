@@ -9,10 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use obscura::eval::{Coverage, FaceSet};
-use obscura::image_io::decode;
+use obscura::eval::{Coverage, FaceSet, plan_all};
 use obscura::{Anonymizer, Config};
-use rayon::prelude::*;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(root().join("tests/fixtures").join(name)).unwrap()
@@ -27,24 +25,10 @@ fn must_cover_faces_are_covered_and_clean_photos_stay_clean() {
     config.runtime.sessions = 2;
     config.runtime.intra_threads = 1;
     let anonymizer = Anonymizer::new(config).unwrap();
-    let results: Vec<_> = set
-        .images
-        .par_iter()
-        .map(|(name, faces)| {
-            let bytes = std::fs::read(eval.join("images").join(name)).unwrap();
-            let frame = decode(&bytes, &anonymizer.config().image).unwrap().frame;
-            let (_, regions) = anonymizer.plan(&frame).unwrap();
-            (name.clone(), faces, regions.iter().map(|r| r.rect).collect::<Vec<_>>(), frame.width, frame.height)
-        })
-        .collect();
-    let mut coverage = Coverage::default();
-    let mut dirty_negatives = BTreeSet::new();
-    for (name, faces, rects, w, h) in &results {
-        coverage.add_image(name, faces, rects, *w, *h);
-        if faces.is_empty() && !rects.is_empty() {
-            dirty_negatives.insert(name.clone());
-        }
-    }
+    let planned = plan_all(&anonymizer, &eval.join("images"), set.images.keys()).unwrap();
+    let coverage = Coverage::score(&set, &planned);
+    let dirty_negatives: BTreeSet<String> =
+        set.images.iter().filter(|(name, faces)| faces.is_empty() && !planned[*name].regions.is_empty()).map(|(n, _)| n.clone()).collect();
     eprint!("{}", coverage.table());
 
     let known: BTreeSet<String> = fixture("must_cover_known_misses.csv").lines().skip(1).map(str::to_string).collect();

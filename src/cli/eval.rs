@@ -6,10 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use obscura::detect::Class;
-use obscura::eval::{Coverage, FaceSet, PERSON_GT};
-use obscura::image_io::decode;
+use obscura::eval::{Coverage, FaceSet, PERSON_GT, plan_all};
 use obscura::{Anonymizer, Config};
-use rayon::prelude::*;
 
 use super::args::EvalArgs;
 
@@ -36,9 +34,11 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     let anonymizer = Anonymizer::new(config)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     let started = Instant::now();
-    let mut tables = vec![("faces", score(&anonymizer, &pool, args, &set)?)];
+    let names = set.images.keys().chain(persons.iter().flat_map(|p| p.images.keys()));
+    let planned = pool.install(|| plan_all(&anonymizer, &args.images, names))?;
+    let mut tables = vec![("faces", Coverage::score(&set, &planned))];
     if let Some(p) = &persons {
-        tables.push(("persons", score(&anonymizer, &pool, args, p)?));
+        tables.push(("persons", Coverage::score(p, &planned)));
     }
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
@@ -52,28 +52,4 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// Coverage of one annotated set: regions of every target class count (a face inside a
-/// redacted body is covered).
-fn score(anonymizer: &Anonymizer, pool: &rayon::ThreadPool, args: &EvalArgs, set: &FaceSet) -> Result<Coverage> {
-    let results: Vec<Result<_>> = pool.install(|| {
-        set.images
-            .par_iter()
-            .map(|(name, boxes)| {
-                let path = args.images.join(name);
-                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                let decoded = decode(&bytes, &anonymizer.config().image).with_context(|| name.clone())?;
-                let (_, regions) = anonymizer.plan(&decoded.frame).with_context(|| name.clone())?;
-                let rects: Vec<_> = regions.iter().map(|r| r.rect).collect();
-                Ok((name, boxes, rects, decoded.frame.width, decoded.frame.height))
-            })
-            .collect()
-    });
-    let mut coverage = Coverage::default();
-    for r in results {
-        let (name, boxes, rects, w, h) = r?;
-        coverage.add_image(name, boxes, &rects, w, h);
-    }
-    Ok(coverage)
 }

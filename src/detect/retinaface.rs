@@ -115,7 +115,7 @@ pub fn decode(loc: &[f32], conf: &[f32], landmarks: &[f32], input: &ViewInput, t
     let mut out = Vec::new();
     for (i, &[px, py, size]) in priors.iter().enumerate() {
         let score = conf[i * 2 + 1];
-        if !(score > threshold) {
+        if score.is_nan() || score <= threshold {
             continue;
         }
         let l = &loc[i * 4..i * 4 + 4];
