@@ -177,11 +177,10 @@ impl AnonymiseArgs {
         c.image.keep_metadata = self.keep_metadata;
         c.image.jpeg_quality = self.jpeg_quality;
         c.runtime.device = self.device;
-        // One image: all cores inside one inference. Many: one core per image in flight.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // One session per image in flight; `intra_threads` 0 lets the runtime split the
+        // cores among them (one image: all cores inside one inference).
         let parallel = jobs.min(images).max(1);
         c.runtime.sessions = parallel;
-        c.runtime.intra_threads = (cores / parallel).max(1);
         c
     }
 }

@@ -26,8 +26,7 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     config.detect.retinaface.threshold = args.retina_threshold;
     config.redact.padding = args.padding;
     config.runtime.device = args.device;
-    config.runtime.sessions = jobs;
-    config.runtime.intra_threads = (cores / jobs).max(1);
+    config.runtime.sessions = jobs; // threads per session derived from the cores
     if persons.is_some() {
         config.detect.targets = vec![Class::Face, Class::Person];
     }
