@@ -2,6 +2,7 @@
 
 use crate::detect::DetectError;
 use crate::image_io::{DecodeError, EncodeError};
+use crate::redact::gpu::GpuError;
 
 /// Why an image yielded no output.
 #[derive(Debug, thiserror::Error)]
@@ -10,6 +11,8 @@ pub enum Error {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Detect(#[from] DetectError),
+    #[error(transparent)]
+    Redact(#[from] GpuError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
     #[error("the anonymiser is shutting down")]

@@ -8,11 +8,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
+    let runtime_dir = quiet_mesa(&cli);
     init_logging(&cli);
     let result = match &cli.command {
         Command::Anonymise(args) => cli::anonymise::run(args, cli.quiet),
         Command::Eval(args) => cli::eval::run(args),
     };
+    drop(runtime_dir);
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -20,6 +22,23 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Mesa's Vulkan driver prints "error: XDG_RUNTIME_DIR is invalid or not set" on headless
+/// machines, which reads like our failure. When the GPU will be probed and the variable is
+/// unset, point it at a private temporary folder (removed at exit).
+fn quiet_mesa(cli: &Cli) -> Option<tempfile::TempDir> {
+    let probes_gpu = match &cli.command {
+        Command::Anonymise(args) => args.redact_on != obscura::redact::backend::RedactOn::Cpu,
+        Command::Eval(_) => false,
+    };
+    if !probes_gpu || std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return None;
+    }
+    let dir = tempfile::Builder::new().prefix("obscura-runtime-").tempdir().ok()?; // mode 0700
+    // SAFETY: called first thing in `main`, before any other thread exists.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir.path()) };
+    Some(dir)
 }
 
 fn init_logging(cli: &Cli) {

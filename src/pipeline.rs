@@ -15,6 +15,7 @@ use crate::detect::{
 };
 use crate::error::Error;
 use crate::image_io::{self, Decoded, Format, Frame};
+use crate::redact::backend::Redactor;
 use crate::redact::{self, Params, Region};
 
 /// An anonymised image and what was done to it.
@@ -70,6 +71,7 @@ pub struct Anonymizer {
 struct Inner {
     config: Config,
     detectors: Vec<Box<dyn Detector>>,
+    redactor: Redactor,
     limiter: Arc<tokio::sync::Semaphore>,
 }
 
@@ -113,11 +115,17 @@ impl Anonymizer {
             n => n,
         };
         let limiter = Arc::new(tokio::sync::Semaphore::new(permits.max(1)));
-        Ok(Self { inner: Arc::new(Inner { config, detectors, limiter }) })
+        let redactor = Redactor::new(config.redact.on)?;
+        Ok(Self { inner: Arc::new(Inner { config, detectors, redactor, limiter }) })
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The redaction backend in use (`"cpu"` or `"gpu: <adapter>"`).
+    pub fn redactor(&self) -> &Redactor {
+        &self.inner.redactor
     }
 
     /// The models in use.
@@ -172,13 +180,13 @@ impl Anonymizer {
 
     /// Detects and redacts in place on already-decoded pixels. On `Err` the frame may be
     /// partly redacted and must be discarded.
-    pub fn redact_frame(&self, frame: &mut Frame) -> Result<(Vec<Detection>, Vec<Region>, Timings), DetectError> {
+    pub fn redact_frame(&self, frame: &mut Frame) -> Result<(Vec<Detection>, Vec<Region>, Timings), Error> {
         let config = &self.inner.config;
         let t = Instant::now();
         let (detections, regions) = self.plan(frame)?;
         let detect = ms(t);
         let t = Instant::now();
-        redact::cpu::redact(frame, &regions, &Params::for_image(&config.redact));
+        self.inner.redactor.redact(frame, &regions, &Params::for_image(&config.redact))?;
         if config.redact.draw_boxes {
             for d in &detections {
                 if let Some(rect) = d.bbox.to_pixels(frame.width, frame.height) {

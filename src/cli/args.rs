@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use obscura::Config;
 use obscura::detect::{Class, Device, FaceModel};
+use obscura::redact::backend::RedactOn;
 use obscura::redact::{Shape, Style};
 
 #[derive(Parser, Debug)]
@@ -128,6 +129,10 @@ pub struct AnonymiseArgs {
     /// Where inference runs.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Where redaction runs: cpu, gpu (wgpu shader, any adapter; an error if none), or
+    /// auto (the GPU only when it is a real GPU, not a software one like lavapipe).
+    #[arg(long, value_enum, default_value_t = RedactOn::Auto)]
+    pub redact_on: RedactOn,
     /// Images processed at once (default: CPU cores).
     #[arg(short, long)]
     pub jobs: Option<usize>,
@@ -172,6 +177,7 @@ impl AnonymiseArgs {
         c.redact.padding = self.padding;
         c.redact.draw_boxes = self.draw_boxes;
         c.redact.seed = self.seed;
+        c.redact.on = self.redact_on;
         c.detect.threshold = self.threshold;
         c.detect.model = self.model.clone();
         c.image.keep_metadata = self.keep_metadata;

@@ -25,6 +25,8 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     config.detect.face_models = args.face_models.clone();
     config.detect.retinaface.threshold = args.retina_threshold;
     config.redact.padding = args.padding;
+    // Scoring plans regions and never redacts: no GPU to probe.
+    config.redact.on = obscura::redact::backend::RedactOn::Cpu;
     config.runtime.device = args.device;
     config.runtime.sessions = jobs; // threads per session derived from the cores
     if persons.is_some() {

@@ -27,14 +27,19 @@ use crate::image_io::Frame;
 /// ```
 pub fn redact(frame: &mut Frame, regions: &[Region], params: &Params) {
     for (index, region) in regions.iter().enumerate() {
-        let index = index as u32;
-        match region.style {
-            Style::Pixelate { cells } => pixelate(frame, region, index, cells, params),
-            Style::Blur { sigma } => blur(frame, region, index, sigma, params),
-            Style::Fill { color } => {
-                let c = [color[0] as f32, color[1] as f32, color[2] as f32];
-                write_region(frame, region, params, |_, _| c);
-            }
+        redact_region(frame, region, index as u32, params);
+    }
+}
+
+/// Redacts one region; `index` is its position in the image's region list (an input
+/// of the noise, so every backend must pass the same).
+pub fn redact_region(frame: &mut Frame, region: &Region, index: u32, params: &Params) {
+    match region.style {
+        Style::Pixelate { cells } => pixelate(frame, region, index, cells, params),
+        Style::Blur { sigma } => blur(frame, region, index, sigma, params),
+        Style::Fill { color } => {
+            let c = [color[0] as f32, color[1] as f32, color[2] as f32];
+            write_region(frame, region, params, |_, _| c);
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Owns the redaction spec ([`Style`], [`Shape`], padding, soft edge, noise), the plan
 //! that turns detections into [`Region`]s, and the backends that apply it: [`cpu`]
-//! (rayon) is the reference implementation. It knows nothing of models or files.
+//! (rayon) is the reference implementation, [`gpu`] (wgpu, `shaders/redact.wgsl`) gives
+//! the same pixels within ±1 per channel, [`backend`] chooses between them. It knows
+//! nothing of models or files.
 //!
 //! # Why the styles hold
 //! - **Pixelate** (default): each region is cut into at most `cells` blocks across its
@@ -10,18 +12,23 @@
 //!   replaced by its mean colour, and every block mean gets independent random noise
 //!   (±`noise`). Five-by-five blocks leave too little information to recognise a face,
 //!   and the noise (fresh random seed per image) defeats attacks that match exact block
-//!   means against candidate faces (the DP-Pix / "Privacy Blur" line of work). The block
-//!   size grows with the face, so large faces are not left finely pixelated.
+//!   means against candidate faces (Depix-style search; the DP-Pix / "Privacy Blur" line
+//!   of work). The block size grows with the face, so large faces are not left finely
+//!   pixelated: recognisers trained on mosaics succeed when blocks are small relative to
+//!   the face (McPherson et al. 2016, ~14 blocks across), not at ~5.
 //! - **Fill**: a solid colour. Nothing of the original survives; the highest assurance.
 //! - **Blur**: Gaussian with sigma a fraction of the region (default ⅛ of its longer
 //!   side) computed in floating point, plus per-pixel noise. Offered for appearance only:
 //!   published work re-identifies most Gaussian-blurred faces (Revelio, 2025), and weak
-//!   blur is invertible. Not the default.
+//!   blur is invertible by deconvolution (the noise stops deconvolution, not recognisers
+//!   trained on blurred faces). Not the default.
 //!
 //! Alpha is never left transparent inside a region: a face's colour hidden under alpha 0
 //! would survive in the file, so redacted pixels become opaque.
 
+pub mod backend;
 pub mod cpu;
+pub mod gpu;
 pub mod math;
 
 use serde::{Deserialize, Serialize};
@@ -89,11 +96,14 @@ pub struct RedactConfig {
     pub seed: Option<u64>,
     /// Draw detector boxes on the output (debugging aid; the regions are still redacted).
     pub draw_boxes: bool,
+    /// Where redaction runs: `cpu`, `gpu` or `auto` (default: the GPU only if it is a
+    /// real one).
+    pub on: backend::RedactOn,
 }
 
 impl Default for RedactConfig {
     fn default() -> Self {
-        Self { style: Style::default(), person_style: Style::default(), shape: Shape::default(), padding: 0.3, person_padding: 0.05, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false }
+        Self { style: Style::default(), person_style: Style::default(), shape: Shape::default(), padding: 0.3, person_padding: 0.05, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false, on: backend::RedactOn::Auto }
     }
 }
 

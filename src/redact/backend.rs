@@ -1,0 +1,111 @@
+//! Which backend redacts: the CPU reference or the GPU shader, chosen once per
+//! [`Anonymizer`](crate::Anonymizer).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::gpu::{BatchImage, GpuError, GpuRedactor};
+use super::{Params, Region, cpu};
+use crate::image_io::Frame;
+
+/// Where redaction runs (`--redact-on`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactOn {
+    /// The rayon CPU path.
+    Cpu,
+    /// The wgpu shader on any adapter, software ones included; an error if there is none.
+    Gpu,
+    /// The GPU when the adapter is a real GPU; otherwise (no adapter, or a software one
+    /// such as lavapipe/llvmpipe, which is no faster than the CPU path) the CPU. Logs the
+    /// choice. The default.
+    #[default]
+    Auto,
+}
+
+/// A redaction backend, cheap to clone and shared by all callers.
+///
+/// ```
+/// use obscura::redact::backend::{RedactOn, Redactor};
+/// let redactor = Redactor::new(RedactOn::Cpu)?;
+/// assert_eq!(redactor.name(), "cpu");
+/// # Ok::<(), obscura::redact::gpu::GpuError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub enum Redactor {
+    Cpu,
+    Gpu(Arc<GpuRedactor>),
+}
+
+impl Redactor {
+    pub fn new(on: RedactOn) -> Result<Self, GpuError> {
+        match on {
+            RedactOn::Cpu => Ok(Redactor::Cpu),
+            RedactOn::Gpu => {
+                let gpu = GpuRedactor::new()?;
+                tracing::info!(adapter = %gpu.adapter_info().name, backend = ?gpu.adapter_info().backend, "redacting on the GPU (forced)");
+                Ok(Redactor::Gpu(Arc::new(gpu)))
+            }
+            RedactOn::Auto => Ok(Self::auto()),
+        }
+    }
+
+    fn auto() -> Self {
+        match GpuRedactor::find_adapter() {
+            Err(e) => {
+                tracing::info!("redacting on the CPU: {e}");
+                Redactor::Cpu
+            }
+            Ok(adapter) if adapter.get_info().device_type == wgpu::DeviceType::Cpu => {
+                tracing::info!(adapter = %adapter.get_info().name, "redacting on the CPU: the only GPU adapter is a software one");
+                Redactor::Cpu
+            }
+            Ok(adapter) => {
+                let name = adapter.get_info().name;
+                match GpuRedactor::with_adapter(adapter) {
+                    Ok(gpu) => {
+                        tracing::info!(adapter = %name, "redacting on the GPU");
+                        Redactor::Gpu(Arc::new(gpu))
+                    }
+                    Err(e) => {
+                        tracing::warn!("redacting on the CPU: {e}");
+                        Redactor::Cpu
+                    }
+                }
+            }
+        }
+    }
+
+    /// `"cpu"`, or `"gpu: <adapter name>"`.
+    pub fn name(&self) -> String {
+        match self {
+            Redactor::Cpu => "cpu".into(),
+            Redactor::Gpu(gpu) => format!("gpu: {}", gpu.adapter_info().name),
+        }
+    }
+
+    /// Redacts one image in place. On `Err` the frame may be partly redacted: discard it.
+    pub fn redact(&self, frame: &mut Frame, regions: &[Region], params: &Params) -> Result<(), GpuError> {
+        match self {
+            Redactor::Cpu => {
+                cpu::redact(frame, regions, params);
+                Ok(())
+            }
+            Redactor::Gpu(gpu) => gpu.redact(frame, regions, params),
+        }
+    }
+
+    /// Redacts many images; on the GPU in as few submissions as the device allows.
+    pub fn redact_batch(&self, batch: &mut [BatchImage<'_>]) -> Result<(), GpuError> {
+        match self {
+            Redactor::Cpu => {
+                for b in batch {
+                    cpu::redact(b.frame, b.regions, &b.params);
+                }
+                Ok(())
+            }
+            Redactor::Gpu(gpu) => gpu.redact_batch(batch),
+        }
+    }
+}
