@@ -25,6 +25,7 @@
 //! [`geometry`] (box math), [`config`] (all settings).
 
 pub mod assets;
+pub mod batch;
 pub mod config;
 pub mod detect;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod geometry;
 pub mod image_io;
 pub mod pipeline;
 pub mod redact;
+pub mod store;
 
 pub use config::Config;
 pub use error::Error;

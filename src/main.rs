@@ -12,6 +12,7 @@ fn main() {
     init_logging(&cli);
     let result = match &cli.command {
         Command::Anonymise(args) => cli::anonymise::run(args, cli.quiet),
+        Command::Batch(args) => cli::batch::run(args, cli.quiet),
         Command::Eval(args) => cli::eval::run(args),
     };
     drop(runtime_dir);
@@ -29,7 +30,8 @@ fn main() {
 /// unset, point it at a private temporary folder (removed at exit).
 fn quiet_mesa(cli: &Cli) -> Option<tempfile::TempDir> {
     let probes_gpu = match &cli.command {
-        Command::Anonymise(args) => args.redact_on != obscura::redact::backend::RedactOn::Cpu,
+        Command::Anonymise(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
+        Command::Batch(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
         Command::Eval(_) => false,
     };
     if !probes_gpu || std::env::var_os("XDG_RUNTIME_DIR").is_some() {
@@ -49,7 +51,10 @@ fn init_logging(cli: &Cli) {
         (false, _) => "debug",
     };
     // ONNX Runtime warns about harmless model details (unused initializers): show it only with -vv.
-    let default = format!("{level},ort={}", if cli.verbose >= 2 { "info" } else { "error" });
+    // wgpu logs its adapter probing (e.g. EGL failing on a headless machine) as errors
+    // although a missing backend is normal: show it only with -vv.
+    let quiet_deps = if cli.verbose >= 2 { "ort=info,wgpu_hal=info,wgpu_core=info" } else { "ort=error,wgpu_hal=off,wgpu_core=error,naga=error" };
+    let default = format!("{level},{quiet_deps}");
     let filter = EnvFilter::try_from_env("OBSCURA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {

@@ -37,6 +37,8 @@ pub enum Command {
     /// Anonymise image files (JPEG, PNG, WebP) or folders of them.
     #[command(visible_alias = "anonymize")]
     Anonymise(AnonymiseArgs),
+    /// Anonymise every image of a folder or object store into another (resumable, sharded).
+    Batch(BatchArgs),
     /// Score detection against an annotated set: coverage recall by subset and face size.
     Eval(EvalArgs),
 }
@@ -90,6 +92,19 @@ pub struct AnonymiseArgs {
     /// Replace each input with its anonymised version.
     #[arg(long)]
     pub in_place: bool,
+    /// Write a JSON report (per image: regions, scores, model, timings, errors).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Images processed at once (default: CPU cores).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub redaction: RedactionArgs,
+}
+
+/// What to detect and how to redact: shared by `anonymise` and `batch`.
+#[derive(Args, Debug)]
+pub struct RedactionArgs {
     /// Redaction style. pixelate (default): face-relative blocks plus noise; fill: solid
     /// colour; blur: Gaussian plus noise (weakest, see README).
     #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
@@ -120,9 +135,6 @@ pub struct AnonymiseArgs {
     /// outputs carry no metadata.
     #[arg(long)]
     pub keep_metadata: bool,
-    /// Write a JSON report (per image: regions, scores, model, timings, errors).
-    #[arg(long)]
-    pub report: Option<PathBuf>,
     /// Draw the detector's boxes on the output (debugging).
     #[arg(long)]
     pub draw_boxes: bool,
@@ -133,9 +145,6 @@ pub struct AnonymiseArgs {
     /// auto (the GPU only when it is a real GPU, not a software one like lavapipe).
     #[arg(long, value_enum, default_value_t = RedactOn::Auto)]
     pub redact_on: RedactOn,
-    /// Images processed at once (default: CPU cores).
-    #[arg(short, long)]
-    pub jobs: Option<usize>,
     /// Face model file (default: models/centerface.onnx from scripts/setup, checksum-verified).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -164,9 +173,9 @@ impl StyleArg {
     }
 }
 
-impl AnonymiseArgs {
-    /// The library configuration these flags describe, for `jobs` images at once.
-    pub fn config(&self, jobs: usize, images: usize) -> Config {
+impl RedactionArgs {
+    /// The library configuration these flags describe, for `parallel` images at once.
+    pub fn config(&self, parallel: usize) -> Config {
         let mut c = Config::default();
         c.redact.style = self.style.style();
         c.redact.person_style = self.person_style.style();
@@ -185,8 +194,52 @@ impl AnonymiseArgs {
         c.runtime.device = self.device;
         // One session per image in flight; `intra_threads` 0 lets the runtime split the
         // cores among them (one image: all cores inside one inference).
-        let parallel = jobs.min(images).max(1);
-        c.runtime.sessions = parallel;
+        c.runtime.sessions = parallel.max(1);
         c
     }
+}
+
+impl AnonymiseArgs {
+    /// The library configuration these flags describe, for `jobs` images at once.
+    pub fn config(&self, jobs: usize, images: usize) -> Config {
+        self.redaction.config(jobs.min(images))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Source: a folder, or s3://bucket/prefix (endpoint and credentials from the AWS_*
+    /// environment variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …).
+    pub src: String,
+    /// Destination: a folder or s3://bucket/prefix; the same as SRC only with --in-place.
+    pub dst: String,
+    /// Replace the originals in SRC (each only after its anonymised copy is complete).
+    #[arg(long)]
+    pub in_place: bool,
+    /// Only keys matching one of these globs (e.g. `**/*.jpg`, `2026/**`). Image types
+    /// are recognised by content; a non-image is skipped, never copied.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Leave out keys matching one of these globs.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Take only part i of N of the key space (0-based), e.g. `--shard 2/8`: N machines
+    /// with i = 0..N-1 cover every key exactly once.
+    #[arg(long, default_value = "0/1")]
+    pub shard: obscura::batch::Shard,
+    /// The journal of finished objects (SQLite). Default: DST/.obscura/journal-I-of-N.sqlite
+    /// for a folder destination; required for an object-store destination.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Write one JSON line per object (key, status, regions or error, ms).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Images anonymised at once (default: CPU cores).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Attempts after the first for failed store requests (with exponential backoff).
+    #[arg(long, default_value_t = 5)]
+    pub retries: usize,
+    #[command(flatten)]
+    pub redaction: RedactionArgs,
 }

@@ -2,5 +2,6 @@
 //! library; no logic the library lacks.
 
 pub mod anonymise;
+pub mod batch;
 pub mod args;
 pub mod eval;

@@ -1,0 +1,141 @@
+//! The batch journal: a SQLite file recording the outcome of every object, so a rerun
+//! after a crash or `kill -9` skips finished work. An object is recorded `done` only
+//! after its anonymised copy is fully written; a crash between the write and the record
+//! means that one object is done again (the write is atomic, so never half).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+/// What happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Anonymised and written.
+    Done { regions: usize },
+    /// Nothing written: the reason (fail closed).
+    Failed { error: String },
+    /// Not an image (by content): left alone.
+    Skipped { reason: String },
+}
+
+impl Outcome {
+    fn status(&self) -> &'static str {
+        match self {
+            Outcome::Done { .. } => "done",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Skipped { .. } => "skipped",
+        }
+    }
+}
+
+/// Objects per status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}")]
+pub struct JournalError {
+    path: String,
+    #[source]
+    source: sqlx::Error,
+}
+
+/// A journal file (created on first use).
+#[derive(Clone, Debug)]
+pub struct Journal {
+    pool: SqlitePool,
+    path: String,
+}
+
+impl Journal {
+    pub async fn open(path: &Path) -> Result<Self, JournalError> {
+        let name = path.display().to_string();
+        let err = |source| JournalError { path: name.clone(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // A committed record survives a process kill; FULL also survives power loss.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(err)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS objects (
+                key TEXT PRIMARY KEY,
+                status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'skipped')),
+                regions INTEGER,
+                detail TEXT,
+                updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+            )",
+        )
+        .execute(&pool)
+        .await
+        .map_err(err)?;
+        Ok(Self { pool, path: name })
+    }
+
+    fn err(&self, source: sqlx::Error) -> JournalError {
+        JournalError { path: self.path.clone(), source }
+    }
+
+    /// True when `key` was anonymised and written (or skipped as not an image) before.
+    pub async fn is_finished(&self, key: &str) -> Result<bool, JournalError> {
+        let row: Option<String> =
+            sqlx::query_scalar("SELECT status FROM objects WHERE key = ?").bind(key).fetch_optional(&self.pool).await.map_err(|e| self.err(e))?;
+        Ok(matches!(row.as_deref(), Some("done" | "skipped")))
+    }
+
+    pub async fn record(&self, key: &str, outcome: &Outcome) -> Result<(), JournalError> {
+        let (regions, detail) = match outcome {
+            Outcome::Done { regions } => (Some(*regions as i64), None),
+            Outcome::Failed { error } => (None, Some(error.as_str())),
+            Outcome::Skipped { reason } => (None, Some(reason.as_str())),
+        };
+        sqlx::query(
+            "INSERT INTO objects (key, status, regions, detail) VALUES (?, ?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET status = excluded.status, regions = excluded.regions,
+                detail = excluded.detail, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(outcome.status())
+        .bind(regions)
+        .bind(detail)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub async fn counts(&self) -> Result<Counts, JournalError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM objects GROUP BY status").fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+        let mut c = Counts::default();
+        for (status, n) in rows {
+            match status.as_str() {
+                "done" => c.done = n as u64,
+                "failed" => c.failed = n as u64,
+                _ => c.skipped = n as u64,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Objects whose last attempt failed, with the reason, by key.
+    pub async fn failures(&self) -> Result<Vec<(String, String)>, JournalError> {
+        sqlx::query_as("SELECT key, COALESCE(detail, '') FROM objects WHERE status = 'failed' ORDER BY key")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,101 @@
+//! `obscura batch SRC DST`: opens the stores and the journal, runs `obscura::batch`, and
+//! shows progress (a bar on a terminal, one log line per object otherwise).
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::{Context, Result, bail};
+use obscura::Anonymizer;
+use obscura::batch::{self, BatchOptions, Filter, JOURNAL_DIR, Journal, Outcome};
+use obscura::store::{Store, StoreOptions};
+
+use super::args::BatchArgs;
+
+/// Runs the subcommand; returns the process exit code.
+pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel = args.jobs.unwrap_or(cores).max(1);
+    let store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
+    let filter = Filter::new(&args.include, &args.exclude, args.shard).context("--include/--exclude")?;
+    let mut config = args.redaction.config(parallel);
+    config.max_concurrency = parallel;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let src = Store::open(&args.src, &store_options)?;
+        let dst = Store::open(&args.dst, &store_options)?;
+        let journal_path = match (&args.journal, dst.local_root()) {
+            (Some(p), _) => p.clone(),
+            (None, Some(root)) => root.join(JOURNAL_DIR).join(format!("journal-{}-of-{}.sqlite", args.shard.index, args.shard.count)),
+            (None, None) => bail!("--journal PATH is required when the destination is an object store"),
+        };
+        let journal = Journal::open(&journal_path).await?;
+        let removed = batch::clean_staged(&dst, args.shard).context("removing staged files of an interrupted run")?;
+        if removed > 0 {
+            tracing::info!(removed, "removed partial files left by an interrupted run");
+        }
+        let anonymizer = Anonymizer::new(config)?;
+        let options = BatchOptions { filter, in_place: args.in_place, in_flight: parallel * 2 };
+
+        let bar = progress_bar(quiet);
+        let mut report = match &args.report {
+            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+            None => None,
+        };
+        let mut failed_now = 0u64;
+        let summary = batch::run(
+            &anonymizer,
+            &src,
+            &dst,
+            &journal,
+            &options,
+            |_| bar.inc_length(1),
+            |object| {
+                bar.inc(1);
+                if let Outcome::Failed { error } = &object.outcome {
+                    failed_now += 1;
+                    bar.set_message(format!("{failed_now} failed"));
+                    tracing::warn!(key = %object.key, %error, "failed");
+                } else {
+                    tracing::info!(key = %object.key, outcome = ?object.outcome, ms = object.ms, "finished");
+                }
+                if let Some(w) = report.as_mut() {
+                    let _ = serde_json::to_writer(&mut *w, object).map(|_| w.write_all(b"\n"));
+                }
+            },
+        )
+        .await?;
+        bar.finish_and_clear();
+        if let Some(mut w) = report {
+            w.flush().context("writing the report")?;
+        }
+        for (key, error) in &summary.failures {
+            eprintln!("error: {key}: {error}");
+        }
+        if !quiet {
+            let n = summary.this_run;
+            let rate = (n.done + n.failed + n.skipped) as f64 / summary.seconds.max(1e-9);
+            eprintln!(
+                "obscura batch: {} anonymised, {} failed, {} skipped (not images), {} already done before; {:.1} images/s, {:.1} s. Journal: {} done, {} failed ({})",
+                n.done,
+                n.failed,
+                n.skipped,
+                summary.already_done,
+                rate,
+                summary.seconds,
+                summary.journal.done,
+                summary.journal.failed,
+                journal_path.display()
+            );
+        }
+        Ok(if summary.failures.is_empty() { 0 } else { 1 })
+    })
+}
+
+fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  {msg}").expect("valid progress template");
+    bar.set_style(style);
+    bar
+}

@@ -1,0 +1,189 @@
+//! Image stores: a local folder or an S3-compatible bucket, through `object_store`.
+//!
+//! A [`Store`] is opened from a location — a folder path, `file:///abs/path`, or
+//! `s3://bucket/prefix` — and addressed by keys relative to it (`a/b.jpg`). S3 endpoint
+//! and credentials come from the usual AWS environment variables (`AWS_ENDPOINT_URL`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, …).
+//! Listing streams page by page; every write is atomic (a local write goes to a staged
+//! file that is renamed into place; an S3 PUT replaces the object whole), and transient
+//! failures (5xx, timeouts, dropped connections) are retried with exponential backoff.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {location}: {message}")]
+    Open { location: String, message: String },
+    #[error("invalid key {key:?}: {message}")]
+    Key { key: String, message: String },
+    /// The store's own message already includes its causes, so it is not chained again.
+    #[error("{op} {key}: {cause}")]
+    Io { op: &'static str, key: String, cause: object_store::Error },
+}
+
+/// Retry settings for transient store failures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreOptions {
+    /// Attempts after the first (default 5).
+    pub max_retries: usize,
+    /// First backoff delay, doubled each attempt up to `max_backoff` (default 100 ms / 5 s).
+    pub init_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Give up retrying after this long (default 60 s).
+    pub retry_timeout: Duration,
+    /// S3 settings that override the environment, as `object_store` names them
+    /// (`endpoint`, `access_key_id`, `secret_access_key`, `region`, `allow_http`, …).
+    pub s3: Vec<(String, String)>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            retry_timeout: Duration::from_secs(60),
+            s3: Vec::new(),
+        }
+    }
+}
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Key relative to the store's location, `/`-separated.
+    pub key: String,
+    pub size: u64,
+}
+
+/// A local folder or an S3-compatible bucket prefix.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), obscura::store::StoreError> {
+/// use futures::StreamExt;
+/// use obscura::store::{Store, StoreOptions};
+/// let src = Store::open("s3://uploads/2026/", &StoreOptions::default())?;
+/// let dst = Store::open("/srv/anonymised", &StoreOptions::default())?;
+/// let mut listing = src.list();
+/// while let Some(entry) = listing.next().await {
+///     let entry = entry?;
+///     let bytes = src.get(&entry.key).await?;
+///     dst.put(&entry.key, bytes.to_vec()).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: String,
+    /// The folder, for local stores.
+    local_root: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens a folder (created if missing) or an `s3://bucket/prefix` location.
+    pub fn open(location: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let open_err = |message: String| StoreError::Open { location: location.to_string(), message };
+        let retry = RetryConfig {
+            backoff: BackoffConfig { init_backoff: options.init_backoff, max_backoff: options.max_backoff, base: 2.0 },
+            max_retries: options.max_retries,
+            retry_timeout: options.retry_timeout,
+        };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(open_err("no bucket name".into()));
+            }
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
+            for (key, value) in &options.s3 {
+                let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e: object_store::Error| open_err(e.to_string()))?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = builder.build().map_err(|e| open_err(e.to_string()))?;
+            let prefix = Path::parse(prefix.trim_end_matches('/')).map_err(|e| open_err(e.to_string()))?;
+            return Ok(Self { inner: Arc::new(s3), prefix, location: location.to_string(), local_root: None });
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(open_err("unsupported scheme (use a folder path, file://, or s3://)".into()));
+        }
+        let dir = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
+        std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
+        let dir = dir.canonicalize().map_err(|e| open_err(e.to_string()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { inner: Arc::new(fs), prefix: Path::default(), location: dir.display().to_string(), local_root: Some(dir) })
+    }
+
+    /// Where the store is (the canonical folder, or the URL given).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The folder of a local store.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// True when both stores address the same place (same folder, or same bucket prefix).
+    pub fn same_place(&self, other: &Store) -> bool {
+        self.location.trim_end_matches('/') == other.location.trim_end_matches('/')
+    }
+
+    fn path(&self, key: &str) -> Result<Path, StoreError> {
+        let rel = Path::parse(key).map_err(|e| StoreError::Key { key: key.to_string(), message: e.to_string() })?;
+        if rel.as_ref().is_empty() || key.split('/').any(|part| part == ".." || part == ".") {
+            return Err(StoreError::Key { key: key.to_string(), message: "empty, `.` or `..` segments are not allowed".into() });
+        }
+        Ok(self.prefix.parts().chain(rel.parts()).collect())
+    }
+
+    fn key_of(&self, path: &Path) -> String {
+        let prefix_parts = self.prefix.parts().count();
+        path.parts().skip(prefix_parts).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/")
+    }
+
+    /// Every object under the location, streamed page by page (S3 lists 1,000 keys per
+    /// request), in no particular order.
+    pub fn list(&self) -> BoxStream<'static, Result<Entry, StoreError>> {
+        let this = self.clone();
+        let prefix = (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone());
+        self.inner
+            .list(prefix.as_ref())
+            .map(move |r| match r {
+                Ok(meta) => Ok(Entry { key: this.key_of(&meta.location), size: meta.size }),
+                Err(cause) => Err(StoreError::Io { op: "list", key: this.location.clone(), cause }),
+            })
+            .boxed()
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let io = |cause| StoreError::Io { op: "get", key: key.to_string(), cause };
+        self.inner.get(&self.path(key)?).await.map_err(io)?.bytes().await.map_err(io)
+    }
+
+    /// Writes a whole object atomically: readers see the old object or the new one,
+    /// never a part.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        self.inner.put(&path, PutPayload::from(bytes)).await.map_err(|cause| StoreError::Io { op: "put", key: key.to_string(), cause })?;
+        Ok(())
+    }
+
+    /// Deletes an object (no error if it is already gone).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(cause) => Err(StoreError::Io { op: "delete", key: key.to_string(), cause }),
+        }
+    }
+}

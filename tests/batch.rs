@@ -1,0 +1,177 @@
+//! `obscura batch` over local folders: anonymised copies, skipped non-images, fail-closed
+//! failures, resuming after `kill -9`, and shards that cover every key exactly once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Small copies (320 px wide) of eval photos with a large face, so detection is quick.
+fn small_photos(dir: &Path, n: usize) -> Vec<String> {
+    let face = image::open(eval_image(ONE_FACE)).unwrap();
+    let small = face.resize(320, 320, image::imageops::FilterType::Triangle).to_rgb8();
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let key = format!("d{}/img{i:04}.jpg", i % 7);
+        let path = dir.join(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        small.save(&path).unwrap();
+        keys.push(key);
+    }
+    keys
+}
+
+/// Every file under `dir` (relative, `/`-separated), journals excluded.
+fn keys_in(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with(".obscura") {
+                    stack.push(p);
+                }
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out
+}
+
+/// The face area (scaled to 320 px) must have changed: it was redacted.
+fn assert_redacted(original: &Path, anonymised: &Path) {
+    let a = image::open(original).unwrap().to_rgb8();
+    let b = image::open(anonymised).unwrap_or_else(|e| panic!("{}: {e}", anonymised.display())).to_rgb8();
+    assert_eq!(a.dimensions(), b.dimensions());
+    let face = obscura::geometry::PixelRect { x: 116 * 320 / 1024 + 5, y: 124 * 320 / 1024 + 5, w: 30, h: 50 };
+    assert!(mean_abs_diff(&a, &b, face) > 8.0, "{} was not redacted", anonymised.display());
+}
+
+fn batch(src: &Path, dst: &Path) -> std::process::Command {
+    let mut c = obscura();
+    c.arg("batch").arg(src).arg(dst).args(["--seed", "1", "-j", "2"]);
+    c
+}
+
+#[test]
+fn anonymises_a_folder_skips_non_images_and_fails_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let keys = small_photos(&src, 3);
+    std::fs::write(src.join("notes.txt"), "not a photo").unwrap();
+    std::fs::write(src.join("photo.jpg.bak"), std::fs::read(src.join(&keys[0])).unwrap()).unwrap(); // an image by content
+    let jpeg = std::fs::read(src.join(&keys[1])).unwrap();
+    std::fs::write(src.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    let report = tmp.path().join("report.jsonl");
+    let out = run(batch(&src, &dst).arg("--report").arg(&report));
+    assert_eq!(out.status.code(), Some(1), "one object failed");
+    let err = stderr(&out);
+    assert!(err.contains("error: truncated.jpg:") && err.contains("truncated"), "{err}");
+    let mut want: BTreeSet<String> = keys.iter().cloned().collect();
+    want.insert("photo.jpg.bak".into());
+    assert_eq!(keys_in(&dst), want, "images only; nothing for the failed or the non-image");
+    for k in &keys {
+        assert_redacted(&src.join(k), &dst.join(k));
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    let status = |k: &str| lines.iter().find(|l| l["key"] == k).unwrap()["status"].as_str().unwrap().to_string();
+    assert_eq!(status("notes.txt"), "skipped");
+    assert_eq!(status("truncated.jpg"), "failed");
+    assert_eq!(status(&keys[0]), "done");
+
+    // A rerun does no finished work again, and retries the failure (which fails again).
+    let out = run(&mut batch(&src, &dst));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("0 anonymised, 1 failed, 0 skipped (not images), 5 already done before"), "{}", stderr(&out));
+}
+
+#[test]
+fn destination_must_differ_unless_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let keys = small_photos(&src, 2);
+    let out = run(&mut batch(&src, &src));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--in-place"), "{}", stderr(&out));
+    let before = std::fs::read(src.join(&keys[0])).unwrap();
+    let out = run(batch(&src, &src).arg("--in-place"));
+    assert!(out.status.success());
+    assert_eq!(keys_in(&src), keys.iter().cloned().collect());
+    let after = std::fs::read(src.join(&keys[0])).unwrap();
+    assert_ne!(before, after, "replaced in place");
+    let original = tmp.path().join("original.jpg");
+    std::fs::write(&original, before).unwrap();
+    assert_redacted(&original, &src.join(&keys[0]));
+}
+
+#[test]
+fn three_shards_cover_what_one_run_covers_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let keys = small_photos(&src, 24);
+    let all = tmp.path().join("all");
+    assert!(run(&mut batch(&src, &all)).status.success());
+    let sharded = tmp.path().join("sharded");
+    let mut seen: Vec<BTreeSet<String>> = Vec::new();
+    for i in 0..3 {
+        let part = tmp.path().join(format!("part{i}"));
+        assert!(run(batch(&src, &part).arg("--shard").arg(format!("{i}/3"))).status.success());
+        seen.push(keys_in(&part));
+        // And all three into one folder, as machines sharing a destination would.
+        assert!(run(batch(&src, &sharded).arg("--shard").arg(format!("{i}/3"))).status.success());
+    }
+    let total: usize = seen.iter().map(|s| s.len()).sum();
+    assert_eq!(total, keys.len(), "no key in two shards");
+    assert!(seen.iter().all(|s| !s.is_empty()), "24 keys spread over 3 shards: {seen:?}");
+    let union: BTreeSet<String> = seen.into_iter().flatten().collect();
+    assert_eq!(union, keys_in(&all));
+    assert_eq!(keys_in(&sharded), keys_in(&all));
+    for k in &keys {
+        // Same seed, same model: the same pixels whichever shard did the key.
+        assert_eq!(std::fs::read(all.join(k)).unwrap(), std::fs::read(sharded.join(k)).unwrap(), "{k}");
+    }
+    let out = run(obscura().args(["batch", "a", "b", "--shard", "3/3"]));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn resumes_after_kill_9_without_redoing_or_half_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let keys = small_photos(&src, 240);
+    let mut child = batch(&src, &dst).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // Let it finish some objects, then kill it without warning.
+    let started = Instant::now();
+    while keys_in(&dst).len() < 40 {
+        assert!(started.elapsed() < Duration::from_secs(300), "batch made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "batch ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = keys_in(&dst).len();
+    assert!(partial < keys.len(), "killed mid-run ({partial} of {})", keys.len());
+
+    let out = run(&mut batch(&src, &dst));
+    assert!(out.status.success());
+    let err = stderr(&out);
+    let redone: usize = err.split(" anonymised").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    let before: usize = err.split(" already done before").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(redone + before, keys.len(), "{err}");
+    assert!(before >= 20, "finished work was not redone ({before} kept): {err}");
+    // Exactly the source's keys: nothing missing, nothing extra, no staged leftovers.
+    assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>());
+    for k in &keys {
+        assert_redacted(&src.join(k), &dst.join(k));
+    }
+    // The journal agrees: a third run finds everything done.
+    let out = run(&mut batch(&src, &dst));
+    assert!(stderr(&out).contains(&format!("0 anonymised, 0 failed, 0 skipped (not images), {} already done before", keys.len())), "{}", stderr(&out));
+}

@@ -1,0 +1,225 @@
+//! Stores and batches against a real S3-protocol server: moto in server mode, started
+//! on loopback by these tests (`scripts/setup --test-fixtures` installs it). Without it
+//! the tests print why and pass, except in CI, where they fail.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use obscura::store::{Store, StoreOptions};
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn moto() -> Option<Moto> {
+    let bin = root().join(".cache/test-fixtures/moto/bin/moto_server");
+    if !bin.is_file() {
+        assert!(!in_ci(), "CI must run `scripts/setup --test-fixtures` (moto S3 server missing)");
+        eprintln!("skipped: {} missing (run scripts/setup --test-fixtures)", bin.display());
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(&bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let server = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(server)
+}
+
+/// `CreateBucket` (moto does not check signatures).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap().status()
+    });
+    assert!(status.is_success(), "create bucket {bucket}: {status}");
+}
+
+fn s3_env<'a>(cmd: &'a mut Command, endpoint: &str) -> &'a mut Command {
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+}
+
+fn options(endpoint: &str) -> StoreOptions {
+    let s3 = [("endpoint", endpoint), ("access_key_id", "test"), ("secret_access_key", "test"), ("region", "us-east-1"), ("allow_http", "true")];
+    StoreOptions { s3: s3.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..StoreOptions::default() }
+}
+
+fn list_keys(store: &Store) -> BTreeSet<String> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async { store.list().map(|e| e.unwrap().key).collect().await })
+}
+
+fn small_photo() -> Vec<u8> {
+    let img = image::open(eval_image(ONE_FACE)).unwrap().resize(320, 320, image::imageops::FilterType::Triangle);
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.to_rgb8().write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn lists_past_one_page_reads_writes_and_deletes() {
+    let Some(server) = moto() else { return };
+    create_bucket(&server.endpoint, "listing");
+    let store = Store::open("s3://listing/many/", &options(&server.endpoint)).unwrap();
+    let keys: BTreeSet<String> = (0..1100).map(|i| format!("k{}/obj{i:05}", i % 3)).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        futures::stream::iter(keys.iter())
+            .map(|k| store.put(k, k.as_bytes().to_vec()))
+            .buffer_unordered(32)
+            .for_each(|r| async { r.unwrap() })
+            .await;
+    });
+    // S3 lists at most 1,000 keys per request: 1,100 keys take two pages.
+    assert_eq!(list_keys(&store), keys);
+    rt.block_on(async {
+        assert_eq!(store.get("k1/obj00001").await.unwrap().as_ref(), b"k1/obj00001");
+        store.delete("k1/obj00001").await.unwrap();
+        store.delete("k1/obj00001").await.unwrap(); // already gone: fine
+        assert!(store.get("k1/obj00001").await.is_err());
+        assert!(store.put("../escape", vec![1]).await.is_err(), "keys cannot climb out of the prefix");
+    });
+    assert_eq!(list_keys(&store).len(), 1099);
+}
+
+#[test]
+fn batch_from_bucket_to_bucket_and_in_place() {
+    let Some(server) = moto() else { return };
+    create_bucket(&server.endpoint, "uploads");
+    create_bucket(&server.endpoint, "anonymised");
+    let src = Store::open("s3://uploads/in", &options(&server.endpoint)).unwrap();
+    let photo = small_photo();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for k in ["a.jpg", "x/b.jpg", "x/y/c"] {
+            src.put(k, photo.clone()).await.unwrap();
+        }
+        src.put("readme.txt", b"text".to_vec()).await.unwrap();
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(s3_env(&mut obscura(), &server.endpoint)
+        .args(["batch", "s3://uploads/in", "s3://anonymised/out", "--seed", "1", "--journal"])
+        .arg(tmp.path().join("j.sqlite")));
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("3 anonymised, 0 failed, 1 skipped"), "{}", stderr(&out));
+    let dst = Store::open("s3://anonymised/out", &options(&server.endpoint)).unwrap();
+    assert_eq!(list_keys(&dst), ["a.jpg", "x/b.jpg", "x/y/c"].map(String::from).into_iter().collect());
+    let original = image::load_from_memory(&photo).unwrap().to_rgb8();
+    let face = obscura::geometry::PixelRect { x: 41, y: 44, w: 30, h: 50 };
+    for k in ["a.jpg", "x/y/c"] {
+        let bytes = rt.block_on(dst.get(k)).unwrap();
+        let anonymised = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert!(mean_abs_diff(&original, &anonymised, face) > 8.0, "{k} redacted");
+    }
+
+    // A destination object store needs an explicit journal.
+    let out = run(s3_env(&mut obscura(), &server.endpoint).args(["batch", "s3://uploads/in", "s3://anonymised/again"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--journal"));
+
+    // In place: each original replaced by its anonymised version.
+    let out = run(s3_env(&mut obscura(), &server.endpoint)
+        .args(["batch", "s3://uploads/in", "s3://uploads/in", "--in-place", "--journal"])
+        .arg(tmp.path().join("j2.sqlite")));
+    assert!(out.status.success());
+    let replaced = rt.block_on(src.get("a.jpg")).unwrap();
+    assert_ne!(replaced.as_ref(), photo.as_slice());
+    let anonymised = image::load_from_memory(&replaced).unwrap().to_rgb8();
+    assert!(mean_abs_diff(&original, &anonymised, face) > 8.0);
+    assert_eq!(rt.block_on(src.get("readme.txt")).unwrap().as_ref(), b"text", "non-images untouched");
+}
+
+/// A proxy in front of moto that answers 503 to PUTs of keys containing "flaky" twice
+/// and to "always-fail" every time, counting attempts.
+async fn faulty_proxy(upstream: String, attempts: Arc<AtomicUsize>) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::StatusCode;
+    use axum::response::Response;
+    let flaky_seen = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (client, upstream, attempts, flaky_seen) = (client.clone(), upstream.clone(), attempts.clone(), flaky_seen.clone());
+        async move {
+            let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            let method = req.method().clone();
+            if method == axum::http::Method::PUT && (path.contains("always-fail") || path.contains("flaky")) {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                if path.contains("always-fail") || flaky_seen.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).body(Body::from("SlowDown")).unwrap();
+                }
+            }
+            let headers = req.headers().clone();
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap();
+            let mut upstream_req = client.request(method, format!("{upstream}{path}")).body(body);
+            for (name, value) in headers.iter() {
+                if name != "host" && name != "content-length" {
+                    upstream_req = upstream_req.header(name, value);
+                }
+            }
+            let res = upstream_req.send().await.unwrap();
+            let mut out = Response::builder().status(res.status().as_u16());
+            for (name, value) in res.headers().iter() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    out = out.header(name.as_str(), value.as_bytes());
+                }
+            }
+            out.body(Body::from(res.bytes().await.unwrap())).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[test]
+fn failing_writes_are_retried_then_recorded_and_nothing_is_half_written() {
+    let Some(server) = moto() else { return };
+    create_bucket(&server.endpoint, "faulty-src");
+    create_bucket(&server.endpoint, "faulty-dst");
+    let src = Store::open("s3://faulty-src", &options(&server.endpoint)).unwrap();
+    let photo = small_photo();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for k in ["ok.jpg", "flaky.jpg", "always-fail.jpg"] {
+        rt.block_on(src.put(k, photo.clone())).unwrap();
+    }
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let proxy = rt.block_on(faulty_proxy(server.endpoint.clone(), attempts.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(s3_env(&mut obscura(), &proxy)
+        .args(["batch", "s3://faulty-src", "s3://faulty-dst", "--retries", "3", "--journal"])
+        .arg(tmp.path().join("j.sqlite")));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("error: always-fail.jpg:") && err.contains("2 anonymised, 1 failed"), "{err}");
+    // flaky: 2 refused + 1 accepted; always-fail: 1 + 3 retries.
+    assert_eq!(attempts.load(Ordering::SeqCst), 3 + 4);
+    let dst = Store::open("s3://faulty-dst", &options(&server.endpoint)).unwrap();
+    assert_eq!(list_keys(&dst), ["flaky.jpg", "ok.jpg"].map(String::from).into_iter().collect(), "nothing for the failed object");
+}
