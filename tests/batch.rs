@@ -112,6 +112,16 @@ fn destination_must_differ_unless_in_place() {
 }
 
 #[test]
+fn a_destination_inside_the_source_is_not_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    let keys = small_photos(&src, 3);
+    let dst = src.join("clean");
+    assert!(run(&mut batch(&src, &dst)).status.success());
+    assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>(), "no clean/clean/…");
+}
+
+#[test]
 fn three_shards_cover_what_one_run_covers_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

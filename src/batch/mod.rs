@@ -153,6 +153,11 @@ pub async fn run(
     if !src.same_place(dst) && options.in_place {
         return Err(BatchError::Invalid("--in-place needs the destination to be the source".into()));
     }
+    // A destination folder inside the source folder must not be read back as input.
+    let dst_inside_src = match (src.local_root(), dst.local_root()) {
+        (Some(s), Some(d)) if d != s && d.starts_with(s) => Some(format!("{}/", d.strip_prefix(s).unwrap_or(d).to_string_lossy())),
+        _ => None,
+    };
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut already_done = 0u64;
@@ -162,7 +167,7 @@ pub async fn run(
     let lister = async {
         while let Some(entry) = listing.next().await {
             let entry = entry?;
-            if !options.filter.accepts(&entry.key) {
+            if !options.filter.accepts(&entry.key) || dst_inside_src.as_ref().is_some_and(|p| entry.key.starts_with(p.as_str())) {
                 continue;
             }
             if journal.is_finished(&entry.key).await? {

@@ -57,7 +57,7 @@ impl Redactor {
                 tracing::info!("redacting on the CPU: {e}");
                 Redactor::Cpu
             }
-            Ok(adapter) if adapter.get_info().device_type == wgpu::DeviceType::Cpu => {
+            Ok(adapter) if GpuRedactor::is_software_adapter(&adapter.get_info()) => {
                 tracing::info!(adapter = %adapter.get_info().name, "redacting on the CPU: the only GPU adapter is a software one");
                 Redactor::Cpu
             }

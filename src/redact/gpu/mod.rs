@@ -185,7 +185,12 @@ impl GpuRedactor {
     /// True for software adapters (lavapipe, llvmpipe, WARP): they run the shaders on the
     /// CPU, no faster than the CPU backend.
     pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
+        Self::is_software_adapter(&self.info)
+    }
+
+    /// [`GpuRedactor::is_software`] for an adapter not opened yet.
+    pub fn is_software_adapter(info: &wgpu::AdapterInfo) -> bool {
+        info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// Caps the chunk size below the device limits (tests use this to exercise splitting).
