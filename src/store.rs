@@ -25,6 +25,8 @@ pub enum StoreError {
     Open { location: String, message: String },
     #[error("invalid key {key:?}: {message}")]
     Key { key: String, message: String },
+    #[error("{key} changed since it was read; not overwritten")]
+    Changed { key: String },
     /// The store's own message already includes its causes, so it is not chained again.
     #[error("{op} {key}: {cause}")]
     Io { op: &'static str, key: String, cause: object_store::Error },
@@ -104,7 +106,11 @@ impl Store {
             if bucket.is_empty() {
                 return Err(open_err("no bucket name".into()));
             }
-            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                // `replace` sends If-Match (AWS S3, MinIO, R2, Ceph and moto support it).
+                .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
             for (key, value) in &options.s3 {
                 let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e: object_store::Error| open_err(e.to_string()))?;
                 builder = builder.with_config(key, value);
@@ -169,6 +175,29 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let io = |cause| StoreError::Io { op: "get", key: key.to_string(), cause };
         self.inner.get(&self.path(key)?).await.map_err(io)?.bytes().await.map_err(io)
+    }
+
+    /// Reads a whole object and the version it was read at (the S3 ETag; `None` for a
+    /// folder), for [`Store::replace`].
+    pub async fn get_versioned(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
+        let io = |cause| StoreError::Io { op: "get", key: key.to_string(), cause };
+        let result = self.inner.get(&self.path(key)?).await.map_err(io)?;
+        let e_tag = result.meta.e_tag.clone();
+        Ok((result.bytes().await.map_err(io)?, e_tag))
+    }
+
+    /// Overwrites an object read by [`Store::get_versioned`], only if it is still that
+    /// version: an upload that replaced it in the meantime is not clobbered
+    /// ([`StoreError::Changed`]). Folders have no versions: there it is [`Store::put`].
+    pub async fn replace(&self, key: &str, bytes: Vec<u8>, e_tag: Option<&str>) -> Result<(), StoreError> {
+        let Some(e_tag) = e_tag.filter(|_| self.local_root.is_none()) else { return self.put(key, bytes).await };
+        let path = self.path(key)?;
+        let mode = object_store::PutMode::Update(object_store::UpdateVersion { e_tag: Some(e_tag.to_string()), version: None });
+        match self.inner.put_opts(&path, PutPayload::from(bytes), mode.into()).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => Err(StoreError::Changed { key: key.to_string() }),
+            Err(cause) => Err(StoreError::Io { op: "put", key: key.to_string(), cause }),
+        }
     }
 
     /// Writes a whole object atomically: readers see the old object or the new one,

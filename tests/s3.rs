@@ -103,6 +103,16 @@ fn lists_past_one_page_reads_writes_and_deletes() {
         store.delete("k1/obj00001").await.unwrap(); // already gone: fine
         assert!(store.get("k1/obj00001").await.is_err());
         assert!(store.put("../escape", vec![1]).await.is_err(), "keys cannot climb out of the prefix");
+        // In-place writes are conditional: an object re-uploaded since it was read is kept.
+        let (old, version) = store.get_versioned("k2/obj00002").await.unwrap();
+        assert!(version.is_some(), "S3 reports an ETag");
+        store.put("k2/obj00002", b"a newer upload".to_vec()).await.unwrap();
+        let err = store.replace("k2/obj00002", b"anonymised old".to_vec(), version.as_deref()).await.unwrap_err();
+        assert!(matches!(err, obscura::store::StoreError::Changed { .. }), "{err}");
+        assert_eq!(store.get("k2/obj00002").await.unwrap().as_ref(), b"a newer upload");
+        let (_, version) = store.get_versioned("k2/obj00002").await.unwrap();
+        store.replace("k2/obj00002", old.to_vec(), version.as_deref()).await.unwrap();
+        assert_eq!(store.get("k2/obj00002").await.unwrap(), old);
     });
     assert_eq!(list_keys(&store).len(), 1099);
 }

@@ -187,7 +187,7 @@ pub async fn run(
         let mut work = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
             .map(|key| async move {
                 let t = Instant::now();
-                let outcome = process(anonymizer, src, dst, &key).await;
+                let outcome = process(anonymizer, src, dst, &key, options.in_place).await;
                 ObjectReport { key, outcome, ms: t.elapsed().as_secs_f64() * 1000.0 }
             })
             .buffer_unordered(options.in_flight.max(1));
@@ -212,9 +212,10 @@ pub async fn run(
     Ok(summary)
 }
 
-/// One object end to end. Never writes anything unless anonymisation succeeded.
-async fn process(anonymizer: &Anonymizer, src: &Store, dst: &Store, key: &str) -> Outcome {
-    let bytes = match src.get(key).await {
+/// One object end to end. Never writes anything unless anonymisation succeeded; in
+/// place, never overwrites an object that changed since it was read.
+async fn process(anonymizer: &Anonymizer, src: &Store, dst: &Store, key: &str, in_place: bool) -> Outcome {
+    let (bytes, version) = match src.get_versioned(key).await {
         Ok(b) => b,
         Err(e) => return Outcome::Failed { error: e.to_string() },
     };
@@ -226,7 +227,8 @@ async fn process(anonymizer: &Anonymizer, src: &Store, dst: &Store, key: &str) -
         Err(e) => return Outcome::Failed { error: e.to_string() },
     };
     let regions = out.report.regions.len();
-    match dst.put(key, out.bytes).await {
+    let written = if in_place { dst.replace(key, out.bytes, version.as_deref()).await } else { dst.put(key, out.bytes).await };
+    match written {
         Ok(()) => Outcome::Done { regions },
         Err(e) => Outcome::Failed { error: e.to_string() },
     }
