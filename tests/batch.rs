@@ -149,6 +149,11 @@ fn three_shards_cover_what_one_run_covers_exactly_once() {
     }
     let out = run(obscura().args(["batch", "a", "b", "--shard", "3/3"]));
     assert_eq!(out.status.code(), Some(2));
+    let missing = tmp.path().join("no-such-folder");
+    let out = run(obscura().arg("batch").arg(&missing).arg(tmp.path().join("x")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!missing.exists() && !tmp.path().join("x").exists(), "nothing created");
 }
 
 #[test]
