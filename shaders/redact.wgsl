@@ -109,6 +109,20 @@ fn channel(p: u32, c: u32) -> u32 {
     return (p >> (8u * c)) & 0xffu;
 }
 
+fn rgb(p: u32) -> vec3<u32> {
+    return vec3<u32>(channel(p, 0u), channel(p, 1u), channel(p, 2u));
+}
+
+fn store3(i: u32, v: vec3<f32>) {
+    scratch[i] = v.x;
+    scratch[i + 1u] = v.y;
+    scratch[i + 2u] = v.z;
+}
+
+fn load3(i: u32) -> vec3<f32> {
+    return vec3<f32>(scratch[i], scratch[i + 1u], scratch[i + 2u]);
+}
+
 // --- items -----------------------------------------------------------------------
 
 struct Item {
@@ -156,13 +170,9 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         var row = vec3<u32>(0u);
         let start = pixel_index(s, x0, wy + it.y);
         for (var i = 0u; i < x1 - x0; i++) {
-            let p = pixels[start + i];
-            row += vec3<u32>(channel(p, 0u), channel(p, 1u), channel(p, 2u));
+            row += rgb(pixels[start + i]);
         }
-        let out = st(s, S_SCRATCH) + (it.y * nbw + it.x) * 3u;
-        scratch[out] = f32(row.x);
-        scratch[out + 1u] = f32(row.y);
-        scratch[out + 2u] = f32(row.z);
+        store3(st(s, S_SCRATCH) + (it.y * nbw + it.x) * 3u, vec3<f32>(row));
     } else if style == STYLE_BLUR {
         let ty0 = st(s, S_TY0);
         let img_w = st(s, S_IMG_W);
@@ -177,14 +187,10 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         var acc = vec3<f32>(0.0);
         for (var k = 0; k <= 2 * r; k++) {
             let xx = u32(clamp(sx + k - r, 0, i32(img_w) - 1));
-            let p = pixels[pixel_index(s, xx, sy)];
             let wk = bitcast<f32>(words[kernel + u32(k)]);
-            acc += wk * vec3<f32>(f32(channel(p, 0u)), f32(channel(p, 1u)), f32(channel(p, 2u)));
+            acc += wk * vec3<f32>(rgb(pixels[pixel_index(s, xx, sy)]));
         }
-        let out = st(s, S_SCRATCH) + (it.y * ww + it.x) * 3u;
-        scratch[out] = acc.x;
-        scratch[out + 1u] = acc.y;
-        scratch[out + 2u] = acc.z;
+        store3(st(s, S_SCRATCH) + (it.y * ww + it.x) * 3u, acc);
     }
 }
 
@@ -216,8 +222,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     var hi = vec3<u32>(0u);
     let rows = st(s, S_SCRATCH);
     for (var y = it.y * b; y < y1 - st(s, S_WY); y++) {
-        let i = rows + (y * nbw + it.x) * 3u;
-        let sum = lo + vec3<u32>(u32(scratch[i]), u32(scratch[i + 1u]), u32(scratch[i + 2u]));
+        let sum = lo + vec3<u32>(load3(rows + (y * nbw + it.x) * 3u));
         hi += select(vec3<u32>(0u), vec3<u32>(1u), sum < lo);
         lo = sum;
     }
@@ -262,8 +267,7 @@ fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid
     if style == STYLE_PIXELATE {
         let b = st(s, S_PARAM);
         let nbw = (ww + b - 1u) / b;
-        let v = st(s, S_SCRATCH) + nbw * wh * 3u + ((it.y / b) * nbw + it.x / b) * 3u;
-        t = vec3<f32>(scratch[v], scratch[v + 1u], scratch[v + 2u]);
+        t = load3(st(s, S_SCRATCH) + nbw * wh * 3u + ((it.y / b) * nbw + it.x / b) * 3u);
     } else if style == STYLE_BLUR {
         let r = i32(st(s, S_PARAM));
         let kernel = st(s, S_KERNEL);
@@ -273,9 +277,8 @@ fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid
         var acc = vec3<f32>(0.0);
         for (var k = 0; k <= 2 * r; k++) {
             let sy = clamp(i32(py) + k - r, 0, img_h - 1);
-            let h = base + (u32(sy - ty0) * ww + it.x) * 3u;
             let wk = bitcast<f32>(words[kernel + u32(k)]);
-            acc += wk * vec3<f32>(scratch[h], scratch[h + 1u], scratch[h + 2u]);
+            acc += wk * load3(base + (u32(sy - ty0) * ww + it.x) * 3u);
         }
         let seed = st(s, S_SEED);
         let index = st(s, S_INDEX);

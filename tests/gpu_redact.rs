@@ -68,6 +68,15 @@ fn max_diff(a: &Frame, b: &Frame) -> (u8, usize) {
     worst
 }
 
+/// `orig` redacted by the CPU reference and by `gpu`: (cpu, gpu).
+fn both(gpu: &GpuRedactor, orig: &Frame, regions: &[Region], params: &Params) -> (Frame, Frame) {
+    let mut want = orig.clone();
+    cpu::redact(&mut want, regions, params);
+    let mut got = orig.clone();
+    gpu.redact(&mut got, regions, params).unwrap();
+    (want, got)
+}
+
 fn region(x: u32, y: u32, w: u32, h: u32, style: Style, shape: Shape) -> Region {
     Region { rect: PixelRect { x, y, w, h }, class: Class::Face, style, shape }
 }
@@ -81,10 +90,7 @@ fn every_style_and_shape_matches_the_cpu() {
                 let orig = noise_frame(160, 120, channels, 7);
                 let regions = [region(10, 20, 64, 48, style, shape), region(0, 0, 17, 9, style, shape), region(100, 70, 60, 50, style, shape)];
                 let params = Params { feather: 0.1, noise: 16.0, seed: 42 };
-                let mut want = orig.clone();
-                cpu::redact(&mut want, &regions, &params);
-                let mut got = orig.clone();
-                gpu.redact(&mut got, &regions, &params).unwrap();
+                let (want, got) = both(gpu, &orig, &regions, &params);
                 let (d, at) = max_diff(&want, &got);
                 assert!(d <= 1, "{channels} channels, {shape:?}, {style:?}: differs by {d} at byte {at}");
                 assert_ne!(got, orig);
@@ -161,10 +167,7 @@ fn one_pixel_regions_at_every_corner() {
         .map(|(&(x, y), style)| region(x, y, 1, 1, style, Shape::Ellipse))
         .collect();
     let params = Params { feather: 0.1, noise: 16.0, seed: 5 };
-    let mut want = orig.clone();
-    cpu::redact(&mut want, &regions, &params);
-    let mut got = orig.clone();
-    gpu.redact(&mut got, &regions, &params).unwrap();
+    let (want, got) = both(gpu, &orig, &regions, &params);
     assert!(max_diff(&want, &got).0 <= 1);
     assert_ne!(got, orig);
 }
@@ -181,10 +184,7 @@ fn regions_beyond_one_dispatch_dimension() {
         region(500, 600, 300, 200, Style::DEFAULT_BLUR, Shape::Rect),
     ];
     let params = Params { feather: 0.1, noise: 16.0, seed: 1 };
-    let mut want = orig.clone();
-    cpu::redact(&mut want, &regions, &params);
-    let mut got = orig.clone();
-    gpu.redact(&mut got, &regions, &params).unwrap();
+    let (want, got) = both(gpu, &orig, &regions, &params);
     let (d, at) = max_diff(&want, &got);
     assert!(d <= 1, "differs by {d} at byte {at}");
 }

@@ -38,10 +38,15 @@ pub fn block_size(w: u32, h: u32, cells: u32) -> u32 {
     w.max(h).div_ceil(cells.max(1)).max(1)
 }
 
-/// Normalised Gaussian weights for offsets `-r..=r`, `r = ceil(3 sigma)`.
+/// Radius of [`gaussian_kernel`]: `ceil(3 sigma)`, sigma at least 0.5.
+pub fn gaussian_radius(sigma: f32) -> u32 {
+    (3.0 * sigma.max(0.5)).ceil() as u32
+}
+
+/// Normalised Gaussian weights for offsets `-r..=r`, `r` = [`gaussian_radius`].
 pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
+    let r = gaussian_radius(sigma) as i32;
     let sigma = sigma.max(0.5);
-    let r = (3.0 * sigma).ceil() as i32;
     let mut k: Vec<f32> = (-r..=r).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
     let sum: f32 = k.iter().sum();
     k.iter_mut().for_each(|v| *v /= sum);
@@ -98,5 +103,7 @@ mod tests {
         assert_eq!(k.len(), 25);
         assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert_eq!(k[0], k[24]);
+        assert_eq!(gaussian_radius(4.0), 12);
+        assert_eq!(gaussian_kernel(0.1).len(), 2 * gaussian_radius(0.1) as usize + 1);
     }
 }

@@ -15,7 +15,7 @@
 //! - The independent jobs of a round are packed into **chunks** that fit the device's
 //!   buffer and dispatch limits; chunks are what the executor uploads and reads back.
 
-use super::super::math::{block_size, gaussian_kernel};
+use super::super::math::{block_size, gaussian_kernel, gaussian_radius};
 use super::super::{Params, Region, Style};
 use crate::geometry::PixelRect;
 use crate::image_io::Frame;
@@ -112,9 +112,42 @@ pub struct Chunk {
 /// Padding a region's reads need around it (the blur radius; 0 otherwise).
 pub fn halo(region: &Region) -> u32 {
     match region.style {
-        Style::Blur { sigma } => (gaussian_kernel(sigma * region.rect.w.max(region.rect.h) as f32).len() / 2) as u32,
+        Style::Blur { sigma } => gaussian_radius(blur_sigma(region, sigma)),
         _ => 0,
     }
+}
+
+/// The blur sigma in pixels for a region (the style gives it relative to the region).
+fn blur_sigma(region: &Region, fraction: f32) -> f32 {
+    fraction * region.rect.w.max(region.rect.h) as f32
+}
+
+/// Image rows `ty0..ty1` the horizontal blur pass covers for a step writing `write`.
+fn blur_rows(write: PixelRect, radius: u32, height: u32) -> (u32, u32) {
+    (write.y.saturating_sub(radius), (write.y + write.h).saturating_add(radius).min(height))
+}
+
+/// The dispatch domains (pass, width, height) of one step, in run order. Sizing
+/// ([`job_bytes`]) and packing ([`build_chunk`]) both read a step's work from here.
+/// Every pass but `Apply` writes 3 scratch floats per domain cell.
+fn domains(region: &Region, write: PixelRect, height: u32) -> Vec<(Pass, u32, u32)> {
+    let apply = (Pass::Apply, write.w, write.h);
+    match region.style {
+        Style::Pixelate { cells } => {
+            let b = block_size(region.rect.w, region.rect.h, cells);
+            let nbw = write.w.div_ceil(b);
+            vec![(Pass::Gather, nbw, write.h), (Pass::Reduce, nbw, write.h.div_ceil(b)), apply]
+        }
+        Style::Blur { .. } => {
+            let (ty0, ty1) = blur_rows(write, halo(region), height);
+            vec![(Pass::Gather, write.w, ty1 - ty0), apply]
+        }
+        Style::Fill { .. } => vec![apply],
+    }
+}
+
+fn scratch_floats(domains: &[(Pass, u32, u32)]) -> u64 {
+    domains.iter().filter(|d| d.0 != Pass::Apply).map(|&(_, w, h)| w as u64 * h as u64 * 3).sum()
 }
 
 fn grow(r: PixelRect, by: u32, width: u32, height: u32) -> PixelRect {
@@ -137,34 +170,6 @@ fn union(a: PixelRect, b: PixelRect) -> PixelRect {
     PixelRect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 }
 }
 
-/// Resources one step needs beyond its patch.
-struct Cost {
-    scratch_floats: u64,
-    items: u64,
-    kernel_words: u64,
-}
-
-fn step_cost(region: &Region, write: PixelRect, height: u32) -> Cost {
-    let apply_items = tiles(write.w, write.h);
-    match region.style {
-        Style::Pixelate { cells } => {
-            let b = block_size(region.rect.w, region.rect.h, cells);
-            let (nbw, nbh) = (write.w.div_ceil(b), write.h.div_ceil(b));
-            Cost {
-                scratch_floats: nbw as u64 * (write.h as u64 + nbh as u64) * 3,
-                items: apply_items + tiles(nbw, write.h) + tiles(nbw, nbh),
-                kernel_words: 0,
-            }
-        }
-        Style::Blur { .. } => {
-            let r = halo(region);
-            let rows = ((write.y + write.h).saturating_add(r).min(height) - write.y.saturating_sub(r)) as u64;
-            Cost { scratch_floats: write.w as u64 * rows * 3, items: apply_items + tiles(write.w, rows as u32), kernel_words: 2 * r as u64 + 1 }
-        }
-        Style::Fill { .. } => Cost { scratch_floats: 0, items: apply_items, kernel_words: 0 },
-    }
-}
-
 fn tiles(w: u32, h: u32) -> u64 {
     w.div_ceil(TILE) as u64 * h.div_ceil(TILE) as u64
 }
@@ -173,9 +178,12 @@ fn tiles(w: u32, h: u32) -> u64 {
 fn job_bytes(job: &Job, image: &ImageRef) -> (u64, u64, u64) {
     let (mut scratch, mut words) = (0u64, 0u64);
     for s in &job.steps {
-        let c = step_cost(&image.regions[s.region], s.write, image.height);
-        scratch += c.scratch_floats * 4;
-        words += (STEP_WORDS as u64 + c.kernel_words + c.items * ITEM_WORDS as u64) * 4;
+        let region = &image.regions[s.region];
+        let d = domains(region, s.write, image.height);
+        let items: u64 = d.iter().map(|&(_, w, h)| tiles(w, h)).sum();
+        let kernel_words = if matches!(region.style, Style::Blur { .. }) { 2 * halo(region) as u64 + 1 } else { 0 };
+        scratch += scratch_floats(&d) * 4;
+        words += (STEP_WORDS as u64 + kernel_words + items * ITEM_WORDS as u64) * 4;
     }
     (job.patch.w as u64 * job.patch.h as u64 * 4, scratch, words)
 }
@@ -313,7 +321,7 @@ fn build_chunk(jobs: Vec<Job>, images: &[ImageRef], limits: &ChunkLimits) -> Chu
     let mut records: Vec<u32> = Vec::with_capacity(nsteps * STEP_WORDS);
     let mut kernels: Vec<u32> = Vec::new();
     // (layer, pass, step, domain w, domain h) for every dispatchable domain.
-    let mut domains: Vec<(u32, Pass, u32, u32, u32)> = Vec::new();
+    let mut work: Vec<(u32, Pass, u32, u32, u32)> = Vec::new();
     let mut patch_offsets = Vec::with_capacity(jobs.len());
     let (mut pixels, mut scratch) = (0u64, 0u64);
     let kernel_base = (nsteps * STEP_WORDS) as u32;
@@ -325,21 +333,16 @@ fn build_chunk(jobs: Vec<Job>, images: &[ImageRef], limits: &ChunkLimits) -> Chu
             let step_index = (records.len() / STEP_WORDS) as u32;
             let (w, rr) = (s.write, region.rect);
             let flags = (region.shape == super::super::Shape::Ellipse) as u32 | (((image.channels == 4) as u32) << 1);
-            let (style, param, kernel, ty0, gather) = match region.style {
-                Style::Pixelate { cells } => {
-                    let b = block_size(rr.w, rr.h, cells);
-                    (0, b, 0, 0, Some((w.w.div_ceil(b), w.h)))
-                }
+            let (style, param, kernel, ty0) = match region.style {
+                Style::Pixelate { cells } => (0, block_size(rr.w, rr.h, cells), 0, 0),
                 Style::Blur { sigma } => {
-                    let k = gaussian_kernel(sigma * rr.w.max(rr.h) as f32);
+                    let k = gaussian_kernel(blur_sigma(region, sigma));
                     let r = (k.len() / 2) as u32;
                     let offset = kernel_base + kernels.len() as u32;
                     kernels.extend(k.iter().map(|&v| f(v)));
-                    let ty0 = w.y.saturating_sub(r);
-                    let ty1 = (w.y + w.h).saturating_add(r).min(image.height);
-                    (1, r, offset, ty0, Some((w.w, ty1 - ty0)))
+                    (1, r, offset, blur_rows(w, r, image.height).0)
                 }
-                Style::Fill { color } => (2, color[0] as u32 | (color[1] as u32) << 8 | (color[2] as u32) << 16, 0, 0, None),
+                Style::Fill { color } => (2, color[0] as u32 | (color[1] as u32) << 8 | (color[2] as u32) << 16, 0, 0),
             };
             let p = &image.params;
             records.extend_from_slice(&[
@@ -368,16 +371,9 @@ fn build_chunk(jobs: Vec<Job>, images: &[ImageRef], limits: &ChunkLimits) -> Chu
                 f(p.feather),
                 ty0,
             ]);
-            if let Some((gw, gh)) = gather {
-                domains.push((s.layer, Pass::Gather, step_index, gw, gh));
-                scratch += gw as u64 * gh as u64 * 3;
-            }
-            if style == 0 {
-                let (nbw, nbh) = (w.w.div_ceil(param), w.h.div_ceil(param));
-                domains.push((s.layer, Pass::Reduce, step_index, nbw, nbh));
-                scratch += nbw as u64 * nbh as u64 * 3;
-            }
-            domains.push((s.layer, Pass::Apply, step_index, w.w, w.h));
+            let step_domains = domains(region, w, image.height);
+            scratch += scratch_floats(&step_domains);
+            work.extend(step_domains.into_iter().map(|(pass, dw, dh)| (s.layer, pass, step_index, dw, dh)));
         }
         pixels += job.patch.w as u64 * job.patch.h as u64;
     }
@@ -385,7 +381,7 @@ fn build_chunk(jobs: Vec<Job>, images: &[ImageRef], limits: &ChunkLimits) -> Chu
     let mut words = records;
     words.extend(kernels);
     // Items grouped by (layer, pass): each group is one or more dispatches.
-    domains.sort_by_key(|&(layer, pass, ..)| (layer, pass as u8));
+    work.sort_by_key(|&(layer, pass, ..)| (layer, pass as u8));
     let max_items = (limits.max_groups_per_dim as u64).pow(2).min(u32::MAX as u64) as u32;
     let mut dispatches: Vec<Dispatch> = Vec::new();
     let mut group_key = None;
@@ -400,7 +396,7 @@ fn build_chunk(jobs: Vec<Job>, images: &[ImageRef], limits: &ChunkLimits) -> Chu
             offset += count as usize * ITEM_WORDS;
         }
     };
-    for &(layer, pass, step, dw, dh) in &domains {
+    for &(layer, pass, step, dw, dh) in &work {
         if group_key != Some((layer, pass)) {
             flush(&mut dispatches, group_key, start, words.len());
             group_key = Some((layer, pass));
