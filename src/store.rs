@@ -93,8 +93,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens a folder (created if missing) or an `s3://bucket/prefix` location.
+    /// Opens a folder (created if missing: right for a destination) or an
+    /// `s3://bucket/prefix` location.
     pub fn open(location: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::open_with(location, options, true)
+    }
+
+    /// [`Store::open`] for a source: a folder that does not exist is an error, so a
+    /// mistyped path cannot become an empty batch that "succeeds".
+    pub fn open_existing(location: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::open_with(location, options, false)
+    }
+
+    fn open_with(location: &str, options: &StoreOptions, create: bool) -> Result<Self, StoreError> {
         let open_err = |message: String| StoreError::Open { location: location.to_string(), message };
         let retry = RetryConfig {
             backoff: BackoffConfig { init_backoff: options.init_backoff, max_backoff: options.max_backoff, base: 2.0 },
@@ -123,7 +134,11 @@ impl Store {
             return Err(open_err("unsupported scheme (use a folder path, file://, or s3://)".into()));
         }
         let dir = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
-        std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
+        if create {
+            std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
+        } else if !dir.is_dir() {
+            return Err(open_err("folder does not exist".into()));
+        }
         let dir = dir.canonicalize().map_err(|e| open_err(e.to_string()))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
         Ok(Self { inner: Arc::new(fs), prefix: Path::default(), location: dir.display().to_string(), local_root: Some(dir) })
@@ -173,8 +188,7 @@ impl Store {
 
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let io = |cause| StoreError::Io { op: "get", key: key.to_string(), cause };
-        self.inner.get(&self.path(key)?).await.map_err(io)?.bytes().await.map_err(io)
+        Ok(self.get_versioned(key).await?.0)
     }
 
     /// Reads a whole object and the version it was read at (the S3 ETag; `None` for a

@@ -19,16 +19,8 @@ pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
     let mut config = args.redaction.config(parallel);
     config.max_concurrency = parallel;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let local_src = args.src.strip_prefix("file://").unwrap_or(&args.src);
-    if !args.src.contains("://") || args.src.starts_with("file://") {
-        // Opening a folder creates it (right for a destination): a mistyped source must
-        // not become an empty batch that "succeeds".
-        if !std::path::Path::new(local_src).is_dir() {
-            bail!("source folder {local_src} does not exist");
-        }
-    }
     runtime.block_on(async {
-        let src = Store::open(&args.src, &store_options)?;
+        let src = Store::open_existing(&args.src, &store_options)?;
         let dst = Store::open(&args.dst, &store_options)?;
         let journal_path = match (&args.journal, dst.local_root()) {
             (Some(p), _) => p.clone(),
