@@ -34,6 +34,7 @@ pub mod geometry;
 pub mod image_io;
 pub mod pipeline;
 pub mod redact;
+pub mod retention;
 pub mod store;
 
 pub use config::Config;

@@ -14,6 +14,7 @@ fn main() {
         Command::Anonymise(args) => cli::anonymise::run(args, cli.quiet),
         Command::Batch(args) => cli::batch::run(args, cli.quiet),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Retention(args) => cli::retention::run(args),
     };
     drop(runtime_dir);
     match result {
@@ -32,7 +33,7 @@ fn quiet_mesa(cli: &Cli) -> Option<tempfile::TempDir> {
     let probes_gpu = match &cli.command {
         Command::Anonymise(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
         Command::Batch(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
-        Command::Eval(_) => false,
+        Command::Eval(_) | Command::Retention(_) => false,
     };
     if !probes_gpu || std::env::var_os("XDG_RUNTIME_DIR").is_some() {
         return None;

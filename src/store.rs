@@ -32,6 +32,13 @@ pub enum StoreError {
     Io { op: &'static str, key: String, cause: object_store::Error },
 }
 
+impl StoreError {
+    /// True when the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io { cause: object_store::Error::NotFound { .. }, .. })
+    }
+}
+
 /// Retry settings for transient store failures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreOptions {
@@ -220,6 +227,22 @@ impl Store {
         let path = self.path(key)?;
         self.inner.put(&path, PutPayload::from(bytes)).await.map_err(|cause| StoreError::Io { op: "put", key: key.to_string(), cause })?;
         Ok(())
+    }
+
+    /// True when the object exists (a HEAD request; no body is read).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.path(key)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(cause) => Err(StoreError::Io { op: "head", key: key.to_string(), cause }),
+        }
+    }
+
+    /// Deletes an object for good: on a local folder the file, on S3 the object. (A
+    /// versioned bucket keeps older versions after a plain delete; see
+    /// [`Store::purge_versions`].)
+    pub async fn purge(&self, key: &str) -> Result<(), StoreError> {
+        self.delete(key).await
     }
 
     /// Deletes an object (no error if it is already gone).

@@ -41,6 +41,8 @@ pub enum Command {
     Batch(BatchArgs),
     /// Score detection against an annotated set: coverage recall by subset and face size.
     Eval(EvalArgs),
+    /// Retention and erasure: catalog uploads, unsubscribe, erase, export, plan, run the scheduler.
+    Retention(super::retention::RetentionArgs),
 }
 
 #[derive(Args, Debug)]

@@ -5,3 +5,4 @@ pub mod anonymise;
 pub mod batch;
 pub mod args;
 pub mod eval;
+pub mod retention;

@@ -1,0 +1,829 @@
+//! The retention catalog: uploads, subjects, the job queue and the audit log, in SQLite
+//! (a file, embedded, one scheduler at a time) or PostgreSQL (several schedulers share the
+//! queue with `FOR UPDATE SKIP LOCKED`). One schema, written once per SQL dialect in
+//! `migrations/{sqlite,postgres}` and applied with `sqlx` migrations; every query here is
+//! plain SQL both accept (`$n` parameters, `CASE` instead of `LEAST`, times as Unix ms).
+//!
+//! Every state change that must be audited is committed in the same transaction as its
+//! audit record, so the log and the catalog never disagree, even after `kill -9`.
+//! Write transactions start with a write, so SQLite takes its write lock up front instead
+//! of failing to upgrade a read lock under contention.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+use super::audit::{AuditFields, Secret};
+use super::policy::Action;
+
+/// Why the catalog failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {url}: {message}")]
+    Open { url: String, message: String },
+    #[error("catalog: {what}: {source}")]
+    Query { what: &'static str, source: sqlx::Error },
+    #[error("catalog holds an unexpected value: {0}")]
+    Corrupt(String),
+}
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> CatalogError {
+    move |source| CatalogError::Query { what, source }
+}
+
+/// Which database the catalog lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Where an upload is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    Active,
+    Anonymised,
+    Purged,
+}
+
+impl UploadState {
+    fn parse(s: &str) -> Result<Self, CatalogError> {
+        match s {
+            "active" => Ok(Self::Active),
+            "anonymised" => Ok(Self::Anonymised),
+            "purged" => Ok(Self::Purged),
+            other => Err(CatalogError::Corrupt(format!("upload state {other:?}"))),
+        }
+    }
+}
+
+/// Why a job exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The upload reached its class's `max_age`.
+    Expiry,
+    /// Its person unsubscribed.
+    Unsubscribe,
+    /// Its person asked for erasure of all their data.
+    EraseSubject,
+    /// Erasure of this one upload was asked for (e.g. by a guardian).
+    EraseUpload,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Expiry => "expiry",
+            Reason::Unsubscribe => "unsubscribe",
+            Reason::EraseSubject => "erase_subject",
+            Reason::EraseUpload => "erase_upload",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, CatalogError> {
+        match s {
+            "expiry" => Ok(Self::Expiry),
+            "unsubscribe" => Ok(Self::Unsubscribe),
+            "erase_subject" => Ok(Self::EraseSubject),
+            "erase_upload" => Ok(Self::EraseUpload),
+            other => Err(CatalogError::Corrupt(format!("job reason {other:?}"))),
+        }
+    }
+}
+
+/// One catalogued upload.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Upload {
+    pub id: String,
+    /// `None` once anonymised or purged.
+    pub subject: Option<String>,
+    /// Store location (folder or `s3://bucket/prefix`).
+    pub store: String,
+    /// `None` once purged.
+    pub key: Option<String>,
+    pub class: String,
+    pub uploaded_at: i64,
+    pub state: UploadState,
+    /// Thumbnails and other copies, in the same store.
+    pub derived: Vec<String>,
+}
+
+const UPLOAD_COLUMNS: &str = "u.id, u.subject_id, u.store, u.key, u.class, u.uploaded_at, u.state, u.derived";
+
+fn upload_from(row: &AnyRow) -> Result<Upload, CatalogError> {
+    let get = |e| CatalogError::Corrupt(format!("upload row: {e}"));
+    let derived: String = row.try_get("derived").map_err(get)?;
+    Ok(Upload {
+        id: row.try_get("id").map_err(get)?,
+        subject: row.try_get("subject_id").map_err(get)?,
+        store: row.try_get("store").map_err(get)?,
+        key: row.try_get("key").map_err(get)?,
+        class: row.try_get("class").map_err(get)?,
+        uploaded_at: row.try_get("uploaded_at").map_err(get)?,
+        state: UploadState::parse(&row.try_get::<String, _>("state").map_err(get)?)?,
+        derived: serde_json::from_str(&derived).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))?,
+    })
+}
+
+/// A job claimed for execution, with its upload.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: i64,
+    pub action: Action,
+    pub reason: Reason,
+    /// The policy rule that asked for it (e.g. `photo.on_unsubscribe`).
+    pub rule: String,
+    pub due_at: i64,
+    pub attempts: i64,
+    /// The random key an anonymised upload moves to, chosen once and kept here so a
+    /// rerun after a crash writes to the same place.
+    pub new_key: Option<String>,
+    /// The claim this job was taken under.
+    pub lease: String,
+    pub upload: Upload,
+}
+
+/// A job to add (or to merge into the upload's open job: purge beats anonymise, the
+/// earlier due time wins).
+#[derive(Clone, Debug)]
+pub struct NewJob<'a> {
+    pub action: Action,
+    pub reason: Reason,
+    pub rule: &'a str,
+    pub due_at: i64,
+    pub held: bool,
+}
+
+/// Which jobs a claim may take.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    All,
+    Subject(&'a str),
+    Upload(&'a str),
+}
+
+/// A record to append to the audit log.
+#[derive(Clone, Debug, Default)]
+pub struct AuditEntry {
+    pub event: &'static str,
+    pub subject_hash: Option<String>,
+    pub upload_id: Option<String>,
+    pub rule: Option<String>,
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
+/// One stored audit record.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub event: String,
+    pub subject_hash: Option<String>,
+    pub upload_id: Option<String>,
+    pub rule: Option<String>,
+    pub outcome: String,
+    pub detail: String,
+    pub prev: String,
+    pub mac: String,
+}
+
+impl AuditRecord {
+    fn fields(&self) -> AuditFields<'_> {
+        AuditFields {
+            seq: self.seq,
+            at: self.at,
+            event: &self.event,
+            subject_hash: self.subject_hash.as_deref(),
+            upload_id: self.upload_id.as_deref(),
+            rule: self.rule.as_deref(),
+            outcome: &self.outcome,
+            detail: &self.detail,
+        }
+    }
+}
+
+/// Migrations compiled into the binary, one set per dialect.
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| Migration::new(*version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false))
+                .collect())
+        })
+    }
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "retention", include_str!("../../migrations/sqlite/0001_retention.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "retention", include_str!("../../migrations/postgres/0001_retention.sql"))];
+
+/// The catalog database.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// The URL with any password removed, for messages.
+    display: String,
+}
+
+/// A database URL for messages: the password, if any, replaced.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Catalog {
+    /// Opens (and creates or migrates) a catalog: `postgres://…`, `sqlite://path`, or a
+    /// plain file path (SQLite).
+    pub async fn open(url: &str) -> Result<Self, CatalogError> {
+        sqlx::any::install_default_drivers();
+        let display = redact_url(url);
+        let open_err = |message: String| CatalogError::Open { url: display.clone(), message };
+        let (dialect, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_string())
+        } else {
+            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+            if path.is_empty() || path.contains('?') {
+                return Err(open_err("give a file path (sqlite://PATH or PATH)".into()));
+            }
+            if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            }
+            (Dialect::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        };
+        let options = match dialect {
+            Dialect::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL: readers never block the writer; NORMAL: a commit survives a
+                    // process kill (FULL would also survive power loss).
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;")
+                        .await?;
+                    Ok(())
+                })
+            }),
+            Dialect::Postgres => AnyPoolOptions::new().max_connections(8),
+        };
+        let pool = options.acquire_timeout(Duration::from_secs(30)).connect(&url).await.map_err(|e| open_err(e.to_string()))?;
+        let source = match dialect {
+            Dialect::Sqlite => Embedded(SQLITE_MIGRATIONS),
+            Dialect::Postgres => Embedded(POSTGRES_MIGRATIONS),
+        };
+        let migrator = Migrator::new(source).await.map_err(|e| open_err(e.to_string()))?;
+        migrator.run(&pool).await.map_err(|e| open_err(format!("migrating: {e}")))?;
+        Ok(Self { pool, dialect, display })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The URL, password removed.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The connection pool, for tests that tamper with the tables on purpose.
+    #[doc(hidden)]
+    pub fn pool_for_tests(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, CatalogError> {
+        self.pool.begin().await.map_err(q("begin"))
+    }
+
+    // ---- subjects -------------------------------------------------------------------
+
+    /// `Some(subscribed?)` for a known subject, `None` for an unknown one.
+    pub async fn subject_state(&self, subject: &str) -> Result<Option<String>, CatalogError> {
+        sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject).fetch_optional(&self.pool).await.map_err(q("reading subject"))
+    }
+
+    pub async fn subject_erased(&self, subject_hash: &str) -> Result<bool, CatalogError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject_hash = $1")
+            .bind(subject_hash)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("reading erased subjects"))?;
+        Ok(n > 0)
+    }
+
+    /// Creates the subject if it is new (subscribed).
+    pub(crate) async fn ensure_subject(tx: &mut Transaction<'static, Any>, subject: &str, now: i64) -> Result<(), CatalogError> {
+        sqlx::query("INSERT INTO subjects (id, state, created_at) VALUES ($1, 'subscribed', $2) ON CONFLICT (id) DO NOTHING")
+            .bind(subject)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("adding subject"))?;
+        Ok(())
+    }
+
+    /// Marks a subject unsubscribed; false if it already was.
+    pub(crate) async fn mark_unsubscribed(tx: &mut Transaction<'static, Any>, subject: &str, now: i64) -> Result<bool, CatalogError> {
+        let r = sqlx::query("UPDATE subjects SET state = 'unsubscribed', unsubscribed_at = $2 WHERE id = $1 AND state = 'subscribed'")
+            .bind(subject)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("unsubscribing"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Drops an unsubscribed subject that no upload refers to any more, keeping only its
+    /// keyed hash. True when it was dropped.
+    pub(crate) async fn forget_subject_if_done(
+        tx: &mut Transaction<'static, Any>,
+        subject: &str,
+        subject_hash: &str,
+        now: i64,
+    ) -> Result<bool, CatalogError> {
+        let r = sqlx::query(
+            "DELETE FROM subjects WHERE id = $1 AND state = 'unsubscribed'
+             AND NOT EXISTS (SELECT 1 FROM uploads WHERE subject_id = $1)",
+        )
+        .bind(subject)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("forgetting subject"))?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO erased_subjects (subject_hash, erased_at) VALUES ($1, $2) ON CONFLICT (subject_hash) DO NOTHING")
+            .bind(subject_hash)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("recording erased subject"))?;
+        Ok(true)
+    }
+
+    // ---- uploads --------------------------------------------------------------------
+
+    /// Adds an upload; false if its id or its store+key is already catalogued.
+    pub(crate) async fn insert_upload(tx: &mut Transaction<'static, Any>, u: &Upload) -> Result<bool, CatalogError> {
+        let derived = serde_json::to_string(&u.derived).expect("strings serialise");
+        let r = sqlx::query(
+            "INSERT INTO uploads (id, subject_id, store, key, class, uploaded_at, state, derived)
+             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&u.id)
+        .bind(&u.subject)
+        .bind(&u.store)
+        .bind(&u.key)
+        .bind(&u.class)
+        .bind(u.uploaded_at)
+        .bind(derived)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("adding upload"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<Upload>, CatalogError> {
+        let row = sqlx::query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads u WHERE u.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading upload"))?;
+        row.as_ref().map(upload_from).transpose()
+    }
+
+    /// A subject's uploads (all states that still name them: active ones).
+    pub async fn subject_uploads(&self, subject: &str) -> Result<Vec<Upload>, CatalogError> {
+        let rows = sqlx::query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads u WHERE u.subject_id = $1 ORDER BY u.uploaded_at, u.id"))
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading uploads"))?;
+        rows.iter().map(upload_from).collect()
+    }
+
+    // ---- jobs -----------------------------------------------------------------------
+
+    /// Queues `job` for every upload matching `filter_sql` (a condition on `u` whose
+    /// parameters start at `$7`), merging into open jobs. Returns how many it touched.
+    async fn enqueue_where(
+        tx: &mut Transaction<'static, Any>,
+        job: &NewJob<'_>,
+        now: i64,
+        filter_sql: &str,
+        binds: &[&str],
+    ) -> Result<u64, CatalogError> {
+        let sql = format!(
+            "INSERT INTO jobs (upload_id, action, reason, rule, due_at, state, next_try_at, created_at)
+             SELECT u.id, $1, $2, $3, $4, $5, $4, $6 FROM uploads u WHERE u.state <> 'purged' AND {filter_sql}
+             ON CONFLICT (upload_id) WHERE state <> 'done' DO UPDATE SET
+                action = CASE WHEN excluded.action = 'purge' THEN 'purge' ELSE jobs.action END,
+                reason = CASE WHEN (excluded.action = 'purge' AND jobs.action <> 'purge') OR excluded.due_at < jobs.due_at
+                              THEN excluded.reason ELSE jobs.reason END,
+                rule = CASE WHEN (excluded.action = 'purge' AND jobs.action <> 'purge') OR excluded.due_at < jobs.due_at
+                            THEN excluded.rule ELSE jobs.rule END,
+                due_at = CASE WHEN excluded.due_at < jobs.due_at THEN excluded.due_at ELSE jobs.due_at END,
+                next_try_at = CASE WHEN excluded.due_at < jobs.next_try_at THEN excluded.due_at ELSE jobs.next_try_at END"
+        );
+        let state = if job.held { "held" } else { "pending" };
+        let mut query =
+            sqlx::query(&sql).bind(job.action.as_str()).bind(job.reason.as_str()).bind(job.rule).bind(job.due_at).bind(state).bind(now);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let r = query.execute(&mut **tx).await.map_err(q("queueing jobs"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Queues a job for each active upload of `subject` in `class`.
+    pub(crate) async fn enqueue_subject_class(
+        tx: &mut Transaction<'static, Any>,
+        subject: &str,
+        class: &str,
+        job: &NewJob<'_>,
+        now: i64,
+    ) -> Result<u64, CatalogError> {
+        Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.subject_id = $7 AND u.class = $8", &[subject, class]).await
+    }
+
+    /// Queues a job for one upload (active, or anonymised for a purge).
+    pub(crate) async fn enqueue_upload(tx: &mut Transaction<'static, Any>, upload: &str, job: &NewJob<'_>, now: i64) -> Result<u64, CatalogError> {
+        Self::enqueue_where(tx, job, now, "u.id = $7", &[upload]).await
+    }
+
+    /// Queues expiry jobs for active uploads of `class` uploaded at or before `cutoff`
+    /// that have no open job. Returns how many were queued.
+    pub async fn enqueue_expired(&self, class: &str, max_age: i64, cutoff: i64, job: &NewJob<'_>, now: i64) -> Result<u64, CatalogError> {
+        let state = if job.held { "held" } else { "pending" };
+        let r = sqlx::query(
+            "INSERT INTO jobs (upload_id, action, reason, rule, due_at, state, next_try_at, created_at)
+             SELECT u.id, $1, 'expiry', $2, u.uploaded_at + $3, $4, u.uploaded_at + $3, $5 FROM uploads u
+             WHERE u.class = $6 AND u.state = 'active' AND u.uploaded_at <= $7
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done')
+             ON CONFLICT (upload_id) WHERE state <> 'done' DO NOTHING",
+        )
+        .bind(job.action.as_str())
+        .bind(job.rule)
+        .bind(max_age)
+        .bind(state)
+        .bind(now)
+        .bind(class)
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await
+        .map_err(q("queueing expiries"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Moves the open jobs of `class` between `pending` and `held` to follow its legal hold.
+    pub async fn apply_hold(&self, class: &str, held: bool) -> Result<u64, CatalogError> {
+        // A job being executed right now (leased) finishes; holds apply from the next one.
+        let sql = if held {
+            "UPDATE jobs SET state = 'held' WHERE state = 'pending' AND lease_owner IS NULL
+             AND upload_id IN (SELECT id FROM uploads WHERE class = $1)"
+        } else {
+            "UPDATE jobs SET state = 'pending' WHERE state = 'held' AND upload_id IN (SELECT id FROM uploads WHERE class = $1)"
+        };
+        let r = sqlx::query(sql).bind(class).execute(&self.pool).await.map_err(q("applying legal hold"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Claims up to `limit` runnable jobs in `scope` for `lease_for`, under a fresh claim
+    /// id derived from `owner`. On PostgreSQL, rows another instance is claiming are
+    /// skipped (`FOR UPDATE SKIP LOCKED`), so no job is claimed twice.
+    pub async fn claim(&self, owner: &str, scope: Scope<'_>, limit: i64, lease_for: Duration) -> Result<Vec<Job>, CatalogError> {
+        let now = now_ms();
+        let lease = format!("{owner}:{}", unique_suffix());
+        let scope_sql = match scope {
+            Scope::All => "",
+            Scope::Subject(_) => "AND upload_id IN (SELECT id FROM uploads WHERE subject_id = $5)",
+            Scope::Upload(_) => "AND upload_id = $5",
+        };
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN (
+                SELECT id FROM jobs WHERE state = 'pending' AND next_try_at <= $3
+                  AND (lease_until IS NULL OR lease_until < $3) {scope_sql}
+                ORDER BY next_try_at, id LIMIT $4 {lock})"
+        );
+        let mut query = sqlx::query(&sql).bind(&lease).bind(now + ms(lease_for)).bind(now).bind(limit);
+        match scope {
+            Scope::All => {}
+            Scope::Subject(s) | Scope::Upload(s) => query = query.bind(s),
+        }
+        let claimed = query.execute(&self.pool).await.map_err(q("claiming jobs"))?.rows_affected();
+        if claimed == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT j.id AS job_id, j.action, j.reason, j.rule, j.due_at, j.attempts, j.new_key, {UPLOAD_COLUMNS}
+             FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE j.lease_owner = $1 ORDER BY j.next_try_at, j.id"
+        ))
+        .bind(&lease)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading claimed jobs"))?;
+        rows.iter()
+            .map(|row| {
+                let get = |e| CatalogError::Corrupt(format!("job row: {e}"));
+                let action: String = row.try_get("action").map_err(get)?;
+                Ok(Job {
+                    id: row.try_get("job_id").map_err(get)?,
+                    action: Action::parse(&action).ok_or_else(|| CatalogError::Corrupt(format!("job action {action:?}")))?,
+                    reason: Reason::parse(&row.try_get::<String, _>("reason").map_err(get)?)?,
+                    rule: row.try_get("rule").map_err(get)?,
+                    due_at: row.try_get("due_at").map_err(get)?,
+                    attempts: row.try_get("attempts").map_err(get)?,
+                    new_key: row.try_get("new_key").map_err(get)?,
+                    lease: lease.clone(),
+                    upload: upload_from(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Releases every scheduler's lease (SQLite only, at start-up under the instance lock:
+    /// a scheduler lease left then belongs to one that died).
+    pub async fn release_scheduler_leases(&self) -> Result<u64, CatalogError> {
+        let r = sqlx::query("UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner LIKE 'scheduler:%' AND state <> 'done'")
+            .execute(&self.pool)
+            .await
+            .map_err(q("releasing leases"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Stores the key an anonymised upload will move to, once; returns the key stored
+    /// (an earlier attempt's, if there was one).
+    pub async fn choose_new_key(&self, job: &Job, key: &str) -> Result<String, CatalogError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE jobs SET new_key = $3 WHERE id = $1 AND lease_owner = $2 AND new_key IS NULL")
+            .bind(job.id)
+            .bind(&job.lease)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("choosing new key"))?;
+        let chosen: Option<String> =
+            sqlx::query_scalar("SELECT new_key FROM jobs WHERE id = $1").bind(job.id).fetch_one(&mut *tx).await.map_err(q("reading new key"))?;
+        tx.commit().await.map_err(q("commit"))?;
+        chosen.ok_or_else(|| CatalogError::Corrupt("new key not stored".into()))
+    }
+
+    /// Marks a job done under its lease. False (and nothing changed) when the lease was
+    /// lost or the job was changed meanwhile (e.g. an anonymise upgraded to a purge).
+    pub(crate) async fn finish_job(tx: &mut Transaction<'static, Any>, job: &Job, outcome: &str, now: i64) -> Result<bool, CatalogError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'done', outcome = $3, finished_at = $4, lease_owner = NULL, lease_until = NULL, last_error = NULL
+             WHERE id = $1 AND lease_owner = $2 AND action = $5 AND state = 'pending'",
+        )
+        .bind(job.id)
+        .bind(&job.lease)
+        .bind(outcome)
+        .bind(now)
+        .bind(job.action.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(q("finishing job"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records a failed attempt and when to try again; the lease is released.
+    pub(crate) async fn fail_job(tx: &mut Transaction<'static, Any>, job: &Job, error: &str, retry_at: i64) -> Result<bool, CatalogError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET attempts = attempts + 1, last_error = $3, next_try_at = $4, lease_owner = NULL, lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(job.id)
+        .bind(&job.lease)
+        .bind(error)
+        .bind(retry_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("recording failure"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives a claimed job back untouched (e.g. on shutdown).
+    pub async fn release(&self, job: &Job) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2")
+            .bind(job.id)
+            .bind(&job.lease)
+            .execute(&self.pool)
+            .await
+            .map_err(q("releasing job"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn mark_purged(tx: &mut Transaction<'static, Any>, upload: &str, now: i64) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE uploads SET state = 'purged', subject_id = NULL, key = NULL, derived = '[]', finished_at = $2 WHERE id = $1")
+            .bind(upload)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("marking purged"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn mark_anonymised(tx: &mut Transaction<'static, Any>, upload: &str, key: &str, now: i64) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE uploads SET state = 'anonymised', subject_id = NULL, key = $2, derived = '[]', finished_at = $3 WHERE id = $1")
+            .bind(upload)
+            .bind(key)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("marking anonymised"))?;
+        Ok(())
+    }
+
+    // ---- audit ----------------------------------------------------------------------
+
+    /// Appends a record to the audit log inside `tx`. Call it last in a transaction: on
+    /// PostgreSQL it holds the log's head row until commit.
+    pub(crate) async fn append_audit(tx: &mut Transaction<'static, Any>, secret: &Secret, entry: &AuditEntry, now: i64) -> Result<i64, CatalogError> {
+        sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1").execute(&mut **tx).await.map_err(q("locking audit log"))?;
+        let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await.map_err(q("reading audit head"))?;
+        let seq: i64 = row.try_get("seq").map_err(q("reading audit head"))?;
+        let prev: String = row.try_get("mac").map_err(q("reading audit head"))?;
+        let fields = AuditFields {
+            seq,
+            at: now,
+            event: entry.event,
+            subject_hash: entry.subject_hash.as_deref(),
+            upload_id: entry.upload_id.as_deref(),
+            rule: entry.rule.as_deref(),
+            outcome: entry.outcome,
+            detail: &entry.detail,
+        };
+        let mac = secret.chain(&prev, &fields);
+        sqlx::query(
+            "INSERT INTO audit (seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(seq)
+        .bind(now)
+        .bind(entry.event)
+        .bind(&entry.subject_hash)
+        .bind(&entry.upload_id)
+        .bind(&entry.rule)
+        .bind(entry.outcome)
+        .bind(&entry.detail)
+        .bind(&prev)
+        .bind(&mac)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("appending audit record"))?;
+        sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&mac).execute(&mut **tx).await.map_err(q("updating audit head"))?;
+        Ok(seq)
+    }
+
+    /// Audit records in order, optionally only those about one subject hash or upload,
+    /// from sequence number `after` on, at most `limit`.
+    pub async fn audit_records(
+        &self,
+        subject_hash: Option<&str>,
+        upload: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac FROM audit
+             WHERE seq > $1 AND ($2 IS NULL OR subject_hash = $2) AND ($3 IS NULL OR upload_id = $3)
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(after)
+        .bind(subject_hash)
+        .bind(upload)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading audit log"))?;
+        rows.iter()
+            .map(|row| {
+                let get = |e| CatalogError::Corrupt(format!("audit row: {e}"));
+                Ok(AuditRecord {
+                    seq: row.try_get("seq").map_err(get)?,
+                    at: row.try_get("at").map_err(get)?,
+                    event: row.try_get("event").map_err(get)?,
+                    subject_hash: row.try_get("subject_hash").map_err(get)?,
+                    upload_id: row.try_get("upload_id").map_err(get)?,
+                    rule: row.try_get("rule").map_err(get)?,
+                    outcome: row.try_get("outcome").map_err(get)?,
+                    detail: row.try_get("detail").map_err(get)?,
+                    prev: row.try_get("prev").map_err(get)?,
+                    mac: row.try_get("mac").map_err(get)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The log head: last sequence number and MAC.
+    pub async fn audit_head(&self) -> Result<(i64, String), CatalogError> {
+        let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(&self.pool).await.map_err(q("reading audit head"))?;
+        Ok((row.try_get("seq").map_err(q("audit head"))?, row.try_get("mac").map_err(q("audit head"))?))
+    }
+
+    /// Walks the whole log and checks every link. `Ok(None)` when intact, else the first
+    /// broken sequence number and why.
+    pub async fn verify_audit(&self, secret: &Secret) -> Result<AuditVerdict, CatalogError> {
+        let mut expected_seq = 1;
+        let mut prev = String::new();
+        loop {
+            let page = self.audit_records(None, None, expected_seq - 1, 10_000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for record in &page {
+                let problem = if record.seq != expected_seq {
+                    Some(format!("record {expected_seq} is missing (next is {})", record.seq))
+                } else if record.prev != prev {
+                    Some("its link to the previous record does not match".to_string())
+                } else if secret.chain(&prev, &record.fields()) != record.mac {
+                    Some("its contents do not match its MAC (edited, or a different secret)".to_string())
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Ok(AuditVerdict { records: expected_seq - 1, broken_at: Some(expected_seq), problem: Some(problem) });
+                }
+                prev = record.mac.clone();
+                expected_seq += 1;
+            }
+        }
+        let records = expected_seq - 1;
+        let (head_seq, head_mac) = self.audit_head().await?;
+        if head_seq != records || head_mac != prev {
+            return Ok(AuditVerdict {
+                records,
+                broken_at: Some(records + 1),
+                problem: Some(format!("the log ends at record {records} but its head says {head_seq}: records were removed from the end")),
+            });
+        }
+        Ok(AuditVerdict { records, broken_at: None, problem: None })
+    }
+}
+
+/// The result of checking the audit chain.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditVerdict {
+    /// Records checked and found sound.
+    pub records: i64,
+    /// The first record that fails, if any.
+    pub broken_at: Option<i64>,
+    pub problem: Option<String>,
+}
+
+impl AuditVerdict {
+    pub fn intact(&self) -> bool {
+        self.broken_at.is_none()
+    }
+}
+
+/// A random suffix that makes each claim's lease id unique.
+fn unique_suffix() -> String {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).expect("the OS random source works");
+    hex::encode(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_kept_out_of_messages() {
+        assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("/var/lib/obscura/catalog.db"), "/var/lib/obscura/catalog.db");
+    }
+}

@@ -1,0 +1,732 @@
+//! Retention and erasure: a catalog of stored uploads, a policy saying how long each class
+//! is kept and what happens on expiry and unsubscribe, a scheduler that purges or
+//! irreversibly anonymises what falls due, and a tamper-evident audit log.
+//!
+//! Owns: the catalog ([`catalog`]), the policy file ([`policy`]), store actions
+//! ([`actions`]), the job loop ([`scheduler`]) and the audit log's cryptography
+//! ([`audit`]). Does not own: pixels (the [`Anonymizer`](crate::Anonymizer)) or store
+//! access ([`store`](crate::store)).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), obscura::retention::RetentionError> {
+//! use obscura::retention::{NewUpload, Policy, Retention, RetentionConfig, Secret};
+//! let policy = Policy::load("retention.toml".as_ref())?;
+//! let secret = Secret::load_or_create("/etc/obscura/audit.key".as_ref())?;
+//! let retention = Retention::open(RetentionConfig::new("catalog.db", policy, secret)).await?;
+//! retention.register(&NewUpload::new("upload-1", "alice", "/srv/uploads", "alice/1.jpg", "photo")).await?;
+//! // Purges (or anonymises and unlinks) Alice's uploads before it returns:
+//! let summary = retention.unsubscribe("alice").await?;
+//! assert_eq!(summary.pending, 0);
+//! # Ok(()) }
+//! ```
+
+pub mod actions;
+pub mod audit;
+pub mod catalog;
+pub mod policy;
+pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+
+pub use audit::{Secret, SecretError};
+pub use catalog::{AuditRecord, AuditVerdict, Catalog, CatalogError, Dialect, Reason, Upload, UploadState};
+pub use policy::{Action, ClassRule, Policy, PolicyError};
+pub use scheduler::{RunOptions, RunSummary};
+
+use crate::store::{StoreError, StoreOptions};
+use crate::{Anonymizer, Config};
+use catalog::{AuditEntry, NewJob, Scope, now_ms};
+
+/// Why a retention call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the policy has no class {0:?}")]
+    UnknownClass(String),
+    #[error("unknown subject {0:?}")]
+    UnknownSubject(String),
+    #[error("unknown upload {0:?}")]
+    UnknownUpload(String),
+    #[error("upload {id:?} is already registered (or its store and key are)")]
+    Duplicate { id: String },
+    #[error("subject {0:?} has unsubscribed; new uploads for them are refused")]
+    Unsubscribed(String),
+    #[error("that subject's data was erased; new uploads for them are refused")]
+    Erased,
+    #[error("invalid upload {id:?}: {message}")]
+    InvalidUpload { id: String, message: String },
+    #[error("anonymise actions need the anonymiser: {0}")]
+    Anonymizer(crate::Error),
+    #[error("another scheduler holds {path} (one scheduler per SQLite catalog; use PostgreSQL for several)")]
+    Locked { path: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Everything a [`Retention`] needs.
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// Catalog: `postgres://…`, `sqlite://PATH` or a file path.
+    pub catalog: String,
+    pub policy: Policy,
+    /// Per-deployment secret for the audit log's subject hashes and MAC chain.
+    pub secret: Secret,
+    /// Retries and S3 settings for the upload stores.
+    pub store_options: StoreOptions,
+    /// Anonymiser settings (models, runtime); retention always applies
+    /// [`actions::strongest`] on top.
+    pub anonymizer: Config,
+    /// This instance's name in leases (default `host:pid`).
+    pub instance: String,
+    /// How long a claimed job is reserved for its instance (default 5 min). A crashed
+    /// instance's jobs are taken up by others after this.
+    pub lease: Duration,
+    /// First delay before retrying a failed action, doubled per attempt up to
+    /// `retry_max` (defaults 30 s and 1 h).
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Actions run at once (default 8).
+    pub concurrency: usize,
+}
+
+impl RetentionConfig {
+    pub fn new(catalog: &str, policy: Policy, secret: Secret) -> Self {
+        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
+        Self {
+            catalog: catalog.to_string(),
+            policy,
+            secret,
+            store_options: StoreOptions::default(),
+            anonymizer: Config::default(),
+            instance: format!("{host}:{}", std::process::id()),
+            lease: Duration::from_secs(300),
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            concurrency: 8,
+        }
+    }
+}
+
+/// A new upload to catalogue.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewUpload {
+    /// The service's id for the upload (unique).
+    pub id: String,
+    pub subject: String,
+    /// Store location: a folder or `s3://bucket/prefix`.
+    pub store: String,
+    pub key: String,
+    /// A class named in the policy.
+    pub class: String,
+    /// Unix ms; default now.
+    pub uploaded_at: Option<i64>,
+    /// Thumbnails and other copies in the same store, deleted with the original.
+    pub derived: Vec<String>,
+}
+
+impl NewUpload {
+    pub fn new(id: &str, subject: &str, store: &str, key: &str, class: &str) -> Self {
+        Self {
+            id: id.into(),
+            subject: subject.into(),
+            store: store.into(),
+            key: key.into(),
+            class: class.into(),
+            uploaded_at: None,
+            derived: Vec::new(),
+        }
+    }
+}
+
+/// What an event did to the subject's or upload's data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventSummary {
+    /// Uploads the event queued an action for.
+    pub queued: u64,
+    /// Actions finished before the call returned.
+    pub done: u64,
+    /// Actions waiting under a legal hold.
+    pub held: u64,
+    /// Actions still to run: after their grace period, or being retried (see `errors`).
+    pub pending: u64,
+    /// Why actions run now did not finish (the scheduler retries them).
+    pub errors: Vec<String>,
+}
+
+/// One action the scheduler will take.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Planned {
+    pub upload: String,
+    pub subject: Option<String>,
+    pub class: String,
+    pub action: Action,
+    pub reason: Reason,
+    /// When it runs (Unix ms; in the past = due now).
+    pub at: i64,
+    pub held: bool,
+}
+
+/// The dry run of everything due up to a horizon.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub purge: u64,
+    pub anonymise: u64,
+    pub held: u64,
+    /// The first actions in time order (at most the limit asked for).
+    pub items: Vec<Planned>,
+}
+
+/// Counts and the overdue report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Status {
+    pub uploads_active: u64,
+    pub uploads_anonymised: u64,
+    pub uploads_purged: u64,
+    pub subjects_subscribed: u64,
+    pub subjects_unsubscribed: u64,
+    pub jobs_pending: u64,
+    pub jobs_held: u64,
+    /// Pending jobs due now.
+    pub jobs_due: u64,
+    /// Pending jobs later than their due time plus the policy deadline.
+    pub overdue: u64,
+    /// Due time of the oldest pending job (Unix ms).
+    pub oldest_due_at: Option<i64>,
+    /// Jobs that failed at least once and are waiting for a retry.
+    pub failing: Vec<Failing>,
+}
+
+/// A job being retried.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Failing {
+    pub upload: String,
+    pub action: String,
+    pub attempts: i64,
+    pub due_at: i64,
+    pub next_try_at: i64,
+    pub last_error: String,
+}
+
+/// A subject's export (access request): the files and a manifest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Export {
+    pub subject: String,
+    pub exported_at: i64,
+    pub uploads: Vec<ExportedUpload>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExportedUpload {
+    pub id: String,
+    pub class: String,
+    pub uploaded_at: i64,
+    /// Path inside the export folder.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// The retention service: catalog, policy, stores, anonymiser, audit log.
+#[derive(Clone)]
+pub struct Retention {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention").field("catalog", &self.inner.catalog).field("anonymises", &self.inner.anonymizer.is_some()).finish()
+    }
+}
+
+struct Inner {
+    config: RetentionConfig,
+    catalog: Catalog,
+    stores: actions::Stores,
+    /// Built at open when the policy can anonymise, so a missing model is a start-up
+    /// error rather than every anonymisation turning into a purge.
+    anonymizer: Option<Anonymizer>,
+}
+
+fn validate_key(id: &str, key: &str) -> Result<(), RetentionError> {
+    let bad = |message: &str| RetentionError::InvalidUpload { id: id.to_string(), message: message.to_string() };
+    if id.trim().is_empty() {
+        return Err(bad("empty id"));
+    }
+    if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        return Err(bad("the key must be a relative path without empty, `.` or `..` segments"));
+    }
+    Ok(())
+}
+
+impl Retention {
+    /// Opens the catalog (creating and migrating it) and, if the policy anonymises
+    /// anything, the anonymiser.
+    pub async fn open(config: RetentionConfig) -> Result<Self, RetentionError> {
+        let catalog = Catalog::open(&config.catalog).await?;
+        let anonymises = config.policy.classes.values().any(|c| c.on_expiry == Action::Anonymise || c.on_unsubscribe == Action::Anonymise);
+        let anonymizer = if anonymises {
+            let cfg = actions::strongest(config.anonymizer.clone());
+            Some(tokio::task::spawn_blocking(move || Anonymizer::new(cfg)).await.map_err(|e| RetentionError::Io(e.to_string()))?.map_err(RetentionError::Anonymizer)?)
+        } else {
+            None
+        };
+        let stores = actions::Stores::new(config.store_options.clone());
+        Ok(Self { inner: Arc::new(Inner { config, catalog, stores, anonymizer }) })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.config.policy
+    }
+
+    pub fn config(&self) -> &RetentionConfig {
+        &self.inner.config
+    }
+
+    fn secret(&self) -> &Secret {
+        &self.inner.config.secret
+    }
+
+    /// Catalogues one upload.
+    pub async fn register(&self, upload: &NewUpload) -> Result<(), RetentionError> {
+        self.register_many(std::slice::from_ref(upload)).await
+    }
+
+    /// Catalogues uploads in one transaction: all or none.
+    pub async fn register_many(&self, uploads: &[NewUpload]) -> Result<(), RetentionError> {
+        let now = now_ms();
+        for u in uploads {
+            validate_key(&u.id, &u.key)?;
+            for d in &u.derived {
+                validate_key(&u.id, d)?;
+            }
+            if self.policy().class(&u.class).is_none() {
+                return Err(RetentionError::UnknownClass(u.class.clone()));
+            }
+            if u.subject.trim().is_empty() {
+                return Err(RetentionError::InvalidUpload { id: u.id.clone(), message: "empty subject".into() });
+            }
+        }
+        let mut tx = self.catalog().begin().await?;
+        for u in uploads {
+            Catalog::ensure_subject(&mut tx, &u.subject, now).await?;
+            let row = Upload {
+                id: u.id.clone(),
+                subject: Some(u.subject.clone()),
+                store: u.store.clone(),
+                key: Some(u.key.clone()),
+                class: u.class.clone(),
+                uploaded_at: u.uploaded_at.unwrap_or(now),
+                state: UploadState::Active,
+                derived: u.derived.clone(),
+            };
+            if !Catalog::insert_upload(&mut tx, &row).await? {
+                return Err(RetentionError::Duplicate { id: u.id.clone() });
+            }
+        }
+        // Refuse uploads for people who left (checked inside the transaction, after the
+        // writes, so a concurrent unsubscribe cannot slip between check and insert).
+        let mut seen = std::collections::HashSet::new();
+        for u in uploads {
+            if !seen.insert(u.subject.as_str()) {
+                continue;
+            }
+            let state: String = sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1")
+                .bind(&u.subject)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|source| CatalogError::Query { what: "reading subject", source })?;
+            if state != "subscribed" {
+                return Err(RetentionError::Unsubscribed(u.subject.clone()));
+            }
+            if self.catalog().subject_erased(&self.secret().subject_hash(&u.subject)).await? {
+                return Err(RetentionError::Erased);
+            }
+        }
+        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Ok(())
+    }
+
+    /// The person left: each of their uploads gets its class's `on_unsubscribe` action
+    /// after its `grace`. With no grace the actions run before this returns (failures are
+    /// retried by the scheduler and reported in the summary). Calling it again is safe.
+    pub async fn unsubscribe(&self, subject: &str) -> Result<EventSummary, RetentionError> {
+        self.subject_event(subject, "unsubscribe", None).await
+    }
+
+    /// Erasure request: every upload of the person is purged now (legal holds still
+    /// apply), whatever the policy's grace or `on_unsubscribe` say.
+    pub async fn erase_subject(&self, subject: &str) -> Result<EventSummary, RetentionError> {
+        self.subject_event(subject, "erase_subject", Some(Action::Purge)).await
+    }
+
+    async fn subject_event(&self, subject: &str, event: &'static str, force: Option<Action>) -> Result<EventSummary, RetentionError> {
+        let now = now_ms();
+        let hash = self.secret().subject_hash(subject);
+        let mut tx = self.catalog().begin().await?;
+        let changed = Catalog::mark_unsubscribed(&mut tx, subject, now).await?;
+        if !changed && self.catalog().subject_state(subject).await?.is_none() {
+            drop(tx);
+            if self.catalog().subject_erased(&hash).await? {
+                return Ok(EventSummary::default());
+            }
+            return Err(RetentionError::UnknownSubject(subject.to_string()));
+        }
+        let mut summary = EventSummary::default();
+        let mut rules = Vec::new();
+        for (class, rule) in &self.policy().classes {
+            let (action, reason, due, name) = match force {
+                Some(action) => (action, Reason::EraseSubject, now, format!("erasure request ({class})")),
+                None => (rule.on_unsubscribe, Reason::Unsubscribe, now + catalog::ms(rule.grace), format!("{class}.on_unsubscribe")),
+            };
+            let job = NewJob { action, reason, rule: &name, due_at: due, held: rule.legal_hold };
+            let n = Catalog::enqueue_subject_class(&mut tx, subject, class, &job, now).await?;
+            if n > 0 {
+                rules.push(format!("{n} {class} → {}{}", action.as_str(), if rule.legal_hold { " (legal hold)" } else { "" }));
+            }
+            summary.queued += n;
+        }
+        let detail = if rules.is_empty() { "no active uploads".to_string() } else { rules.join(", ") };
+        let entry = AuditEntry { event, subject_hash: Some(hash), outcome: "queued", detail, ..Default::default() };
+        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
+        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        self.run_now(Scope::Subject(subject), &mut summary).await?;
+        self.count_open(Scope::Subject(subject), &mut summary).await?;
+        self.forget_finished_subjects(Some(subject)).await?;
+        Ok(summary)
+    }
+
+    /// Deletes unsubscribed subjects (all of them, or just `only`) that no upload names
+    /// any more, keeping their keyed hash so a late upload for them is refused. Each
+    /// deletion is audited.
+    pub(crate) async fn forget_finished_subjects(&self, only: Option<&str>) -> Result<u64, RetentionError> {
+        let ids: Vec<String> = match only {
+            Some(s) => vec![s.to_string()],
+            None => sqlx::query_scalar(
+                "SELECT s.id FROM subjects s WHERE s.state = 'unsubscribed'
+                 AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.subject_id = s.id) LIMIT 10000",
+            )
+            .fetch_all(self.catalog().pool())
+            .await
+            .map_err(|source| CatalogError::Query { what: "finding finished subjects", source })?,
+        };
+        let mut forgotten = 0;
+        for id in ids {
+            let hash = self.secret().subject_hash(&id);
+            let now = now_ms();
+            let mut tx = self.catalog().begin().await?;
+            if Catalog::forget_subject_if_done(&mut tx, &id, &hash, now).await? {
+                let entry = AuditEntry {
+                    event: "subject_forgotten",
+                    subject_hash: Some(hash),
+                    outcome: "done",
+                    detail: "no uploads left: subject id deleted from the catalog".into(),
+                    ..Default::default()
+                };
+                Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
+                forgotten += 1;
+            }
+            tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        }
+        Ok(forgotten)
+    }
+
+    /// Purges one upload now (e.g. a minor's photo on a guardian's request), including
+    /// one already anonymised. Legal holds still apply.
+    pub async fn erase_upload(&self, upload_id: &str) -> Result<EventSummary, RetentionError> {
+        let now = now_ms();
+        let upload = self.catalog().upload(upload_id).await?.ok_or_else(|| RetentionError::UnknownUpload(upload_id.to_string()))?;
+        let mut summary = EventSummary::default();
+        if upload.state == UploadState::Purged {
+            return Ok(summary);
+        }
+        let held = self.policy().class(&upload.class).is_some_and(|r| r.legal_hold);
+        let rule = format!("erasure request ({})", upload.class);
+        let job = NewJob { action: Action::Purge, reason: Reason::EraseUpload, rule: &rule, due_at: now, held };
+        let mut tx = self.catalog().begin().await?;
+        summary.queued = Catalog::enqueue_upload(&mut tx, upload_id, &job, now).await?;
+        let entry = AuditEntry {
+            event: "erase_upload",
+            subject_hash: upload.subject.as_deref().map(|s| self.secret().subject_hash(s)),
+            upload_id: Some(upload_id.to_string()),
+            rule: Some(rule.clone()),
+            outcome: "queued",
+            detail: if held { "legal hold: waiting".into() } else { "purge queued".into() },
+        };
+        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
+        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        self.run_now(Scope::Upload(upload_id), &mut summary).await?;
+        self.count_open(Scope::Upload(upload_id), &mut summary).await?;
+        Ok(summary)
+    }
+
+    /// Runs the due jobs in `scope` now, once each; failures stay queued for the scheduler.
+    async fn run_now(&self, scope: Scope<'_>, summary: &mut EventSummary) -> Result<(), RetentionError> {
+        let owner = format!("inline:{}", self.inner.config.instance);
+        loop {
+            let jobs = self.catalog().claim(&owner, scope, 256, self.inner.config.lease).await?;
+            if jobs.is_empty() {
+                return Ok(());
+            }
+            for result in scheduler::execute_all(self, jobs).await {
+                match result {
+                    Ok(true) => summary.done += 1,
+                    Ok(false) => {}
+                    Err(e) => summary.errors.push(e),
+                }
+            }
+            if !summary.errors.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn count_open(&self, scope: Scope<'_>, summary: &mut EventSummary) -> Result<(), RetentionError> {
+        let (sql, id) = match scope {
+            Scope::Subject(s) => ("SELECT j.state, COUNT(*) AS n FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE u.subject_id = $1 AND j.state <> 'done' GROUP BY j.state", s),
+            Scope::Upload(u) => ("SELECT state, COUNT(*) AS n FROM jobs WHERE upload_id = $1 AND state <> 'done' GROUP BY state", u),
+            Scope::All => unreachable!("events are scoped"),
+        };
+        let rows = sqlx::query(sql).bind(id).fetch_all(self.catalog().pool()).await.map_err(|source| CatalogError::Query { what: "counting jobs", source })?;
+        for row in rows {
+            let state: String = row.try_get("state").map_err(|source| CatalogError::Query { what: "counting jobs", source })?;
+            let n: i64 = row.try_get("n").map_err(|source| CatalogError::Query { what: "counting jobs", source })?;
+            match state.as_str() {
+                "held" => summary.held += n as u64,
+                _ => summary.pending += n as u64,
+            }
+        }
+        Ok(())
+    }
+
+    /// Access request: copies the subject's active uploads into `out` (a folder or
+    /// bucket prefix) with a `manifest.json`, and logs the export.
+    pub async fn export(&self, subject: &str, out: &crate::store::Store) -> Result<Export, RetentionError> {
+        use sha2::Digest;
+        if self.catalog().subject_state(subject).await?.is_none() {
+            return Err(RetentionError::UnknownSubject(subject.to_string()));
+        }
+        let now = now_ms();
+        let mut export = Export { subject: subject.to_string(), exported_at: now, uploads: Vec::new() };
+        for (n, upload) in self.catalog().subject_uploads(subject).await?.into_iter().enumerate() {
+            let Some(key) = upload.key.as_deref() else { continue };
+            let store = self.inner.stores.get(&upload.store)?;
+            let bytes = store.get(key).await?;
+            let name = key.rsplit('/').next().unwrap_or(key);
+            let file = format!("uploads/{:04}-{}", n + 1, sanitize(name));
+            out.put(&file, bytes.to_vec()).await?;
+            export.uploads.push(ExportedUpload {
+                id: upload.id.clone(),
+                class: upload.class.clone(),
+                uploaded_at: upload.uploaded_at,
+                file,
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+                bytes: bytes.len() as u64,
+            });
+        }
+        let manifest = serde_json::to_vec_pretty(&export).expect("export serialises");
+        out.put("manifest.json", manifest).await?;
+        let mut tx = self.catalog().begin().await?;
+        let entry = AuditEntry {
+            event: "export",
+            subject_hash: Some(self.secret().subject_hash(subject)),
+            outcome: "done",
+            detail: format!("{} upload(s) exported", export.uploads.len()),
+            ..Default::default()
+        };
+        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
+        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Ok(export)
+    }
+
+    /// Dry run: what will happen to whom and when, up to `horizon` from now — queued jobs
+    /// plus expiries the scheduler has not queued yet. Lists at most `limit` items.
+    pub async fn plan(&self, horizon: Duration, limit: usize) -> Result<Plan, RetentionError> {
+        let now = now_ms();
+        let until = now.saturating_add(catalog::ms(horizon));
+        let mut plan = Plan::default();
+        let err = |source| CatalogError::Query { what: "planning", source };
+        // Counts over queued jobs.
+        let rows = sqlx::query("SELECT action, state, COUNT(*) AS n FROM jobs WHERE state <> 'done' AND next_try_at <= $1 GROUP BY action, state")
+            .bind(until)
+            .fetch_all(self.catalog().pool())
+            .await
+            .map_err(err)?;
+        for row in rows {
+            let (action, state, n): (String, String, i64) = (row.try_get("action").map_err(err)?, row.try_get("state").map_err(err)?, row.try_get("n").map_err(err)?);
+            plan.add(&action, state == "held", n as u64);
+        }
+        let mut items = Vec::new();
+        let rows = sqlx::query(
+            "SELECT u.id, u.subject_id, u.class, j.action, j.reason, j.next_try_at, j.state FROM jobs j JOIN uploads u ON u.id = j.upload_id
+             WHERE j.state <> 'done' AND j.next_try_at <= $1 ORDER BY j.next_try_at, j.id LIMIT $2",
+        )
+        .bind(until)
+        .bind(limit as i64)
+        .fetch_all(self.catalog().pool())
+        .await
+        .map_err(err)?;
+        for row in rows {
+            let action: String = row.try_get("action").map_err(err)?;
+            let reason: String = row.try_get("reason").map_err(err)?;
+            items.push(Planned {
+                upload: row.try_get("id").map_err(err)?,
+                subject: row.try_get("subject_id").map_err(err)?,
+                class: row.try_get("class").map_err(err)?,
+                action: Action::parse(&action).ok_or_else(|| CatalogError::Corrupt(action.clone()))?,
+                reason: match reason.as_str() {
+                    "expiry" => Reason::Expiry,
+                    "unsubscribe" => Reason::Unsubscribe,
+                    "erase_subject" => Reason::EraseSubject,
+                    _ => Reason::EraseUpload,
+                },
+                at: row.try_get("next_try_at").map_err(err)?,
+                held: row.try_get::<String, _>("state").map_err(err)? == "held",
+            });
+        }
+        // Expiries not queued yet.
+        for (class, rule) in &self.policy().classes {
+            let Some(max_age) = rule.max_age else { continue };
+            let age = catalog::ms(max_age);
+            let cutoff = until.saturating_sub(age);
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done')",
+            )
+            .bind(class)
+            .bind(cutoff)
+            .fetch_one(self.catalog().pool())
+            .await
+            .map_err(err)?;
+            plan.add(rule.on_expiry.as_str(), rule.legal_hold, n as u64);
+            let rows = sqlx::query(
+                "SELECT u.id, u.subject_id, u.uploaded_at FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done') ORDER BY u.uploaded_at LIMIT $3",
+            )
+            .bind(class)
+            .bind(cutoff)
+            .bind(limit as i64)
+            .fetch_all(self.catalog().pool())
+            .await
+            .map_err(err)?;
+            for row in rows {
+                items.push(Planned {
+                    upload: row.try_get("id").map_err(err)?,
+                    subject: row.try_get("subject_id").map_err(err)?,
+                    class: class.clone(),
+                    action: rule.on_expiry,
+                    reason: Reason::Expiry,
+                    at: row.try_get::<i64, _>("uploaded_at").map_err(err)? + age,
+                    held: rule.legal_hold,
+                });
+            }
+        }
+        items.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.upload.cmp(&b.upload)));
+        items.truncate(limit);
+        plan.items = items;
+        Ok(plan)
+    }
+
+    /// Counts, the overdue report and the jobs being retried.
+    pub async fn status(&self) -> Result<Status, RetentionError> {
+        let now = now_ms();
+        let err = |source| CatalogError::Query { what: "status", source };
+        let pool = self.catalog().pool();
+        let mut status = Status::default();
+        for row in sqlx::query("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetch_all(pool).await.map_err(err)? {
+            let n = row.try_get::<i64, _>("n").map_err(err)? as u64;
+            match row.try_get::<String, _>("state").map_err(err)?.as_str() {
+                "active" => status.uploads_active = n,
+                "anonymised" => status.uploads_anonymised = n,
+                _ => status.uploads_purged = n,
+            }
+        }
+        for row in sqlx::query("SELECT state, COUNT(*) AS n FROM subjects GROUP BY state").fetch_all(pool).await.map_err(err)? {
+            let n = row.try_get::<i64, _>("n").map_err(err)? as u64;
+            match row.try_get::<String, _>("state").map_err(err)?.as_str() {
+                "subscribed" => status.subjects_subscribed = n,
+                _ => status.subjects_unsubscribed = n,
+            }
+        }
+        let deadline = catalog::ms(self.policy().deadline);
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS pending,
+                    SUM(CASE WHEN next_try_at <= $1 THEN 1 ELSE 0 END) AS due,
+                    SUM(CASE WHEN due_at + $2 < $1 THEN 1 ELSE 0 END) AS overdue,
+                    MIN(due_at) AS oldest
+             FROM jobs WHERE state = 'pending'",
+        )
+        .bind(now)
+        .bind(deadline)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+        status.jobs_pending = row.try_get::<i64, _>("pending").map_err(err)? as u64;
+        status.jobs_due = row.try_get::<Option<i64>, _>("due").map_err(err)?.unwrap_or(0) as u64;
+        status.overdue = row.try_get::<Option<i64>, _>("overdue").map_err(err)?.unwrap_or(0) as u64;
+        status.oldest_due_at = row.try_get("oldest").map_err(err)?;
+        status.jobs_held = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'held'").fetch_one(pool).await.map_err(err)? as u64;
+        for row in sqlx::query(
+            "SELECT upload_id, action, attempts, due_at, next_try_at, last_error FROM jobs
+             WHERE state = 'pending' AND attempts > 0 ORDER BY due_at LIMIT 20",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(err)?
+        {
+            status.failing.push(Failing {
+                upload: row.try_get("upload_id").map_err(err)?,
+                action: row.try_get("action").map_err(err)?,
+                attempts: row.try_get("attempts").map_err(err)?,
+                due_at: row.try_get("due_at").map_err(err)?,
+                next_try_at: row.try_get("next_try_at").map_err(err)?,
+                last_error: row.try_get::<Option<String>, _>("last_error").map_err(err)?.unwrap_or_default(),
+            });
+        }
+        Ok(status)
+    }
+
+    /// Audit records about a subject (by its keyed hash) and/or an upload, after `after`.
+    pub async fn audit(&self, subject: Option<&str>, upload: Option<&str>, after: i64, limit: i64) -> Result<Vec<AuditRecord>, RetentionError> {
+        let hash = subject.map(|s| self.secret().subject_hash(s));
+        Ok(self.catalog().audit_records(hash.as_deref(), upload, after, limit).await?)
+    }
+
+    /// Checks the audit log's chain from the first record to the head.
+    pub async fn verify_audit(&self) -> Result<AuditVerdict, RetentionError> {
+        Ok(self.catalog().verify_audit(self.secret()).await?)
+    }
+}
+
+impl Plan {
+    fn add(&mut self, action: &str, held: bool, n: u64) {
+        if held {
+            self.held += n;
+        } else if action == "purge" {
+            self.purge += n;
+        } else {
+            self.anonymise += n;
+        }
+    }
+}
+
+/// A file name safe in any folder: letters, digits, `.`, `-`, `_`; others become `_`.
+fn sanitize(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
+    let s = s.trim_start_matches('.').to_string();
+    if s.is_empty() { "upload".into() } else { s }
+}

@@ -1,0 +1,268 @@
+//! The scheduler: queues expiries, applies legal holds, claims due jobs, runs them with
+//! bounded concurrency and records each result with its audit record in one transaction.
+//!
+//! Crash safety comes from three rules: a job is marked done only after its action is
+//! complete and verified; actions are idempotent (a rerun after `kill -9` at any point
+//! finishes the work); and a claim is a lease, so the jobs of a dead instance are taken
+//! up again — at start-up on SQLite (which allows one scheduler, enforced by a lock
+//! file), after the lease expires on PostgreSQL (where instances share the queue with
+//! `FOR UPDATE SKIP LOCKED`).
+
+use std::fs::File;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::actions::{self, ActionError, Done};
+use super::catalog::{AuditEntry, Catalog, CatalogError, Dialect, Job, NewJob, Scope, now_ms};
+use super::{Action, Retention, RetentionError};
+
+/// How `run` behaves.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Pause between ticks when nothing is due (default 10 s).
+    pub interval: Duration,
+    /// Stop when nothing is runnable (jobs waiting for a retry or a grace period do not
+    /// count) instead of waiting for more.
+    pub until_idle: bool,
+    /// Jobs claimed at a time (default 64).
+    pub batch: i64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(10), until_idle: false, batch: 64 }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub expiries_queued: u64,
+    pub purged: u64,
+    pub anonymised: u64,
+    /// Anonymisations that failed and were purged instead.
+    pub purged_instead: u64,
+    /// Attempts that failed and will be retried.
+    pub failed_attempts: u64,
+}
+
+/// Holds the SQLite scheduler lock while alive (released by the OS if the process dies).
+struct InstanceLock {
+    _file: Option<File>,
+}
+
+fn lock_instance(catalog: &Catalog, url: &str) -> Result<InstanceLock, RetentionError> {
+    if catalog.dialect() != Dialect::Sqlite {
+        return Ok(InstanceLock { _file: None });
+    }
+    let db = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = format!("{db}.scheduler-lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| RetentionError::Io(format!("{path}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(InstanceLock { _file: Some(file) }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RetentionError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(RetentionError::Io(format!("{path}: {e}"))),
+    }
+}
+
+impl Retention {
+    /// The scheduler loop: tick, sleep `interval` when idle, until `shutdown` resolves
+    /// (jobs in flight finish first) or, with `until_idle`, until nothing is runnable.
+    pub async fn run(&self, options: &RunOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<RunSummary, RetentionError> {
+        let _lock = lock_instance(self.catalog(), &self.config().catalog)?;
+        if self.catalog().dialect() == Dialect::Sqlite {
+            // We hold the only scheduler lock: leases left by schedulers are stale.
+            let released = self.catalog().release_scheduler_leases().await?;
+            if released > 0 {
+                tracing::info!(released, "took back jobs claimed by a scheduler that stopped");
+            }
+        }
+        let mut total = RunSummary::default();
+        tokio::pin!(shutdown);
+        loop {
+            let tick = self.tick_inner(options, &mut shutdown).await?;
+            let busy = tick.purged + tick.anonymised + tick.purged_instead + tick.failed_attempts > 0;
+            total.add(&tick);
+            if tick.stopped {
+                return Ok(total);
+            }
+            if options.until_idle && !busy {
+                return Ok(total);
+            }
+            if !busy {
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(total),
+                    _ = tokio::time::sleep(options.interval) => {}
+                }
+            }
+        }
+    }
+
+    /// One pass: queue expiries, apply holds, run everything runnable now.
+    pub async fn tick(&self, options: &RunOptions) -> Result<RunSummary, RetentionError> {
+        let never = std::future::pending::<()>();
+        tokio::pin!(never);
+        Ok(self.tick_inner(options, &mut never).await?.summary)
+    }
+
+    async fn tick_inner<F: std::future::Future<Output = ()> + Unpin>(&self, options: &RunOptions, shutdown: &mut F) -> Result<Tick, RetentionError> {
+        let now = now_ms();
+        let mut tick = Tick::default();
+        for (class, rule) in &self.policy().classes {
+            self.catalog().apply_hold(class, rule.legal_hold).await?;
+            let Some(max_age) = rule.max_age else { continue };
+            let age = super::catalog::ms(max_age);
+            let name = format!("{class}.max_age");
+            let job = NewJob { action: rule.on_expiry, reason: super::Reason::Expiry, rule: &name, due_at: 0, held: rule.legal_hold };
+            tick.summary.expiries_queued += self.catalog().enqueue_expired(class, age, now - age, &job, now).await?;
+        }
+        let owner = format!("scheduler:{}", self.config().instance);
+        loop {
+            let jobs = self.catalog().claim(&owner, Scope::All, options.batch, self.config().lease).await?;
+            if jobs.is_empty() {
+                self.forget_finished_subjects(None).await?;
+                return Ok(tick);
+            }
+            let stop = tokio::select! {
+                biased;
+                _ = &mut *shutdown => true,
+                results = execute_counted(self, jobs) => { tick.summary.add(&results); false }
+            };
+            if stop {
+                tick.stopped = true;
+                return Ok(tick);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tick {
+    summary: RunSummary,
+    stopped: bool,
+}
+
+impl RunSummary {
+    fn add(&mut self, other: &RunSummary) {
+        self.expiries_queued += other.expiries_queued;
+        self.purged += other.purged;
+        self.anonymised += other.anonymised;
+        self.purged_instead += other.purged_instead;
+        self.failed_attempts += other.failed_attempts;
+    }
+}
+
+impl std::ops::Deref for Tick {
+    type Target = RunSummary;
+    fn deref(&self) -> &RunSummary {
+        &self.summary
+    }
+}
+
+async fn execute_counted(retention: &Retention, jobs: Vec<Job>) -> RunSummary {
+    let mut summary = RunSummary::default();
+    let results = futures::stream::iter(jobs).map(|job| run_job(retention, job)).buffer_unordered(retention.config().concurrency.max(1)).collect::<Vec<_>>().await;
+    for r in results {
+        match r {
+            Ok(Some(Done::Purged { .. })) => summary.purged += 1,
+            Ok(Some(Done::Anonymised { .. })) => summary.anonymised += 1,
+            Ok(Some(Done::PurgedInstead { .. })) => summary.purged_instead += 1,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("{e}");
+                summary.failed_attempts += 1;
+            }
+        }
+    }
+    summary
+}
+
+/// Runs claimed jobs; per job `Ok(true)` done, `Ok(false)` given up to someone else,
+/// `Err(message)` failed (queued for a retry).
+pub(crate) async fn execute_all(retention: &Retention, jobs: Vec<Job>) -> Vec<Result<bool, String>> {
+    futures::stream::iter(jobs)
+        .map(|job| async move { run_job(retention, job).await.map(|d| d.is_some()) })
+        .buffer_unordered(retention.config().concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Executes one job and records the outcome (or the failure) with its audit record.
+/// `Ok(None)`: the job changed hands or kind meanwhile; nothing recorded.
+async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String> {
+    let result = act(retention, &job).await;
+    let secret = &retention.config().secret;
+    let subject = job.upload.subject.clone();
+    let subject_hash = subject.as_deref().map(|s| secret.subject_hash(s));
+    let now = now_ms();
+    let record = async {
+        let mut tx = retention.catalog().begin().await?;
+        match &result {
+            Ok(done) => {
+                if !Catalog::finish_job(&mut tx, &job, done.outcome(), now).await? {
+                    tx.rollback().await.map_err(|source| CatalogError::Query { what: "rollback", source })?;
+                    return Ok::<_, CatalogError>(None);
+                }
+                match done {
+                    Done::Anonymised { key, .. } => Catalog::mark_anonymised(&mut tx, &job.upload.id, key, now).await?,
+                    Done::Purged { .. } | Done::PurgedInstead { .. } => Catalog::mark_purged(&mut tx, &job.upload.id, now).await?,
+                }
+                let entry = AuditEntry {
+                    event: job.action.as_str(),
+                    subject_hash: subject_hash.clone(),
+                    upload_id: Some(job.upload.id.clone()),
+                    rule: Some(format!("{} ({})", job.rule, job.reason.as_str())),
+                    outcome: done.outcome(),
+                    detail: super::audit::scrub(&done.detail(), subject.as_deref(), secret),
+                };
+                Catalog::append_audit(&mut tx, secret, &entry, now).await?;
+            }
+            Err(e) => {
+                let message = super::audit::scrub(&e.to_string(), subject.as_deref(), secret);
+                let config = retention.config();
+                let backoff = config.retry_base.saturating_mul(1u32 << job.attempts.clamp(0, 20) as u32).min(config.retry_max);
+                let retry_at = now + super::catalog::ms(backoff);
+                if !Catalog::fail_job(&mut tx, &job, &message, retry_at).await? {
+                    tx.rollback().await.map_err(|source| CatalogError::Query { what: "rollback", source })?;
+                    return Ok(None);
+                }
+                let entry = AuditEntry {
+                    event: job.action.as_str(),
+                    subject_hash: subject_hash.clone(),
+                    upload_id: Some(job.upload.id.clone()),
+                    rule: Some(format!("{} ({})", job.rule, job.reason.as_str())),
+                    outcome: "failed",
+                    detail: format!("attempt {}: {message}; retry in {}", job.attempts + 1, humantime::format_duration(Duration::from_secs(backoff.as_secs()))),
+                };
+                Catalog::append_audit(&mut tx, secret, &entry, now).await?;
+            }
+        }
+        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Ok(Some(()))
+    };
+    match record.await {
+        Ok(Some(())) => match result {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => Err(format!("upload {}: {}", job.upload.id, super::audit::scrub(&e.to_string(), subject.as_deref(), secret))),
+        },
+        Ok(None) => Ok(None),
+        // The action may have happened but is not recorded: the lease expires and the
+        // job runs again, which the actions allow.
+        Err(e) => Err(format!("upload {}: recording the result: {e}", job.upload.id)),
+    }
+}
+
+async fn act(retention: &Retention, job: &Job) -> Result<Done, ActionError> {
+    let store = retention.inner.stores.get(&job.upload.store)?;
+    match job.action {
+        Action::Purge => actions::purge(&store, job).await,
+        Action::Anonymise => match &retention.inner.anonymizer {
+            Some(anonymizer) => actions::anonymise(&store, retention.catalog(), anonymizer, job).await,
+            // The policy no longer anonymises (the job predates a policy change): the
+            // stronger action keeps the promise.
+            None => actions::purge(&store, job).await,
+        },
+    }
+}

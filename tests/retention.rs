@@ -1,0 +1,540 @@
+//! Retention end to end against a real SQLite file and a real PostgreSQL server, with real
+//! folder stores: events, actions, holds, retries, the audit log, and crash safety.
+//!
+//! PostgreSQL: set OBSCURA_TEST_POSTGRES_URL (`scripts/test-postgres start DIR` prints
+//! one; `.ci/run` does this). Without it the PostgreSQL half prints why and passes,
+//! except in CI, where it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use obscura::retention::{Action, NewUpload, Policy, Retention, RetentionConfig, RetentionError, RunOptions, Secret, UploadState};
+use obscura::store::{Store, StoreOptions};
+use sqlx::Connection;
+use tempfile::TempDir;
+
+/// A fresh, empty catalog database.
+struct Db {
+    url: String,
+    _dir: TempDir,
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        let dir = TempDir::new().unwrap();
+        Db { url: dir.path().join("catalog.sqlite").display().to_string(), _dir: dir }
+    }
+
+    /// A new database on the test server, or `None` (skip) outside CI.
+    async fn postgres() -> Option<Db> {
+        let Some(base) = std::env::var("OBSCURA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
+            assert!(!in_ci(), "CI must set OBSCURA_TEST_POSTGRES_URL (.ci/run starts scripts/test-postgres)");
+            eprintln!("skipped: OBSCURA_TEST_POSTGRES_URL is not set (scripts/test-postgres start DIR prints one)");
+            return None;
+        };
+        let mut raw = [0u8; 6];
+        getrandom::fill(&mut raw).unwrap();
+        let name = format!("obscura_test_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connecting to the test PostgreSQL server");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => unreachable!("a postgres URL has a path"),
+        };
+        Some(Db { url, _dir: TempDir::new().unwrap() })
+    }
+}
+
+/// Declares a scenario `async fn NAME(db: Db)` as two tests, one per database.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(super::Db::sqlite()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if let Some(db) = super::Db::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    unsubscribe_purges_every_object_before_returning,
+    legal_hold_blocks_deletion_and_is_reported,
+    grace_defers_the_action_and_erasure_overrides_it,
+    guardian_erases_one_upload,
+    bad_requests_get_clear_errors,
+    unreachable_store_is_retried_then_reported_overdue,
+    audit_verify_detects_tampering,
+);
+
+const POLICY: &str = r#"
+deadline = "1h"
+
+[classes.photo]
+max_age = "365d"
+on_expiry = "purge"
+on_unsubscribe = "purge"
+
+[classes.evidence]
+on_expiry = "purge"
+on_unsubscribe = "purge"
+legal_hold = true
+
+[classes.slow]
+on_expiry = "purge"
+on_unsubscribe = "purge"
+grace = "7d"
+"#;
+
+fn secret() -> Secret {
+    Secret::from_bytes(b"test secret, 32 bytes at least..".to_vec()).unwrap()
+}
+
+async fn open(db: &Db, policy: &str) -> Retention {
+    let mut config = RetentionConfig::new(&db.url, Policy::parse(policy).unwrap(), secret());
+    config.store_options = StoreOptions { max_retries: 0, ..StoreOptions::default() };
+    Retention::open(config).await.unwrap()
+}
+
+/// A folder store with `n` small objects per key given.
+fn folder_with(keys: &[&str]) -> (TempDir, String) {
+    let dir = TempDir::new().unwrap();
+    for key in keys {
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("bytes of {key}")).unwrap();
+    }
+    let loc = dir.path().display().to_string();
+    (dir, loc)
+}
+
+fn upload(id: &str, subject: &str, store: &str, key: &str, class: &str) -> NewUpload {
+    NewUpload::new(id, subject, store, key, class)
+}
+
+/// Nothing in the audit log may carry the raw subject id.
+async fn assert_audit_clean(r: &Retention, subjects: &[&str]) {
+    let records = r.audit(None, None, 0, 1_000_000).await.unwrap();
+    for rec in &records {
+        let text = serde_json::to_string(rec).unwrap();
+        for s in subjects {
+            assert!(!text.contains(s), "audit record carries the raw subject id {s}: {text}");
+        }
+    }
+    let verdict = r.verify_audit().await.unwrap();
+    assert!(verdict.intact(), "{verdict:?}");
+}
+
+async fn unsubscribe_purges_every_object_before_returning(db: Db) {
+    let (dir, store) = folder_with(&["alice-7/1.jpg", "alice-7/1.thumb.jpg", "alice-7/2.png", "bob/1.jpg"]);
+    let r = open(&db, POLICY).await;
+    let mut a1 = upload("a1", "alice-7", &store, "alice-7/1.jpg", "photo");
+    a1.derived = vec!["alice-7/1.thumb.jpg".into()];
+    r.register_many(&[a1, upload("a2", "alice-7", &store, "alice-7/2.png", "photo"), upload("b1", "bob", &store, "bob/1.jpg", "photo")]).await.unwrap();
+
+    let summary = r.unsubscribe("alice-7").await.unwrap();
+    assert_eq!((summary.queued, summary.done, summary.pending, summary.held), (2, 2, 0, 0), "{summary:?}");
+    assert!(summary.errors.is_empty());
+    // Gone when the call returns; Bob untouched.
+    for key in ["alice-7/1.jpg", "alice-7/1.thumb.jpg", "alice-7/2.png"] {
+        assert!(!dir.path().join(key).exists(), "{key} still there");
+    }
+    assert!(dir.path().join("bob/1.jpg").exists());
+    let a1 = r.catalog().upload("a1").await.unwrap().unwrap();
+    assert_eq!((a1.state, a1.subject.as_deref(), a1.key.as_deref()), (UploadState::Purged, None, None));
+    // The subject itself is forgotten (only its keyed hash kept), and cannot come back.
+    assert_eq!(r.catalog().subject_state("alice-7").await.unwrap(), None);
+    let again = r.register(&upload("a3", "alice-7", &store, "alice-7/3.jpg", "photo")).await;
+    assert!(matches!(again, Err(RetentionError::Erased)), "{again:?}");
+    // Calling again is harmless.
+    assert_eq!(r.unsubscribe("alice-7").await.unwrap().queued, 0);
+
+    let log = r.audit(Some("alice-7"), None, 0, 100).await.unwrap();
+    let events: Vec<(&str, &str)> = log.iter().map(|a| (a.event.as_str(), a.outcome.as_str())).collect();
+    assert_eq!(events.iter().filter(|e| **e == ("purge", "purged")).count(), 2, "{events:?}");
+    assert!(events.contains(&("unsubscribe", "queued")) && events.contains(&("subject_forgotten", "done")), "{events:?}");
+    assert_audit_clean(&r, &["alice-7"]).await;
+    let status = r.status().await.unwrap();
+    assert_eq!((status.uploads_active, status.uploads_purged, status.jobs_pending, status.overdue), (1, 2, 0, 0));
+}
+
+async fn legal_hold_blocks_deletion_and_is_reported(db: Db) {
+    let (dir, store) = folder_with(&["c/1.jpg", "c/2.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("e1", "carol", &store, "c/1.jpg", "evidence"), upload("p1", "carol", &store, "c/2.jpg", "photo")]).await.unwrap();
+    let summary = r.unsubscribe("carol").await.unwrap();
+    assert_eq!((summary.done, summary.held), (1, 1), "{summary:?}");
+    assert!(dir.path().join("c/1.jpg").exists(), "a held upload was deleted");
+    assert!(!dir.path().join("c/2.jpg").exists());
+    // An erasure request does not break the hold either.
+    let erase = r.erase_upload("e1").await.unwrap();
+    assert_eq!((erase.done, erase.held), (0, 1));
+    r.tick(&RunOptions::default()).await.unwrap();
+    assert!(dir.path().join("c/1.jpg").exists());
+    let status = r.status().await.unwrap();
+    assert_eq!(status.jobs_held, 1);
+    let plan = r.plan(Duration::ZERO, 10).await.unwrap();
+    assert_eq!(plan.held, 1);
+    assert!(plan.items.iter().any(|p| p.upload == "e1" && p.held));
+
+    // Lifting the hold (a policy change) lets the purge run.
+    let lifted = open(&db, &POLICY.replace("legal_hold = true", "legal_hold = false")).await;
+    let run = lifted.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!(run.purged, 1);
+    assert!(!dir.path().join("c/1.jpg").exists());
+    assert_audit_clean(&lifted, &["carol"]).await;
+}
+
+async fn grace_defers_the_action_and_erasure_overrides_it(db: Db) {
+    let (dir, store) = folder_with(&["d/1.jpg", "d/2.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("s1", "dave", &store, "d/1.jpg", "slow"), upload("s2", "dave", &store, "d/2.jpg", "slow")]).await.unwrap();
+    let summary = r.unsubscribe("dave").await.unwrap();
+    assert_eq!((summary.queued, summary.done, summary.pending), (2, 0, 2));
+    assert!(dir.path().join("d/1.jpg").exists());
+    assert_eq!(r.tick(&RunOptions::default()).await.unwrap().purged, 0, "ran before the grace period ended");
+    // The plan shows it 7 days ahead, not before.
+    assert_eq!(r.plan(Duration::from_secs(86400), 10).await.unwrap().purge, 0);
+    let plan = r.plan(Duration::from_secs(8 * 86400), 10).await.unwrap();
+    assert_eq!(plan.purge, 2);
+    assert!(plan.items.iter().all(|p| p.action == Action::Purge && p.subject.as_deref() == Some("dave")));
+    // An erasure request does not wait for the grace period.
+    let erase = r.erase_subject("dave").await.unwrap();
+    assert_eq!((erase.done, erase.pending), (2, 0), "{erase:?}");
+    assert!(!dir.path().join("d/1.jpg").exists() && !dir.path().join("d/2.jpg").exists());
+}
+
+async fn guardian_erases_one_upload(db: Db) {
+    let (dir, store) = folder_with(&["kid/1.jpg", "kid/1_small.jpg", "kid/2.jpg"]);
+    let r = open(&db, POLICY).await;
+    let mut k1 = upload("k1", "erin", &store, "kid/1.jpg", "photo");
+    k1.derived = vec!["kid/1_small.jpg".into()];
+    r.register_many(&[k1, upload("k2", "erin", &store, "kid/2.jpg", "photo")]).await.unwrap();
+    let summary = r.erase_upload("k1").await.unwrap();
+    assert_eq!((summary.done, summary.pending), (1, 0));
+    assert!(!dir.path().join("kid/1.jpg").exists() && !dir.path().join("kid/1_small.jpg").exists());
+    assert!(dir.path().join("kid/2.jpg").exists(), "the other upload must stay");
+    assert_eq!(r.catalog().subject_state("erin").await.unwrap().as_deref(), Some("subscribed"));
+    let log = r.audit(None, Some("k1"), 0, 10).await.unwrap();
+    assert_eq!(log.iter().map(|a| a.event.as_str()).collect::<Vec<_>>(), ["erase_upload", "purge"]);
+    assert!(matches!(r.erase_upload("nope").await, Err(RetentionError::UnknownUpload(_))));
+}
+
+async fn bad_requests_get_clear_errors(db: Db) {
+    let (_dir, store) = folder_with(&["f/1.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register(&upload("f1", "frank", &store, "f/1.jpg", "photo")).await.unwrap();
+    let dup = r.register(&upload("f1", "frank", &store, "f/other.jpg", "photo")).await.unwrap_err();
+    assert!(dup.to_string().contains("already registered"), "{dup}");
+    let same_key = r.register(&upload("f2", "frank", &store, "f/1.jpg", "photo")).await.unwrap_err();
+    assert!(matches!(same_key, RetentionError::Duplicate { .. }), "{same_key}");
+    let class = r.register(&upload("f3", "frank", &store, "f/3.jpg", "video")).await.unwrap_err();
+    assert_eq!(class.to_string(), "the policy has no class \"video\"");
+    let key = r.register(&upload("f4", "frank", &store, "../etc/passwd", "photo")).await.unwrap_err();
+    assert!(matches!(key, RetentionError::InvalidUpload { .. }), "{key}");
+    let unknown = r.unsubscribe("nobody-like-this").await.unwrap_err();
+    assert_eq!(unknown.to_string(), "unknown subject \"nobody-like-this\"");
+    // A batch with one bad upload registers none.
+    let batch = r.register_many(&[upload("g1", "gina", &store, "g/1.jpg", "photo"), upload("f1", "gina", &store, "g/2.jpg", "photo")]).await;
+    assert!(batch.is_err());
+    assert!(r.catalog().upload("g1").await.unwrap().is_none(), "half a batch was registered");
+    assert_eq!(r.status().await.unwrap().uploads_active, 1);
+}
+
+async fn unreachable_store_is_retried_then_reported_overdue(db: Db) {
+    // An S3 endpoint where nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = RetentionConfig::new(&db.url, Policy::parse(&POLICY.replace("deadline = \"1h\"", "deadline = \"0s\"")).unwrap(), secret());
+    config.store_options = StoreOptions {
+        max_retries: 1,
+        init_backoff: Duration::from_millis(10),
+        s3: [("endpoint", format!("http://127.0.0.1:{port}")), ("allow_http", "true".into()), ("access_key_id", "k".into()), ("secret_access_key", "s".into()), ("region", "us-east-1".into())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ..StoreOptions::default()
+    };
+    config.retry_base = Duration::from_millis(200);
+    let r = Retention::open(config).await.unwrap();
+    r.register(&upload("h1", "hana", "s3://bucket/up", "hana/1.jpg", "photo")).await.unwrap();
+    let summary = r.unsubscribe("hana").await.unwrap();
+    assert_eq!((summary.done, summary.pending), (0, 1), "{summary:?}");
+    assert_eq!(summary.errors.len(), 1);
+    assert!(!summary.errors[0].contains("hana"), "raw subject id in an error: {}", summary.errors[0]);
+    // Nothing marked done that is not done.
+    let h1 = r.catalog().upload("h1").await.unwrap().unwrap();
+    assert_eq!(h1.state, UploadState::Active);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = r.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!((again.purged, again.failed_attempts), (0, 1), "{again:?}");
+    let status = r.status().await.unwrap();
+    assert_eq!((status.jobs_pending, status.overdue), (1, 1), "{status:?}");
+    assert_eq!(status.failing.len(), 1);
+    assert_eq!(status.failing[0].attempts, 2);
+    assert!(status.failing[0].last_error.contains("127.0.0.1"), "{}", status.failing[0].last_error);
+    let failures = r.audit(None, Some("h1"), 0, 10).await.unwrap();
+    assert_eq!(failures.iter().filter(|a| a.outcome == "failed").count(), 2);
+    assert_audit_clean(&r, &["hana"]).await;
+}
+
+async fn audit_verify_detects_tampering(db: Db) {
+    let (_dir, store) = folder_with(&["i/1.jpg", "i/2.jpg", "j/1.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("i1", "ivan", &store, "i/1.jpg", "photo"), upload("i2", "ivan", &store, "i/2.jpg", "photo"), upload("j1", "jo", &store, "j/1.jpg", "photo")]).await.unwrap();
+    r.unsubscribe("ivan").await.unwrap();
+    r.erase_subject("jo").await.unwrap();
+    let records = r.verify_audit().await.unwrap().records;
+    assert!(records >= 7, "{records}");
+
+    // The log refuses edits through SQL…
+    let edit = sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 2").execute(r.catalog().pool_for_tests()).await;
+    assert!(edit.is_err(), "the audit table accepted an UPDATE");
+    // …and someone who disables that guard is caught by verify.
+    let (disable, enable) = if db.url.starts_with("postgres") {
+        ("ALTER TABLE audit DISABLE TRIGGER audit_no_update", "ALTER TABLE audit ENABLE TRIGGER audit_no_update")
+    } else {
+        ("DROP TRIGGER audit_no_update", "SELECT 1")
+    };
+    sqlx::query(disable).execute(r.catalog().pool_for_tests()).await.unwrap();
+    sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 3").execute(r.catalog().pool_for_tests()).await.unwrap();
+    sqlx::query(enable).execute(r.catalog().pool_for_tests()).await.unwrap();
+    let verdict = r.verify_audit().await.unwrap();
+    assert_eq!(verdict.broken_at, Some(3), "{verdict:?}");
+    assert_eq!(verdict.records, 2);
+}
+
+// ---- anonymisation (real models) -------------------------------------------------------
+
+const ANONYMISE: &str = r#"
+deadline = "1h"
+[classes.photo]
+max_age = "30d"
+on_expiry = "anonymise"
+on_unsubscribe = "anonymise"
+"#;
+
+fn face_photo() -> PathBuf {
+    eval_image("wider_8_Election_Campain_Election_Campaign_8_69.jpg")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
+    let db = Db::sqlite();
+    let (dir, store) = folder_with(&["kim-3/thumb.jpg", "shared/plain.jpg"]);
+    let original = std::fs::read(face_photo()).unwrap();
+    std::fs::write(dir.path().join("kim-3/beach.jpg"), &original).unwrap();
+    std::fs::write(dir.path().join("shared/plain.jpg"), &original).unwrap();
+    std::fs::write(dir.path().join("kim-3/broken.jpg"), &original[..original.len() / 3]).unwrap();
+    let r = open(&db, ANONYMISE).await;
+    let year_ago = obscura::retention::catalog::now_ms() - 365 * 86_400_000;
+    let mut beach = upload("k1", "kim-3", &store, "kim-3/beach.jpg", "photo");
+    beach.uploaded_at = Some(year_ago);
+    beach.derived = vec!["kim-3/thumb.jpg".into()];
+    let mut plain = upload("k2", "kim-3", &store, "shared/plain.jpg", "photo");
+    plain.uploaded_at = Some(year_ago);
+    let mut broken = upload("k3", "kim-3", &store, "kim-3/broken.jpg", "photo");
+    broken.uploaded_at = Some(year_ago);
+    let mut fresh = upload("k4", "kim-3", &store, "kim-3/new.jpg", "photo");
+    fresh.uploaded_at = Some(obscura::retention::catalog::now_ms());
+    r.register_many(&[beach, plain, broken, fresh]).await.unwrap();
+
+    let run = r.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!((run.expiries_queued, run.anonymised, run.purged_instead), (3, 2, 1), "{run:?}");
+
+    // The key named the person: moved to a random key; the original and thumbnail gone.
+    let k1 = r.catalog().upload("k1").await.unwrap().unwrap();
+    assert_eq!((k1.state, k1.subject.as_deref()), (UploadState::Anonymised, None));
+    let new_key = k1.key.clone().unwrap();
+    assert!(new_key.starts_with("anonymised/") && !new_key.contains("kim"), "{new_key}");
+    assert!(!dir.path().join("kim-3/beach.jpg").exists() && !dir.path().join("kim-3/thumb.jpg").exists());
+    // A key without the subject id is rewritten in place.
+    let k2 = r.catalog().upload("k2").await.unwrap().unwrap();
+    assert_eq!((k2.state, k2.key.as_deref(), k2.subject.as_deref()), (UploadState::Anonymised, Some("shared/plain.jpg"), None));
+    // Faces filled solid: the annotated face's box is now (almost) one colour.
+    for key in [new_key.as_str(), "shared/plain.jpg"] {
+        let out = std::fs::read(dir.path().join(key)).unwrap();
+        assert!(!out.windows(4).any(|w| w == b"Exif"), "{key} kept EXIF");
+        let img = image::load_from_memory(&out).unwrap().to_rgb8();
+        let face = first_face_box();
+        let centre = img.get_pixel(face.0 + face.2 / 2, face.1 + face.3 / 2);
+        assert!(centre.0.iter().all(|&c| c < 8), "{key}: face centre {centre:?} not filled");
+    }
+    // The corrupt image could not be anonymised: purged instead (fail closed), and logged.
+    assert!(!dir.path().join("kim-3/broken.jpg").exists());
+    let k3 = r.catalog().upload("k3").await.unwrap().unwrap();
+    assert_eq!(k3.state, UploadState::Purged);
+    let log = r.audit(None, Some("k3"), 0, 10).await.unwrap();
+    assert_eq!(log.last().unwrap().outcome, "purged_instead");
+    assert!(log.last().unwrap().detail.contains("anonymisation failed"), "{}", log.last().unwrap().detail);
+    // The fresh upload is kept.
+    assert_eq!(r.catalog().upload("k4").await.unwrap().unwrap().state, UploadState::Active);
+    assert_audit_clean(&r, &["kim-3"]).await;
+}
+
+/// The first annotated face of the test photo (x, y, w, h).
+fn first_face_box() -> (u32, u32, u32, u32) {
+    let faces = std::fs::read_to_string(eval_dir().join("faces.csv")).unwrap();
+    let line = faces.lines().find(|l| l.starts_with("wider_8_Election_Campain_Election_Campaign_8_69.jpg,")).unwrap();
+    let f: Vec<f64> = line.split(',').skip(1).take(4).map(|v| v.parse().unwrap()).collect();
+    (f[0] as u32, f[1] as u32, f[2] as u32, f[3] as u32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_copies_a_persons_uploads_with_a_manifest() {
+    let db = Db::sqlite();
+    let (_dir, store) = folder_with(&["l/1.jpg", "l/2.jpg", "m/1.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("l1", "lee", &store, "l/1.jpg", "photo"), upload("l2", "lee", &store, "l/2.jpg", "photo"), upload("m1", "max", &store, "m/1.jpg", "photo")]).await.unwrap();
+    let out_dir = TempDir::new().unwrap();
+    let out = Store::open(&out_dir.path().display().to_string(), &StoreOptions::default()).unwrap();
+    let export = r.export("lee", &out).await.unwrap();
+    assert_eq!(export.uploads.len(), 2);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["uploads"].as_array().unwrap().len(), 2);
+    for u in &export.uploads {
+        let bytes = std::fs::read(out_dir.path().join(&u.file)).unwrap();
+        assert_eq!(bytes, format!("bytes of l/{}.jpg", &u.id[1..]).into_bytes());
+    }
+    assert!(matches!(r.export("nobody", &out).await, Err(RetentionError::UnknownSubject(_))));
+    assert_eq!(r.audit(Some("lee"), None, 0, 10).await.unwrap()[0].event, "export");
+}
+
+// ---- crash safety and several instances -------------------------------------------------
+
+/// `n` objects of which all are expired (`purge`-on-expiry), registered through the CLI's CSV.
+fn crash_fixture(n: usize, dir: &Path) -> (String, PathBuf, PathBuf) {
+    let store = dir.join("store");
+    let mut csv = String::from("id,subject,store,key,class,uploaded_at,derived\n");
+    for i in 0..n {
+        let key = format!("s{:03}/{i}.jpg", i % 300);
+        let thumb = format!("s{:03}/{i}.thumb.jpg", i % 300);
+        for k in [&key, &thumb] {
+            let p = store.join(k);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        csv.push_str(&format!("u{i},s{:03},{},{key},photo,1000,{thumb}\n", i % 300, store.display()));
+    }
+    let csv_path = dir.join("uploads.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "deadline = \"1h\"\n[classes.photo]\nmax_age = \"1d\"\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n").unwrap();
+    (store.display().to_string(), csv_path, policy)
+}
+
+fn retention_cmd(catalog: &str, policy: &Path, dir: &Path) -> std::process::Command {
+    let mut cmd = obscura();
+    cmd.args(["retention", "--catalog", catalog, "--policy"]).arg(policy).arg("--secret-file").arg(dir.join("secret"));
+    cmd
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()).unwrap_or(0)
+}
+
+async fn check_every_upload_purged_once(catalog: &str, policy: &Path, secret_dir: &Path, n: usize) {
+    let mut config = RetentionConfig::new(catalog, Policy::load(policy).unwrap(), Secret::load(&secret_dir.join("secret")).unwrap());
+    config.store_options = StoreOptions::default();
+    let r = Retention::open(config).await.unwrap();
+    let status = r.status().await.unwrap();
+    assert_eq!((status.uploads_active, status.uploads_purged, status.jobs_pending), (0, n as u64, 0), "{status:?}");
+    let records = r.audit(None, None, 0, 10 * n as i64).await.unwrap();
+    let mut per_upload = std::collections::HashMap::<String, usize>::new();
+    for rec in records.iter().filter(|a| a.event == "purge" && a.outcome == "purged") {
+        *per_upload.entry(rec.upload_id.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_upload.len(), n, "uploads with a purge record");
+    assert!(per_upload.values().all(|&c| c == 1), "an upload was purged (recorded) twice");
+    assert!(r.verify_audit().await.unwrap().intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
+    let dir = TempDir::new().unwrap();
+    let n = 3000;
+    let (store, csv, policy) = crash_fixture(n, dir.path());
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let total = 2 * n;
+    assert_eq!(count_files(Path::new(&store)), total);
+
+    let mut child = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--concurrency", "4"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let left = count_files(Path::new(&store));
+        if left < total * 2 / 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the scheduler made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let left = count_files(Path::new(&store));
+    assert!(left > 0, "finished before the kill; the test needs more objects");
+
+    // A second scheduler while none runs takes over the dead one's claims at once.
+    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(count_files(Path::new(&store)), 0, "objects left after the restart");
+    check_every_upload_purged_once(&catalog, &policy, dir.path(), n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_scheduler_runs_on_a_sqlite_catalog() {
+    let dir = TempDir::new().unwrap();
+    let (_store, _csv, policy) = crash_fixture(1, dir.path());
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let mut first = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--interval", "1s"]).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = run(retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(stderr(&second).contains("another scheduler holds"), "{}", stderr(&second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_on_postgres_never_run_a_job_twice() {
+    let Some(db) = Db::postgres().await else { return };
+    let dir = TempDir::new().unwrap();
+    let n = 2000;
+    let (store, csv, policy) = crash_fixture(n, dir.path());
+    let out = run(retention_cmd(&db.url, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spawn = || retention_cmd(&db.url, &policy, dir.path()).args(["run", "--until-idle", "--concurrency", "4"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    let purged = |o: &std::process::Output| -> u64 {
+        let s = String::from_utf8_lossy(&o.stdout);
+        s.split("purged ").nth(1).and_then(|t| t.split(',').next()).and_then(|t| t.trim().parse().ok()).unwrap()
+    };
+    assert_eq!(purged(&a) + purged(&b), n as u64, "the two instances' counts must add up exactly");
+    eprintln!("instance A purged {}, instance B {}", purged(&a), purged(&b));
+    assert_eq!(count_files(Path::new(&store)), 0);
+    check_every_upload_purged_once(&db.url, &policy, dir.path(), n).await;
+}
+
+#[test]
+fn malformed_policy_is_refused_naming_the_line() {
+    let dir = TempDir::new().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "deadline = \"1h\"\n[classes.photo]\non_expiry = \"purge\"\non_unsubscribe = \"shred\"\n").unwrap();
+    let out = run(retention_cmd(&dir.path().join("c.sqlite").display().to_string(), &policy, dir.path()).arg("status"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("line 4") && err.contains("p.toml"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
