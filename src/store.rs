@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The store's own message already includes its causes, so it is not chained again.
     #[error("{op} {key}: {cause}")]
     Io { op: &'static str, key: String, cause: object_store::Error },
+    /// A request about object versions (listing or deleting one) failed.
+    #[error("{op} {key}: {message}")]
+    Versions { op: &'static str, key: String, message: String },
 }
 
 impl StoreError {
@@ -93,6 +96,9 @@ pub struct Entry {
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
+    /// The same bucket, typed, for requests `ObjectStore` does not cover (object versions).
+    s3: Option<Arc<object_store::aws::AmazonS3>>,
+    retry: StoreOptions,
     prefix: Path,
     location: String,
     /// The folder, for local stores.
@@ -133,9 +139,9 @@ impl Store {
                 let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e: object_store::Error| open_err(e.to_string()))?;
                 builder = builder.with_config(key, value);
             }
-            let s3 = builder.build().map_err(|e| open_err(e.to_string()))?;
+            let s3 = Arc::new(builder.build().map_err(|e| open_err(e.to_string()))?);
             let prefix = Path::parse(prefix.trim_end_matches('/')).map_err(|e| open_err(e.to_string()))?;
-            return Ok(Self { inner: Arc::new(s3), prefix, location: location.to_string(), local_root: None });
+            return Ok(Self { inner: s3.clone(), s3: Some(s3), retry: options.clone(), prefix, location: location.to_string(), local_root: None });
         }
         if location.contains("://") && !location.starts_with("file://") {
             return Err(open_err("unsupported scheme (use a folder path, file://, or s3://)".into()));
@@ -148,7 +154,7 @@ impl Store {
         }
         let dir = dir.canonicalize().map_err(|e| open_err(e.to_string()))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { inner: Arc::new(fs), prefix: Path::default(), location: dir.display().to_string(), local_root: Some(dir) })
+        Ok(Self { inner: Arc::new(fs), s3: None, retry: options.clone(), prefix: Path::default(), location: dir.display().to_string(), local_root: Some(dir) })
     }
 
     /// Where the store is (the canonical folder, or the URL given).
@@ -238,11 +244,79 @@ impl Store {
         }
     }
 
-    /// Deletes an object for good: on a local folder the file, on S3 the object. (A
-    /// versioned bucket keeps older versions after a plain delete; see
-    /// [`Store::purge_versions`].)
-    pub async fn purge(&self, key: &str) -> Result<(), StoreError> {
-        self.delete(key).await
+    /// Deletes an object for good and returns how many object versions (including delete
+    /// markers) were deleted by id: 0 on a folder or an unversioned bucket. On a folder
+    /// that is the file. On S3 it is the object and then, because a versioned
+    /// bucket keeps every earlier version (and a plain delete only adds a delete marker),
+    /// every version and delete marker of exactly this key, listed with
+    /// `ListObjectVersions` and deleted by `versionId` until none is left. On an
+    /// unversioned bucket the listing is empty after the delete and costs one request.
+    pub async fn purge(&self, key: &str) -> Result<usize, StoreError> {
+        self.delete(key).await?;
+        let Some(s3) = &self.s3 else { return Ok(0) };
+        let path = self.path(key)?;
+        let mut removed = 0;
+        // Each pass deletes what one listing page showed; a page holds up to 1,000.
+        for _ in 0..10_000 {
+            let versions = self.list_versions(s3, &path, key).await?;
+            if versions.is_empty() {
+                return Ok(removed);
+            }
+            for version in versions {
+                self.delete_version(s3, &path, key, &version).await?;
+                removed += 1;
+            }
+        }
+        Err(StoreError::Versions { op: "purge", key: key.to_string(), message: "versions keep appearing".into() })
+    }
+
+    /// Sends a signed S3 request (retried like every other store request) and returns
+    /// the body of a 2xx answer.
+    async fn signed(
+        &self,
+        s3: &object_store::aws::AmazonS3,
+        method: reqwest::Method,
+        path: &Path,
+        query: Vec<(String, String)>,
+        op: &'static str,
+        key: &str,
+    ) -> Result<Bytes, StoreError> {
+        use object_store::signer::{SignedUrlOptions, Signer};
+        let err = |message: String| StoreError::Versions { op, key: key.to_string(), message };
+        let options = SignedUrlOptions::new().with_query(query);
+        let client = reqwest::Client::new();
+        let mut delay = self.retry.init_backoff;
+        let mut attempt = 0;
+        loop {
+            let url = s3.signed_url_opts(method.clone(), path, Duration::from_secs(300), &options).await.map_err(|e| err(e.to_string()))?;
+            let outcome = match client.request(method.clone(), url).send().await {
+                Ok(response) if response.status().is_success() => return response.bytes().await.map_err(|e| err(e.to_string())),
+                Ok(response) if !response.status().is_server_error() => {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    return Err(err(format!("{status}: {}", body.chars().take(300).collect::<String>())));
+                }
+                Ok(response) => format!("{}", response.status()),
+                Err(e) => e.to_string(),
+            };
+            if attempt >= self.retry.max_retries {
+                return Err(err(format!("{outcome} (after {} attempts)", attempt + 1)));
+            }
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.retry.max_backoff);
+        }
+    }
+
+    async fn list_versions(&self, s3: &object_store::aws::AmazonS3, path: &Path, key: &str) -> Result<Vec<String>, StoreError> {
+        let query = vec![("versions".to_string(), String::new()), ("prefix".to_string(), path.to_string())];
+        let body = self.signed(s3, reqwest::Method::GET, &Path::default(), query, "list versions of", key).await?;
+        parse_versions(&body, path.as_ref()).map_err(|message| StoreError::Versions { op: "list versions of", key: key.to_string(), message })
+    }
+
+    async fn delete_version(&self, s3: &object_store::aws::AmazonS3, path: &Path, key: &str, version: &str) -> Result<(), StoreError> {
+        let query = vec![("versionId".to_string(), version.to_string())];
+        self.signed(s3, reqwest::Method::DELETE, path, query, "delete version of", key).await.map(|_| ())
     }
 
     /// Deletes an object (no error if it is already gone).
@@ -251,5 +325,69 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(cause) => Err(StoreError::Io { op: "delete", key: key.to_string(), cause }),
         }
+    }
+}
+
+/// The version ids (of versions and of delete markers) of exactly `key` in a
+/// `ListObjectVersions` answer.
+fn parse_versions(xml: &[u8], key: &str) -> Result<Vec<String>, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut out = Vec::new();
+    let (mut in_entry, mut text) = (false, String::new());
+    let (mut entry_key, mut entry_version) = (None::<String>, None::<String>);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| format!("unreadable answer: {e}"))? {
+            Event::Start(e) => {
+                if matches!(e.local_name().as_ref(), b"Version" | b"DeleteMarker") {
+                    (in_entry, entry_key, entry_version) = (true, None, None);
+                }
+                text.clear();
+            }
+            Event::Text(t) => text.push_str(&t.decode().map_err(|e| e.to_string())?),
+            // `&amp;` and friends arrive as separate events.
+            Event::GeneralRef(r) => match r.resolve_char_ref().map_err(|e| e.to_string())? {
+                Some(c) => text.push(c),
+                None => {
+                    let name = r.decode().map_err(|e| e.to_string())?;
+                    let c = quick_xml::escape::resolve_xml_entity(&name).ok_or_else(|| format!("unknown entity &{name};"))?;
+                    text.push_str(c);
+                }
+            },
+            Event::End(e) => match e.local_name().as_ref() {
+                b"Key" if in_entry => entry_key = Some(std::mem::take(&mut text)),
+                b"VersionId" if in_entry => entry_version = Some(std::mem::take(&mut text)),
+                b"Version" | b"DeleteMarker" => {
+                    in_entry = false;
+                    if entry_key.as_deref() == Some(key) {
+                        out.extend(entry_version.take());
+                    }
+                }
+                _ => {}
+            },
+            Event::Eof => return Ok(out),
+            _ => {}
+        }
+        buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_versions;
+
+    #[test]
+    fn versions_of_exactly_the_key_including_delete_markers() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Name>b</Name><Prefix>u/a&amp;b.jpg</Prefix>
+  <DeleteMarker><Key>u/a&amp;b.jpg</Key><VersionId>m1</VersionId><IsLatest>true</IsLatest></DeleteMarker>
+  <Version><Key>u/a&amp;b.jpg</Key><VersionId>v2</VersionId><IsLatest>false</IsLatest><Size>3</Size></Version>
+  <Version><Key>u/a&amp;b.jpg.bak</Key><VersionId>x</VersionId></Version>
+  <Version><Key>u/a&amp;b.jpg</Key><VersionId>v1</VersionId></Version>
+</ListVersionsResult>"#;
+        assert_eq!(parse_versions(xml, "u/a&b.jpg").unwrap(), ["m1", "v2", "v1"]);
+        assert!(parse_versions(b"<ListVersionsResult></ListVersionsResult>", "k").unwrap().is_empty());
     }
 }

@@ -233,3 +233,68 @@ fn failing_writes_are_retried_then_recorded_and_nothing_is_half_written() {
     let dst = Store::open("s3://faulty-dst", &options(&server.endpoint)).unwrap();
     assert_eq!(list_keys(&dst), ["flaky.jpg", "ok.jpg"].map(String::from).into_iter().collect(), "nothing for the failed object");
 }
+
+/// Turns on versioning (moto does not check signatures).
+fn enable_versioning(endpoint: &str, bucket: &str) {
+    let body = r#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>"#;
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new().put(format!("{endpoint}/{bucket}?versioning")).body(body).send().await.unwrap().status()
+    });
+    assert!(status.is_success(), "enable versioning on {bucket}: {status}");
+}
+
+/// Versions and delete markers stored under exactly `key`.
+fn stored_versions(endpoint: &str, bucket: &str, key: &str) -> usize {
+    let xml = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new().get(format!("{endpoint}/{bucket}?versions&prefix={key}")).send().await.unwrap().text().await.unwrap()
+    });
+    xml.split("<Key>").skip(1).filter(|rest| rest.starts_with(&format!("{key}</Key>"))).count()
+}
+
+#[test]
+fn purge_removes_every_version_on_a_versioned_bucket_and_retention_relies_on_it() {
+    use obscura::retention::{NewUpload, Policy, Retention, RetentionConfig, Secret};
+    let Some(server) = moto() else { return };
+    let ep = &server.endpoint;
+    create_bucket(ep, "versioned");
+    enable_versioning(ep, "versioned");
+    let store = Store::open("s3://versioned/up/", &options(ep)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for (key, copies) in [("alice/1.jpg", 3), ("alice/1.jpg.bak", 1), ("alice/1_thumb.jpg", 2), ("bob/1.jpg", 2)] {
+            for i in 0..copies {
+                store.put(key, format!("{key} v{i}").into_bytes()).await.unwrap();
+            }
+        }
+        // A plain delete leaves the old versions behind (and adds a delete marker).
+        store.put("tmp/x", b"1".to_vec()).await.unwrap();
+        store.delete("tmp/x").await.unwrap();
+    });
+    assert_eq!(stored_versions(ep, "versioned", "up/tmp/x"), 2, "moto should keep the version and a delete marker");
+    assert_eq!(stored_versions(ep, "versioned", "up/alice/1.jpg"), 3);
+
+    // Retention purges through Store::purge: every version of the original and the thumbnail.
+    let dir = tempfile::TempDir::new().unwrap();
+    let policy = Policy::parse("deadline = \"1h\"\n[classes.photo]\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n").unwrap();
+    let mut config = RetentionConfig::new(&dir.path().join("c.sqlite").display().to_string(), policy, Secret::from_bytes(vec![7; 32]).unwrap());
+    config.store_options = options(ep);
+    rt.block_on(async {
+        let r = Retention::open(config).await.unwrap();
+        let mut upload = NewUpload::new("a1", "alice", "s3://versioned/up/", "alice/1.jpg", "photo");
+        upload.derived = vec!["alice/1_thumb.jpg".into()];
+        r.register(&upload).await.unwrap();
+        let summary = r.unsubscribe("alice").await.unwrap();
+        assert_eq!((summary.done, summary.pending), (1, 0), "{summary:?}");
+        let log = r.audit(None, Some("a1"), 0, 10).await.unwrap();
+        // 3 + 2 versions, and the delete marker each plain delete added.
+        assert!(log.last().unwrap().detail.contains("with 7 stored version(s)"), "{}", log.last().unwrap().detail);
+        // The version, the earlier delete marker, and the marker purge's own delete added.
+        assert_eq!(store.purge("tmp/x").await.unwrap(), 3);
+    });
+    assert_eq!(stored_versions(ep, "versioned", "up/alice/1.jpg"), 0, "versions of the original survived the purge");
+    assert_eq!(stored_versions(ep, "versioned", "up/alice/1_thumb.jpg"), 0);
+    assert_eq!(stored_versions(ep, "versioned", "up/tmp/x"), 0);
+    // Neighbours sharing the prefix, and other people's objects, are untouched.
+    assert_eq!(stored_versions(ep, "versioned", "up/alice/1.jpg.bak"), 1);
+    assert_eq!(stored_versions(ep, "versioned", "up/bob/1.jpg"), 2);
+}

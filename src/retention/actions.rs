@@ -30,8 +30,9 @@ pub enum ActionError {
 /// What an action did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Done {
-    /// Original and derived objects deleted (`objects` = how many keys were removed).
-    Purged { objects: usize },
+    /// Original and derived objects deleted (`objects` keys; `versions` older versions
+    /// and delete markers removed from a versioned bucket).
+    Purged { objects: usize, versions: usize },
     /// Redacted and written back at `key`; derived objects deleted.
     Anonymised { key: String, renamed: bool, regions: usize },
     /// Anonymisation failed, so the upload was purged instead (fail closed).
@@ -49,7 +50,8 @@ impl Done {
 
     pub fn detail(&self) -> String {
         match self {
-            Done::Purged { objects } => format!("{objects} object(s) deleted and verified gone"),
+            Done::Purged { objects, versions: 0 } => format!("{objects} object(s) deleted and verified gone"),
+            Done::Purged { objects, versions } => format!("{objects} object(s) deleted with {versions} stored version(s) and verified gone"),
             Done::Anonymised { renamed, regions, .. } => {
                 format!("{regions} region(s) filled, metadata dropped{}", if *renamed { ", moved to a random key" } else { "" })
             }
@@ -96,16 +98,18 @@ impl Stores {
 }
 
 /// Deletes `keys` and checks each is gone (every version, on a versioned bucket).
+/// Returns the number of versions removed by id.
 pub async fn delete_verified(store: &Store, keys: &[String]) -> Result<usize, ActionError> {
+    let mut versions = 0;
     for key in keys {
-        store.purge(key).await?;
+        versions += store.purge(key).await?;
     }
     for key in keys {
         if store.exists(key).await? {
             return Err(ActionError::NotGone { key: key.clone() });
         }
     }
-    Ok(keys.len())
+    Ok(versions)
 }
 
 /// Purges an upload's original and derived objects.
@@ -114,7 +118,8 @@ pub async fn purge(store: &Store, job: &Job) -> Result<Done, ActionError> {
     // A half-done anonymisation may have written the new key already.
     keys.extend(job.new_key.iter().filter(|k| Some(*k) != job.upload.key.as_ref()).cloned());
     keys.extend(job.upload.derived.iter().cloned());
-    Ok(Done::Purged { objects: delete_verified(store, &keys).await? })
+    let versions = delete_verified(store, &keys).await?;
+    Ok(Done::Purged { objects: keys.len(), versions })
 }
 
 /// A random key for an anonymised upload whose key named its person:
@@ -176,8 +181,8 @@ pub async fn anonymise(store: &Store, catalog: &Catalog, anonymizer: &Anonymizer
 }
 
 async fn purge_instead(store: &Store, keys: &[String], error: String) -> Result<Done, ActionError> {
-    let objects = delete_verified(store, keys).await?;
-    Ok(Done::PurgedInstead { objects, error })
+    delete_verified(store, keys).await?;
+    Ok(Done::PurgedInstead { objects: keys.len(), error })
 }
 
 #[cfg(test)]
