@@ -411,8 +411,10 @@ async fn export_copies_a_persons_uploads_with_a_manifest() {
 
 // ---- crash safety and several instances -------------------------------------------------
 
-/// `n` objects of which all are expired (`purge`-on-expiry), registered through the CLI's CSV.
-fn crash_fixture(n: usize, dir: &Path) -> (String, PathBuf, PathBuf) {
+/// `n` expired uploads (with a thumbnail each) of class `photo` (purged on expiry) and
+/// `n_anon` expired photos of class `keep` (anonymised on expiry), due in between, all
+/// registered through the CLI's CSV.
+fn crash_fixture(n: usize, n_anon: usize, dir: &Path) -> (String, PathBuf, PathBuf) {
     let store = dir.join("store");
     let mut csv = String::from("id,subject,store,key,class,uploaded_at,derived\n");
     for i in 0..n {
@@ -423,12 +425,27 @@ fn crash_fixture(n: usize, dir: &Path) -> (String, PathBuf, PathBuf) {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, b"x").unwrap();
         }
-        csv.push_str(&format!("u{i},s{:03},{},{key},photo,1000,{thumb}\n", i % 300, store.display()));
+        csv.push_str(&format!("u{i},s{:03},{},{key},photo,{},{thumb}\n", i % 300, store.display(), 1000 + i));
+    }
+    if n_anon > 0 {
+        let photo = image::open(face_photo()).unwrap().resize(480, 480, image::imageops::FilterType::Triangle);
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        photo.to_rgb8().write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+        for i in 0..n_anon {
+            let key = format!("s{:03}/face{i}.jpg", i % 300);
+            std::fs::write(store.join(&key), bytes.get_ref()).unwrap();
+            // Due among the purges, around where the scheduler gets killed.
+            csv.push_str(&format!("f{i},s{:03},{},{key},keep,{},\n", i % 300, store.display(), 1000 + n / 3 + i * 20));
+        }
     }
     let csv_path = dir.join("uploads.csv");
     std::fs::write(&csv_path, csv).unwrap();
     let policy = dir.join("policy.toml");
-    std::fs::write(&policy, "deadline = \"1h\"\n[classes.photo]\nmax_age = \"1d\"\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n").unwrap();
+    let mut text = String::from("deadline = \"1h\"\n[classes.photo]\nmax_age = \"1d\"\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n");
+    if n_anon > 0 {
+        text.push_str("[classes.keep]\nmax_age = \"1d\"\non_expiry = \"anonymise\"\non_unsubscribe = \"purge\"\n");
+    }
+    std::fs::write(&policy, text).unwrap();
     (store.display().to_string(), csv_path, policy)
 }
 
@@ -442,13 +459,23 @@ fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()).unwrap_or(0)
 }
 
-async fn check_every_upload_purged_once(catalog: &str, policy: &Path, secret_dir: &Path, n: usize) {
+/// Every `photo` upload purged and every `keep` upload anonymised, each exactly once (one
+/// audit record), with an intact log.
+async fn check_every_job_done_once(catalog: &str, policy: &Path, secret_dir: &Path, n: usize, n_anon: usize) {
     let mut config = RetentionConfig::new(catalog, Policy::load(policy).unwrap(), Secret::load(&secret_dir.join("secret")).unwrap());
     config.store_options = StoreOptions::default();
     let r = Retention::open(config).await.unwrap();
     let status = r.status().await.unwrap();
-    assert_eq!((status.uploads_active, status.uploads_purged, status.jobs_pending), (0, n as u64, 0), "{status:?}");
+    assert_eq!((status.uploads_active, status.uploads_purged, status.uploads_anonymised, status.jobs_pending), (0, n as u64, n_anon as u64, 0), "{status:?}");
     let records = r.audit(None, None, 0, 10 * n as i64).await.unwrap();
+    for i in 0..n_anon {
+        let u = r.catalog().upload(&format!("f{i}")).await.unwrap().unwrap();
+        assert_eq!((u.state, u.subject.as_deref()), (UploadState::Anonymised, None));
+        assert!(u.key.as_deref().unwrap().starts_with("anonymised/"), "{u:?}");
+        let done: Vec<_> = records.iter().filter(|a| a.upload_id.as_deref() == Some(u.id.as_str()) && a.outcome != "failed").collect();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].outcome, "anonymised");
+    }
     let mut per_upload = std::collections::HashMap::<String, usize>::new();
     for rec in records.iter().filter(|a| a.event == "purge" && a.outcome == "purged") {
         *per_upload.entry(rec.upload_id.clone().unwrap()).or_default() += 1;
@@ -461,12 +488,12 @@ async fn check_every_upload_purged_once(catalog: &str, policy: &Path, secret_dir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
     let dir = TempDir::new().unwrap();
-    let n = 3000;
-    let (store, csv, policy) = crash_fixture(n, dir.path());
+    let (n, n_anon) = (3000, 12);
+    let (store, csv, policy) = crash_fixture(n, n_anon, dir.path());
     let catalog = dir.path().join("catalog.sqlite").display().to_string();
     let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
     assert!(out.status.success(), "{}", stderr(&out));
-    let total = 2 * n;
+    let total = 2 * n + n_anon;
     assert_eq!(count_files(Path::new(&store)), total);
 
     let mut child = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--concurrency", "4"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -487,14 +514,16 @@ async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
     // A second scheduler while none runs takes over the dead one's claims at once.
     let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(count_files(Path::new(&store)), 0, "objects left after the restart");
-    check_every_upload_purged_once(&catalog, &policy, dir.path(), n).await;
+    // Only the anonymised copies are left, each under a random key.
+    assert_eq!(count_files(Path::new(&store)), n_anon, "objects left after the restart");
+    assert_eq!(count_files(&Path::new(&store).join("anonymised")), n_anon);
+    check_every_job_done_once(&catalog, &policy, dir.path(), n, n_anon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_scheduler_runs_on_a_sqlite_catalog() {
     let dir = TempDir::new().unwrap();
-    let (_store, _csv, policy) = crash_fixture(1, dir.path());
+    let (_store, _csv, policy) = crash_fixture(1, 0, dir.path());
     let catalog = dir.path().join("catalog.sqlite").display().to_string();
     let mut first = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--interval", "1s"]).stderr(Stdio::null()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -510,7 +539,7 @@ async fn two_schedulers_on_postgres_never_run_a_job_twice() {
     let Some(db) = Db::postgres().await else { return };
     let dir = TempDir::new().unwrap();
     let n = 2000;
-    let (store, csv, policy) = crash_fixture(n, dir.path());
+    let (store, csv, policy) = crash_fixture(n, 0, dir.path());
     let out = run(retention_cmd(&db.url, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
     assert!(out.status.success(), "{}", stderr(&out));
     let spawn = || retention_cmd(&db.url, &policy, dir.path()).args(["run", "--until-idle", "--concurrency", "4"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -524,7 +553,7 @@ async fn two_schedulers_on_postgres_never_run_a_job_twice() {
     assert_eq!(purged(&a) + purged(&b), n as u64, "the two instances' counts must add up exactly");
     eprintln!("instance A purged {}, instance B {}", purged(&a), purged(&b));
     assert_eq!(count_files(Path::new(&store)), 0);
-    check_every_upload_purged_once(&db.url, &policy, dir.path(), n).await;
+    check_every_job_done_once(&db.url, &policy, dir.path(), n, 0).await;
 }
 
 #[test]

@@ -25,7 +25,7 @@ CREATE TABLE uploads (
     finished_at INTEGER,
     UNIQUE (store, key)
 );
-CREATE INDEX uploads_subject ON uploads (subject_id);
+CREATE INDEX uploads_subject ON uploads (subject_id, class, state);
 CREATE INDEX uploads_expiry ON uploads (class, state, uploaded_at);
 
 CREATE TABLE jobs (
@@ -48,6 +48,7 @@ CREATE TABLE jobs (
 );
 CREATE UNIQUE INDEX jobs_one_open_per_upload ON jobs (upload_id) WHERE state <> 'done';
 CREATE INDEX jobs_runnable ON jobs (state, next_try_at);
+CREATE INDEX jobs_upload ON jobs (upload_id);
 
 CREATE TABLE audit (
     seq INTEGER PRIMARY KEY,

@@ -522,38 +522,43 @@ impl Catalog {
     pub async fn claim(&self, owner: &str, scope: Scope<'_>, limit: i64, lease_for: Duration) -> Result<Vec<Job>, CatalogError> {
         let now = now_ms();
         let lease = format!("{owner}:{}", unique_suffix());
-        let scope_sql = match scope {
-            Scope::All => "",
-            Scope::Subject(_) => "AND upload_id IN (SELECT id FROM uploads WHERE subject_id = $5)",
-            Scope::Upload(_) => "AND upload_id = $5",
-        };
         let lock = match self.dialect {
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Postgres => "FOR UPDATE OF j SKIP LOCKED",
             Dialect::Sqlite => "",
+        };
+        // Scoped claims (an event's own jobs) start from the subject's or upload's rows:
+        // `CROSS JOIN` makes SQLite loop over `u` first instead of over every due job.
+        let candidates = match scope {
+            Scope::All => "SELECT j.id FROM jobs j WHERE".to_string(),
+            Scope::Subject(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.subject_id = $5 AND j.upload_id = u.id AND".to_string(),
+            Scope::Upload(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.id = $5 AND j.upload_id = u.id AND".to_string(),
         };
         let sql = format!(
             "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN (
-                SELECT id FROM jobs WHERE state = 'pending' AND next_try_at <= $3
-                  AND (lease_until IS NULL OR lease_until < $3) {scope_sql}
-                ORDER BY next_try_at, id LIMIT $4 {lock})"
+                {candidates} j.state = 'pending' AND j.next_try_at <= $3
+                  AND (j.lease_until IS NULL OR j.lease_until < $3)
+                ORDER BY j.next_try_at, j.id LIMIT $4 {lock})
+             RETURNING id"
         );
         let mut query = sqlx::query(&sql).bind(&lease).bind(now + ms(lease_for)).bind(now).bind(limit);
         match scope {
             Scope::All => {}
             Scope::Subject(s) | Scope::Upload(s) => query = query.bind(s),
         }
-        let claimed = query.execute(&self.pool).await.map_err(q("claiming jobs"))?.rows_affected();
-        if claimed == 0 {
+        let ids: Vec<i64> = query.fetch_all(&self.pool).await.map_err(q("claiming jobs"))?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>().map_err(q("claiming jobs"))?;
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&format!(
+        let placeholders = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
             "SELECT j.id AS job_id, j.action, j.reason, j.rule, j.due_at, j.attempts, j.new_key, {UPLOAD_COLUMNS}
-             FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE j.lease_owner = $1 ORDER BY j.next_try_at, j.id"
-        ))
-        .bind(&lease)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("reading claimed jobs"))?;
+             FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE j.id IN ({placeholders}) ORDER BY j.next_try_at, j.id"
+        );
+        let mut select = sqlx::query(&sql);
+        for id in &ids {
+            select = select.bind(*id);
+        }
+        let rows = select.fetch_all(&self.pool).await.map_err(q("reading claimed jobs"))?;
         rows.iter()
             .map(|row| {
                 let get = |e| CatalogError::Corrupt(format!("job row: {e}"));
