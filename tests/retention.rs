@@ -75,6 +75,8 @@ on_both_databases!(
     bad_requests_get_clear_errors,
     unreachable_store_is_retried_then_reported_overdue,
     audit_verify_detects_tampering,
+    wind_down_queues_everything_and_the_scheduler_finishes_it,
+    concurrent_registration_cannot_outlive_an_unsubscribe,
 );
 
 const POLICY: &str = r#"
@@ -313,6 +315,60 @@ async fn audit_verify_detects_tampering(db: Db) {
     assert_eq!(verdict.records, 2);
 }
 
+async fn wind_down_queues_everything_and_the_scheduler_finishes_it(db: Db) {
+    let (dir, store) = folder_with(&["w/1.jpg", "w/2.jpg", "x/1.jpg", "x/held.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[
+        upload("w1", "wes", &store, "w/1.jpg", "photo"),
+        upload("w2", "wes", &store, "w/2.jpg", "slow"),
+        upload("x1", "xia", &store, "x/1.jpg", "photo"),
+        upload("x2", "xia", &store, "x/held.jpg", "evidence"),
+    ])
+    .await
+    .unwrap();
+    let summary = r.wind_down(None).await.unwrap();
+    assert_eq!((summary.queued, summary.pending, summary.held), (4, 3, 1), "{summary:?}");
+    assert_eq!(r.wind_down(None).await.unwrap().queued, 4, "a second call merges into the same jobs");
+    let run = r.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!(run.purged, 3, "{run:?}");
+    assert_eq!(count_files(dir.path()), 1, "only the held upload may remain");
+    assert!(dir.path().join("x/held.jpg").exists());
+    let status = r.status().await.unwrap();
+    assert_eq!((status.uploads_active, status.jobs_pending, status.jobs_held), (1, 0, 1));
+    assert_audit_clean(&r, &["wes", "xia"]).await;
+}
+
+/// Registering uploads while the same person unsubscribes: every upload that got in is
+/// erased by the unsubscribe, or the registration is refused — never an upload left behind.
+async fn concurrent_registration_cannot_outlive_an_unsubscribe(db: Db) {
+    let (_dir, store) = folder_with(&[]);
+    let r = open(&db, POLICY).await;
+    r.register(&upload("y0", "yan", &store, "y/0.jpg", "photo")).await.unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let registering = {
+        let (r, store, accepted) = (r.clone(), store.clone(), accepted.clone());
+        // Registers until refused (the unsubscribe has happened).
+        tokio::spawn(async move {
+            for i in 1..100_000 {
+                match r.register(&upload(&format!("y{i}"), "yan", &store, &format!("y/{i}.jpg"), "photo")).await {
+                    Ok(()) => accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    Err(e) => return Some(e),
+                };
+            }
+            None
+        })
+    };
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    r.unsubscribe("yan").await.unwrap();
+    let refusal = registering.await.unwrap().expect("registration never refused after the unsubscribe");
+    assert!(matches!(refusal, RetentionError::Unsubscribed(_) | RetentionError::Erased), "{refusal}");
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let status = r.status().await.unwrap();
+    assert_eq!(status.uploads_active, 0, "an upload registered around the unsubscribe survived it ({accepted} accepted): {status:?}");
+}
+
 // ---- anonymisation (real models) -------------------------------------------------------
 
 const ANONYMISE: &str = r#"
@@ -379,6 +435,24 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
     // The fresh upload is kept.
     assert_eq!(r.catalog().upload("k4").await.unwrap().unwrap().state, UploadState::Active);
     assert_audit_clean(&r, &["kim-3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_model_makes_anonymise_jobs_wait_not_purge() {
+    let db = Db::sqlite();
+    let (dir, store) = folder_with(&["n/1.jpg"]);
+    let mut config = RetentionConfig::new(&db.url, Policy::parse(ANONYMISE).unwrap(), secret());
+    config.anonymizer.detect.model = Some(dir.path().join("no-such-model.onnx"));
+    let r = Retention::open(config).await.unwrap();
+    r.register(&upload("n1", "nia", &store, "n/1.jpg", "photo")).await.unwrap();
+    let summary = r.unsubscribe("nia").await.unwrap();
+    assert_eq!((summary.done, summary.pending), (0, 1), "{summary:?}");
+    assert!(summary.errors[0].contains("no-such-model.onnx"), "{}", summary.errors[0]);
+    assert!(dir.path().join("n/1.jpg").exists(), "the upload was purged although only the model was missing");
+    assert_eq!(r.catalog().upload("n1").await.unwrap().unwrap().state, UploadState::Active);
+    // The scheduler refuses to start without it.
+    let err = r.run(&RunOptions { until_idle: true, ..RunOptions::default() }, std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, RetentionError::Anonymizer(_)), "{err}");
 }
 
 /// The first annotated face of the test photo (x, y, w, h).
@@ -526,7 +600,13 @@ async fn only_one_scheduler_runs_on_a_sqlite_catalog() {
     let (_store, _csv, policy) = crash_fixture(1, 0, dir.path());
     let catalog = dir.path().join("catalog.sqlite").display().to_string();
     let mut first = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--interval", "1s"]).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The lock file appears the moment the first scheduler takes the lock.
+    let started = Instant::now();
+    while !Path::new(&format!("{catalog}.scheduler-lock")).exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first scheduler did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     let second = run(retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]));
     first.kill().unwrap();
     first.wait().unwrap();

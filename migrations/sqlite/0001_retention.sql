@@ -48,7 +48,7 @@ CREATE TABLE jobs (
 );
 CREATE UNIQUE INDEX jobs_one_open_per_upload ON jobs (upload_id) WHERE state <> 'done';
 CREATE INDEX jobs_runnable ON jobs (state, next_try_at);
-CREATE INDEX jobs_upload ON jobs (upload_id);
+CREATE INDEX jobs_upload ON jobs (upload_id, state, next_try_at);
 
 CREATE TABLE audit (
     seq INTEGER PRIMARY KEY,

@@ -43,6 +43,12 @@ pub enum RetentionCommand {
     Unsubscribe { subject: String },
     /// Erasure request: purge all of a person's uploads, or one upload, now.
     Erase(EraseArgs),
+    /// The service is closing: queue every active upload's on_expiry action (or --action
+    /// for all) now; `run` carries them out, `status` reports what is left.
+    WindDown {
+        #[arg(long, value_parser = parse_action)]
+        action: Option<obscura::retention::Action>,
+    },
     /// Access request: copy a person's uploads and a manifest.json into a folder.
     Export {
         subject: String,
@@ -138,6 +144,14 @@ pub struct RunArgs {
     pub retry_after: Duration,
 }
 
+fn parse_action(s: &str) -> Result<obscura::retention::Action, String> {
+    match s {
+        "purge" => Ok(obscura::retention::Action::Purge),
+        "anonymise" | "anonymize" => Ok(obscura::retention::Action::Anonymise),
+        _ => Err("purge or anonymise".into()),
+    }
+}
+
 fn time(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -179,6 +193,7 @@ pub fn run(args: &RetentionArgs) -> Result<i32> {
                 (_, Some(u)) => event(args, retention.erase_upload(u).await?),
                 _ => bail!("give --subject or --upload"),
             },
+            RetentionCommand::WindDown { action } => event(args, retention.wind_down(*action).await?),
             RetentionCommand::Export { subject, out } => {
                 let out = Store::open(out, &StoreOptions::default())?;
                 let export = retention.export(subject, &out).await?;

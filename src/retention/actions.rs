@@ -25,6 +25,8 @@ pub enum ActionError {
     NotGone { key: String },
     #[error("upload has no key (already purged)")]
     NoKey,
+    #[error("{0}")]
+    Anonymizer(String),
 }
 
 /// What an action did.

@@ -83,6 +83,8 @@ pub enum Reason {
     EraseSubject,
     /// Erasure of this one upload was asked for (e.g. by a guardian).
     EraseUpload,
+    /// The service is closing down: everything goes.
+    WindDown,
 }
 
 impl Reason {
@@ -92,14 +94,16 @@ impl Reason {
             Reason::Unsubscribe => "unsubscribe",
             Reason::EraseSubject => "erase_subject",
             Reason::EraseUpload => "erase_upload",
+            Reason::WindDown => "wind_down",
         }
     }
-    fn parse(s: &str) -> Result<Self, CatalogError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, CatalogError> {
         match s {
             "expiry" => Ok(Self::Expiry),
             "unsubscribe" => Ok(Self::Unsubscribe),
             "erase_subject" => Ok(Self::EraseSubject),
             "erase_upload" => Ok(Self::EraseUpload),
+            "wind_down" => Ok(Self::WindDown),
             other => Err(CatalogError::Corrupt(format!("job reason {other:?}"))),
         }
     }
@@ -339,15 +343,34 @@ impl Catalog {
         Ok(n > 0)
     }
 
-    /// Creates the subject if it is new (subscribed).
-    pub(crate) async fn ensure_subject(tx: &mut Transaction<'static, Any>, subject: &str, now: i64) -> Result<(), CatalogError> {
+    /// Creates the subject if it is new (subscribed), locks its row until the transaction
+    /// ends (a no-op UPDATE: a row lock on PostgreSQL, the write lock on SQLite), and
+    /// returns its state — `None` when the subject's data was erased (its keyed hash is
+    /// recorded, or its row vanished under us because it was being erased).
+    pub(crate) async fn lock_subject(
+        tx: &mut Transaction<'static, Any>,
+        subject: &str,
+        subject_hash: &str,
+        now: i64,
+    ) -> Result<Option<String>, CatalogError> {
         sqlx::query("INSERT INTO subjects (id, state, created_at) VALUES ($1, 'subscribed', $2) ON CONFLICT (id) DO NOTHING")
             .bind(subject)
             .bind(now)
             .execute(&mut **tx)
             .await
             .map_err(q("adding subject"))?;
-        Ok(())
+        let locked = sqlx::query("UPDATE subjects SET state = state WHERE id = $1").bind(subject).execute(&mut **tx).await.map_err(q("locking subject"))?;
+        // Checked after the lock, so an erasure finishing concurrently is seen.
+        let erased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject_hash = $1")
+            .bind(subject_hash)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(q("reading erased subjects"))?;
+        if locked.rows_affected() == 0 || erased > 0 {
+            return Ok(None);
+        }
+        let state = sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject).fetch_one(&mut **tx).await.map_err(q("reading subject"))?;
+        Ok(Some(state))
     }
 
     /// Marks a subject unsubscribed; false if it already was.
@@ -472,6 +495,11 @@ impl Catalog {
         now: i64,
     ) -> Result<u64, CatalogError> {
         Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.subject_id = $7 AND u.class = $8", &[subject, class]).await
+    }
+
+    /// Queues a job for every active upload of `class`.
+    pub(crate) async fn enqueue_class(tx: &mut Transaction<'static, Any>, class: &str, job: &NewJob<'_>, now: i64) -> Result<u64, CatalogError> {
+        Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.class = $7", &[class]).await
     }
 
     /// Queues a job for one upload (active, or anonymised for a purge).

@@ -245,7 +245,7 @@ pub struct Retention {
 
 impl std::fmt::Debug for Retention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Retention").field("catalog", &self.inner.catalog).field("anonymises", &self.inner.anonymizer.is_some()).finish()
+        f.debug_struct("Retention").field("catalog", &self.inner.catalog).field("anonymises", &self.inner.anonymises).finish()
     }
 }
 
@@ -253,9 +253,11 @@ struct Inner {
     config: RetentionConfig,
     catalog: Catalog,
     stores: actions::Stores,
-    /// Built at open when the policy can anonymise, so a missing model is a start-up
-    /// error rather than every anonymisation turning into a purge.
-    anonymizer: Option<Anonymizer>,
+    /// Whether the policy can anonymise at all.
+    anonymises: bool,
+    /// Built on first use (models take a second to load; `status` and `plan` never need
+    /// them) and at the start of `run`, so a missing model stops the scheduler at once.
+    anonymizer: tokio::sync::OnceCell<Anonymizer>,
 }
 
 fn validate_key(id: &str, key: &str) -> Result<(), RetentionError> {
@@ -270,19 +272,23 @@ fn validate_key(id: &str, key: &str) -> Result<(), RetentionError> {
 }
 
 impl Retention {
-    /// Opens the catalog (creating and migrating it) and, if the policy anonymises
-    /// anything, the anonymiser.
+    /// Opens the catalog (creating and migrating it).
     pub async fn open(config: RetentionConfig) -> Result<Self, RetentionError> {
         let catalog = Catalog::open(&config.catalog).await?;
         let anonymises = config.policy.classes.values().any(|c| c.on_expiry == Action::Anonymise || c.on_unsubscribe == Action::Anonymise);
-        let anonymizer = if anonymises {
-            let cfg = actions::strongest(config.anonymizer.clone());
-            Some(tokio::task::spawn_blocking(move || Anonymizer::new(cfg)).await.map_err(|e| RetentionError::Io(e.to_string()))?.map_err(RetentionError::Anonymizer)?)
-        } else {
-            None
-        };
         let stores = actions::Stores::new(config.store_options.clone());
-        Ok(Self { inner: Arc::new(Inner { config, catalog, stores, anonymizer }) })
+        Ok(Self { inner: Arc::new(Inner { config, catalog, stores, anonymises, anonymizer: tokio::sync::OnceCell::new() }) })
+    }
+
+    /// The anonymiser in its strongest setting ([`actions::strongest`]), built once.
+    pub(crate) async fn anonymizer(&self) -> Result<&Anonymizer, RetentionError> {
+        self.inner
+            .anonymizer
+            .get_or_try_init(|| async {
+                let cfg = actions::strongest(self.inner.config.anonymizer.clone());
+                tokio::task::spawn_blocking(move || Anonymizer::new(cfg)).await.map_err(|e| RetentionError::Io(e.to_string()))?.map_err(RetentionError::Anonymizer)
+            })
+            .await
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -322,8 +328,21 @@ impl Retention {
             }
         }
         let mut tx = self.catalog().begin().await?;
+        // Each person first, locked for the rest of the transaction: an unsubscribe
+        // running at the same time either comes first (and this is refused) or waits and
+        // then sees these uploads.
+        let mut seen = std::collections::HashSet::new();
         for u in uploads {
-            Catalog::ensure_subject(&mut tx, &u.subject, now).await?;
+            if !seen.insert(u.subject.as_str()) {
+                continue;
+            }
+            match Catalog::lock_subject(&mut tx, &u.subject, &self.secret().subject_hash(&u.subject), now).await?.as_deref() {
+                None => return Err(RetentionError::Erased),
+                Some("subscribed") => {}
+                Some(_) => return Err(RetentionError::Unsubscribed(u.subject.clone())),
+            }
+        }
+        for u in uploads {
             let row = Upload {
                 id: u.id.clone(),
                 subject: Some(u.subject.clone()),
@@ -336,25 +355,6 @@ impl Retention {
             };
             if !Catalog::insert_upload(&mut tx, &row).await? {
                 return Err(RetentionError::Duplicate { id: u.id.clone() });
-            }
-        }
-        // Refuse uploads for people who left (checked inside the transaction, after the
-        // writes, so a concurrent unsubscribe cannot slip between check and insert).
-        let mut seen = std::collections::HashSet::new();
-        for u in uploads {
-            if !seen.insert(u.subject.as_str()) {
-                continue;
-            }
-            let state: String = sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1")
-                .bind(&u.subject)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|source| CatalogError::Query { what: "reading subject", source })?;
-            if state != "subscribed" {
-                return Err(RetentionError::Unsubscribed(u.subject.clone()));
-            }
-            if self.catalog().subject_erased(&self.secret().subject_hash(&u.subject)).await? {
-                return Err(RetentionError::Erased);
             }
         }
         tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
@@ -474,6 +474,35 @@ impl Retention {
         Ok(summary)
     }
 
+    /// The service is closing: every active upload gets its class's `on_expiry` action
+    /// (or `action`, for all classes), due now; the scheduler carries them out and
+    /// `status` reports any still pending after the policy's `deadline`. Legal holds still
+    /// apply. Calling it again is safe.
+    pub async fn wind_down(&self, action: Option<Action>) -> Result<EventSummary, RetentionError> {
+        let now = now_ms();
+        let mut summary = EventSummary::default();
+        let mut parts = Vec::new();
+        let mut tx = self.catalog().begin().await?;
+        for (class, rule) in &self.policy().classes {
+            let action = action.unwrap_or(rule.on_expiry);
+            let name = format!("wind-down ({class})");
+            let job = NewJob { action, reason: Reason::WindDown, rule: &name, due_at: now, held: rule.legal_hold };
+            let n = Catalog::enqueue_class(&mut tx, class, &job, now).await?;
+            summary.queued += n;
+            if n > 0 {
+                parts.push(format!("{n} {class} → {}{}", action.as_str(), if rule.legal_hold { " (legal hold)" } else { "" }));
+            }
+        }
+        let detail = if parts.is_empty() { "no active uploads".to_string() } else { parts.join(", ") };
+        let entry = AuditEntry { event: "wind_down", outcome: "queued", detail, ..Default::default() };
+        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
+        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        let status = self.status().await?;
+        summary.pending = status.jobs_pending;
+        summary.held = status.jobs_held;
+        Ok(summary)
+    }
+
     /// Runs the due jobs in `scope` now, once each; failures stay queued for the scheduler.
     async fn run_now(&self, scope: Scope<'_>, summary: &mut EventSummary) -> Result<(), RetentionError> {
         let owner = format!("inline:{}", self.inner.config.instance);
@@ -588,12 +617,7 @@ impl Retention {
                 subject: row.try_get("subject_id").map_err(err)?,
                 class: row.try_get("class").map_err(err)?,
                 action: Action::parse(&action).ok_or_else(|| CatalogError::Corrupt(action.clone()))?,
-                reason: match reason.as_str() {
-                    "expiry" => Reason::Expiry,
-                    "unsubscribe" => Reason::Unsubscribe,
-                    "erase_subject" => Reason::EraseSubject,
-                    _ => Reason::EraseUpload,
-                },
+                reason: Reason::parse(&reason)?,
                 at: row.try_get("next_try_at").map_err(err)?,
                 held: row.try_get::<String, _>("state").map_err(err)? == "held",
             });

@@ -72,6 +72,9 @@ impl Retention {
     /// (jobs in flight finish first) or, with `until_idle`, until nothing is runnable.
     pub async fn run(&self, options: &RunOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<RunSummary, RetentionError> {
         let _lock = lock_instance(self.catalog(), &self.config().catalog)?;
+        if self.inner.anonymises {
+            self.anonymizer().await?;
+        }
         if self.catalog().dialect() == Dialect::Sqlite {
             // We hold the only scheduler lock: leases left by schedulers are stale.
             let released = self.catalog().release_scheduler_leases().await?;
@@ -202,7 +205,10 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
         match &result {
             Ok(done) => {
                 if !Catalog::finish_job(&mut tx, &job, done.outcome(), now).await? {
+                    // Changed meanwhile (an anonymise upgraded to a purge): give it back so
+                    // it runs again as what it is now, without waiting for the lease.
                     tx.rollback().await.map_err(|source| CatalogError::Query { what: "rollback", source })?;
+                    retention.catalog().release(&job).await?;
                     return Ok::<_, CatalogError>(None);
                 }
                 match done {
@@ -258,11 +264,14 @@ async fn act(retention: &Retention, job: &Job) -> Result<Done, ActionError> {
     let store = retention.inner.stores.get(&job.upload.store)?;
     match job.action {
         Action::Purge => actions::purge(&store, job).await,
-        Action::Anonymise => match &retention.inner.anonymizer {
-            Some(anonymizer) => actions::anonymise(&store, retention.catalog(), anonymizer, job).await,
-            // The policy no longer anonymises (the job predates a policy change): the
-            // stronger action keeps the promise.
-            None => actions::purge(&store, job).await,
+        // The policy no longer anonymises (the job predates a policy change): the
+        // stronger action keeps the promise.
+        Action::Anonymise if !retention.inner.anonymises => actions::purge(&store, job).await,
+        // A missing model is not the image's fault: the job waits (and is reported) rather
+        // than turning into a purge.
+        Action::Anonymise => match retention.anonymizer().await {
+            Ok(anonymizer) => actions::anonymise(&store, retention.catalog(), anonymizer, job).await,
+            Err(e) => Err(ActionError::Anonymizer(e.to_string())),
         },
     }
 }
