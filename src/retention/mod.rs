@@ -330,16 +330,14 @@ impl Retention {
         let mut tx = self.catalog().begin().await?;
         // Each person first, locked for the rest of the transaction: an unsubscribe
         // running at the same time either comes first (and this is refused) or waits and
-        // then sees these uploads.
-        let mut seen = std::collections::HashSet::new();
-        for u in uploads {
-            if !seen.insert(u.subject.as_str()) {
-                continue;
-            }
-            match Catalog::lock_subject(&mut tx, &u.subject, &self.secret().subject_hash(&u.subject), now).await?.as_deref() {
+        // then sees these uploads. Locked in sorted order, so two batches sharing people
+        // cannot deadlock.
+        let subjects: std::collections::BTreeSet<&str> = uploads.iter().map(|u| u.subject.as_str()).collect();
+        for subject in subjects {
+            match Catalog::lock_subject(&mut tx, subject, &self.secret().subject_hash(subject), now).await?.as_deref() {
                 None => return Err(RetentionError::Erased),
                 Some("subscribed") => {}
-                Some(_) => return Err(RetentionError::Unsubscribed(u.subject.clone())),
+                Some(_) => return Err(RetentionError::Unsubscribed(subject.to_string())),
             }
         }
         for u in uploads {
