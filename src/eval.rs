@@ -38,6 +38,9 @@ impl GtFace {
 #[derive(Clone, Debug, Default)]
 pub struct FaceSet {
     pub images: BTreeMap<String, Vec<GtFace>>,
+    /// Regions where detections are neither right nor wrong (COCO's crowd boxes): an
+    /// unmatched detection at least half inside one is not counted as a false positive.
+    pub ignore: BTreeMap<String, Vec<BBox>>,
 }
 
 /// Which manifest column says an image is scored for faces / for persons.
@@ -55,10 +58,12 @@ pub enum EvalError {
     Image { image: String, source: crate::Error },
 }
 
-/// The regions an anonymiser plans for one photo, and the photo's size.
+/// The regions an anonymiser plans for one photo, the detections behind them, and the
+/// photo's size.
 #[derive(Clone, Debug)]
 pub struct Planned {
     pub regions: Vec<PixelRect>,
+    pub detections: Vec<crate::detect::Detection>,
     pub width: u32,
     pub height: u32,
 }
@@ -79,9 +84,9 @@ pub fn plan_all<'a>(
             let bytes = std::fs::read(&path).map_err(|source| EvalError::Io { path: path.display().to_string(), source })?;
             let image_err = |source: crate::Error| EvalError::Image { image: name.clone(), source };
             let frame = crate::image_io::decode(&bytes, &anonymizer.config().image).map_err(|e| image_err(e.into()))?.frame;
-            let (_, regions) = anonymizer.plan(&frame).map_err(|e| image_err(e.into()))?;
+            let (detections, regions) = anonymizer.plan(&frame).map_err(|e| image_err(e.into()))?;
             let regions = regions.iter().map(|r| r.rect).collect();
-            Ok((name.clone(), Planned { regions, width: frame.width, height: frame.height }))
+            Ok((name.clone(), Planned { regions, detections, width: frame.width, height: frame.height }))
         })
         .collect()
 }
@@ -125,6 +130,21 @@ impl FaceSet {
             }
         }
         Ok(set)
+    }
+
+    /// Adds ignore regions (`image,x,y,w,h`, e.g. `persons_crowd_ignore.csv`).
+    pub fn with_ignore(mut self, path: &Path) -> Result<FaceSet, EvalError> {
+        let (_, rows) = read_csv(path)?;
+        for (line, f) in rows {
+            let bad = |reason: &str| EvalError::Parse { path: path.display().to_string(), line, reason: reason.into() };
+            if f.len() < 5 {
+                return Err(bad("expected image,x,y,w,h"));
+            }
+            let num = |i: usize| f[i].parse::<f32>().map_err(|_| bad("x, y, w, h must be numbers"));
+            let bbox = BBox::from_xywh(num(1)?, num(2)?, num(3)?, num(4)?);
+            self.ignore.entry(f[0].clone()).or_default().push(bbox);
+        }
+        Ok(self)
     }
 }
 
@@ -255,9 +275,203 @@ impl Coverage {
     }
 }
 
+/// IoU at which a detection counts as finding a ground-truth box (the PASCAL/WIDER rule).
+pub const MATCH_IOU: f32 = 0.5;
+
+/// One point of a precision/recall curve: keeping detections scoring at least `score`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PrPoint {
+    pub score: f32,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// Detector quality for one class, by box matching (IoU ≥ [`MATCH_IOU`]) rather than by
+/// coverage: each detection, best score first, takes the unmatched ground-truth box it
+/// overlaps most; without one at IoU ≥ 0.5 it is a false positive.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Matching {
+    /// Ground-truth boxes found (matched).
+    pub recall: Recall,
+    pub true_positives: usize,
+    pub false_positives: usize,
+    pub images: usize,
+    /// Average precision: area under the interpolated precision/recall curve (all points).
+    pub average_precision: f64,
+    /// Recall by ground-truth box height (the buckets of [`HEIGHT_BUCKETS`]).
+    pub recall_by_height: BTreeMap<String, Recall>,
+    /// The curve, one point per distinct score (thinned to at most 200 points).
+    pub curve: Vec<PrPoint>,
+}
+
+impl Matching {
+    pub fn precision(&self) -> f64 {
+        let n = self.true_positives + self.false_positives;
+        if n == 0 { 1.0 } else { self.true_positives as f64 / n as f64 }
+    }
+
+    pub fn false_positives_per_image(&self) -> f64 {
+        if self.images == 0 { 0.0 } else { self.false_positives as f64 / self.images as f64 }
+    }
+
+    /// Scores the detections of `class` over every image of `set` (images without boxes
+    /// count: everything found there is a false positive).
+    pub fn score(set: &FaceSet, planned: &BTreeMap<String, Planned>, class: crate::detect::Class) -> Matching {
+        let mut m = Matching::default();
+        let mut scored: Vec<(f32, bool)> = Vec::new();
+        for (name, gt) in &set.images {
+            let p = &planned[name];
+            let mut dets: Vec<&crate::detect::Detection> = p.detections.iter().filter(|d| d.class == class).collect();
+            dets.sort_by(|a, b| b.score.0.total_cmp(&a.score.0));
+            let mut taken = vec![false; gt.len()];
+            for d in dets {
+                let best = gt
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !taken[*i])
+                    .map(|(i, g)| (i, g.bbox.iou(&d.bbox)))
+                    .filter(|(_, iou)| *iou >= MATCH_IOU)
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                match best {
+                    Some((i, _)) => {
+                        taken[i] = true;
+                        m.true_positives += 1;
+                        scored.push((d.score.0, true));
+                    }
+                    None => {
+                        let in_crowd = set.ignore.get(name).is_some_and(|regions| {
+                            regions.iter().any(|r| d.bbox.intersection(r).area() >= 0.5 * d.bbox.area())
+                        });
+                        if !in_crowd {
+                            m.false_positives += 1;
+                            scored.push((d.score.0, false));
+                        }
+                    }
+                }
+            }
+            for (g, found) in gt.iter().zip(&taken) {
+                m.recall.add(*found);
+                let h = g.bbox.height();
+                if let Some((bucket, _, _)) = HEIGHT_BUCKETS.iter().find(|(_, lo, hi)| h >= *lo && h < *hi) {
+                    m.recall_by_height.entry((*bucket).into()).or_default().add(*found);
+                }
+            }
+            m.images += 1;
+        }
+        let (curve, ap) = pr_curve(&mut scored, m.recall.total);
+        m.curve = curve;
+        m.average_precision = ap;
+        m
+    }
+
+    /// A plain-text summary.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "IoU>=0.5: recall {:.3} ({}/{}), precision {:.3}, AP {:.3}, false positives {:.2} per image ({} on {} images)\n",
+            self.recall.value(),
+            self.recall.covered,
+            self.recall.total,
+            self.precision(),
+            self.average_precision,
+            self.false_positives_per_image(),
+            self.false_positives,
+            self.images
+        );
+        for (name, _, _) in HEIGHT_BUCKETS {
+            if let Some(r) = self.recall_by_height.get(name) {
+                s.push_str(&format!("  recall height {name:<6} {:>6.3}  ({}/{})\n", r.value(), r.covered, r.total));
+            }
+        }
+        s
+    }
+}
+
+/// The precision/recall curve of `(score, is true positive)` pairs against `positives`
+/// ground-truth boxes, and its average precision (precision made monotone from the right,
+/// integrated over recall).
+fn pr_curve(scored: &mut [(f32, bool)], positives: usize) -> (Vec<PrPoint>, f64) {
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut points = Vec::new();
+    let (mut tp, mut fp) = (0usize, 0usize);
+    for (i, (score, hit)) in scored.iter().enumerate() {
+        if *hit { tp += 1 } else { fp += 1 }
+        // One point per distinct score: ties are kept or dropped together.
+        if scored.get(i + 1).is_some_and(|next| next.0 == *score) {
+            continue;
+        }
+        let recall = if positives == 0 { 0.0 } else { tp as f64 / positives as f64 };
+        points.push(PrPoint { score: *score, precision: tp as f64 / (tp + fp) as f64, recall });
+    }
+    let mut ap = 0.0;
+    let mut best_right = 0.0f64;
+    let mut envelope = vec![0.0; points.len()];
+    for (i, p) in points.iter().enumerate().rev() {
+        best_right = best_right.max(p.precision);
+        envelope[i] = best_right;
+    }
+    let mut last_recall = 0.0;
+    for (p, precision) in points.iter().zip(&envelope) {
+        ap += (p.recall - last_recall) * precision;
+        last_recall = p.recall;
+    }
+    if points.len() > 200 {
+        let step = points.len().div_ceil(200);
+        let last = *points.last().expect("non-empty");
+        points = points.into_iter().step_by(step).collect();
+        if points.last() != Some(&last) {
+            points.push(last);
+        }
+    }
+    (points, ap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn det(x: f32, score: f32) -> crate::detect::Detection {
+        crate::detect::Detection {
+            class: crate::detect::Class::Face,
+            bbox: BBox::from_xywh(x, 0.0, 10.0, 10.0),
+            score: crate::geometry::Score(score),
+            landmarks: None,
+            model: "t".into(),
+        }
+    }
+
+    #[test]
+    fn matching_counts_each_truth_once_and_misses_as_false_positives() {
+        let gt = |x| GtFace { bbox: BBox::from_xywh(x, 0.0, 10.0, 10.0), subset: "easy".into() };
+        let mut set = FaceSet::default();
+        set.images.insert("a".into(), vec![gt(0.0), gt(100.0)]);
+        set.images.insert("empty".into(), vec![]);
+        set.images.insert("crowd".into(), vec![]);
+        set.ignore.insert("crowd".into(), vec![BBox::from_xywh(0.0, 0.0, 15.0, 10.0)]);
+        let mut planned = BTreeMap::new();
+        // Two detections on the first face (one is a duplicate → FP), one far away (FP),
+        // the second face missed; one FP on the empty photo.
+        planned.insert("a".into(), Planned { regions: vec![], detections: vec![det(1.0, 0.9), det(0.0, 0.8), det(50.0, 0.7)], width: 200, height: 20 });
+        planned.insert("empty".into(), Planned { regions: vec![], detections: vec![det(0.0, 0.95)], width: 200, height: 20 });
+        // In a crowd region: ignored; mostly outside it: a false positive.
+        planned.insert("crowd".into(), Planned { regions: vec![], detections: vec![det(2.0, 0.99), det(12.0, 0.1)], width: 200, height: 20 });
+        let m = Matching::score(&set, &planned, crate::detect::Class::Face);
+        assert_eq!((m.true_positives, m.false_positives, m.recall.covered, m.recall.total, m.images), (1, 4, 1, 2, 3));
+        assert_eq!(m.precision(), 0.2);
+        assert_eq!(m.false_positives_per_image(), 4.0 / 3.0);
+        // Sorted: 0.95 FP, 0.9 TP, 0.8 FP, 0.7 FP, 0.1 FP → the only recall step (0 → 0.5)
+        // is at precision 1/2; the envelope keeps 0.5 there: AP = 0.5 × 0.5.
+        assert!((m.average_precision - 0.25).abs() < 1e-9, "{}", m.average_precision);
+        assert_eq!(m.curve.len(), 5);
+        assert_eq!(m.curve[1], PrPoint { score: 0.9, precision: 0.5, recall: 0.5 });
+    }
+
+    #[test]
+    fn perfect_detection_has_average_precision_one() {
+        let mut scored = vec![(0.9, true), (0.8, true), (0.1, false)];
+        let (curve, ap) = pr_curve(&mut scored, 2);
+        assert_eq!(ap, 1.0);
+        assert_eq!(curve.last().unwrap().precision, 2.0 / 3.0);
+    }
 
     #[test]
     fn coverage_counts_the_union_of_regions() {

@@ -56,6 +56,10 @@ pub struct EvalArgs {
     /// Person boxes (image,x,y,w,h): also run the person detector and score persons.
     #[arg(long)]
     pub persons: Option<PathBuf>,
+    /// Crowd regions (image,x,y,w,h) where person detections are not false positives;
+    /// default: persons_crowd_ignore.csv beside --persons, if there.
+    #[arg(long)]
+    pub persons_ignore: Option<PathBuf>,
     /// Which images are scored (face_gt / person_gt = yes); default: manifest.csv beside the images folder.
     #[arg(long)]
     pub manifest: Option<PathBuf>,

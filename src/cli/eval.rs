@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use obscura::detect::Class;
-use obscura::eval::{Coverage, FaceSet, PERSON_GT, plan_all};
+use obscura::eval::{Coverage, FaceSet, Matching, PERSON_GT, plan_all};
 use obscura::{Anonymizer, Config};
 
 use super::args::EvalArgs;
@@ -15,7 +15,13 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     let manifest = args.manifest.clone().unwrap_or_else(|| args.images.parent().unwrap_or(Path::new(".")).join("manifest.csv"));
     let set = FaceSet::load(&manifest, &args.faces).context("loading the evaluation set")?;
     let persons = match &args.persons {
-        Some(p) => Some(FaceSet::load_for(&manifest, PERSON_GT, p).context("loading person boxes")?),
+        Some(p) => {
+            let set = FaceSet::load_for(&manifest, PERSON_GT, p).context("loading person boxes")?;
+            match args.persons_ignore.clone().or_else(|| Some(p.with_file_name("persons_crowd_ignore.csv")).filter(|f| f.is_file())) {
+                Some(ignore) => Some(set.with_ignore(&ignore).with_context(|| format!("loading {}", ignore.display()))?),
+                None => Some(set),
+            }
+        }
         None => None,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -37,19 +43,29 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     let started = Instant::now();
     let names = set.images.keys().chain(persons.iter().flat_map(|p| p.images.keys()));
     let planned = pool.install(|| plan_all(&anonymizer, &args.images, names))?;
-    let mut tables = vec![("faces", Coverage::score(&set, &planned))];
+    let mut tables = vec![("faces", Coverage::score(&set, &planned), Matching::score(&set, &planned, Class::Face))];
     if let Some(p) = &persons {
-        tables.push(("persons", Coverage::score(p, &planned)));
+        tables.push(("persons", Coverage::score(p, &planned), Matching::score(p, &planned, Class::Person)));
     }
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        let map: std::collections::BTreeMap<_, _> = tables.into_iter().collect();
+        let map: std::collections::BTreeMap<_, _> = tables
+            .into_iter()
+            .map(|(name, coverage, matching)| {
+                let mut matching_json = serde_json::to_value(&matching).expect("serialisable");
+                matching_json["precision"] = matching.precision().into();
+                matching_json["false_positives_per_image"] = matching.false_positives_per_image().into();
+                (name, serde_json::json!({ "coverage": coverage, "matching": matching_json }))
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&map)?);
     } else {
         println!("threshold {}, padding {}, {:.1} s", args.threshold, args.padding, seconds);
-        for (name, coverage) in tables {
-            println!("\n{name}:");
+        for (name, coverage, matching) in tables {
+            println!("\n{name} — coverage (share of boxes >= 80 % inside redacted regions):");
             print!("{}", coverage.table());
+            println!("{name} — detection:");
+            print!("{}", matching.table());
         }
     }
     Ok(0)
