@@ -595,6 +595,35 @@ async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_scheduler_cleanly_between_batches() {
+    let dir = TempDir::new().unwrap();
+    let n = 3000;
+    let (store, csv, policy) = crash_fixture(n, 0, dir.path());
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let child = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--concurrency", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while count_files(Path::new(&store)) > 2 * n - 200 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the scheduler made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let left = count_files(Path::new(&store));
+    assert!(left > 0, "finished before SIGTERM; the test needs more objects");
+    // Stopped between batches: nothing leased, and what is done is recorded.
+    let r = Retention::open(RetentionConfig::new(&catalog, Policy::load(&policy).unwrap(), Secret::load(&dir.path().join("secret")).unwrap())).await.unwrap();
+    let leased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL").fetch_one(r.catalog().pool_for_tests()).await.unwrap();
+    assert_eq!(leased, 0);
+    let status = r.status().await.unwrap();
+    assert_eq!(2 * status.uploads_active as usize, left, "catalog and store disagree: {status:?}");
+    assert!(r.verify_audit().await.unwrap().intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_scheduler_runs_on_a_sqlite_catalog() {
     let dir = TempDir::new().unwrap();
     let (_store, _csv, policy) = crash_fixture(1, 0, dir.path());

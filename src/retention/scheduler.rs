@@ -123,20 +123,19 @@ impl Retention {
         }
         let owner = format!("scheduler:{}", self.config().instance);
         loop {
+            // Asked to stop: claim nothing more. A batch already claimed runs to the end
+            // (dropping it half-way would be safe, but would leave its jobs leased).
+            if futures::FutureExt::now_or_never(&mut *shutdown).is_some() {
+                tick.stopped = true;
+                return Ok(tick);
+            }
             let jobs = self.catalog().claim(&owner, Scope::All, options.batch, self.config().lease).await?;
             if jobs.is_empty() {
                 self.forget_finished_subjects(None).await?;
                 return Ok(tick);
             }
-            let stop = tokio::select! {
-                biased;
-                _ = &mut *shutdown => true,
-                results = execute_counted(self, jobs) => { tick.summary.add(&results); false }
-            };
-            if stop {
-                tick.stopped = true;
-                return Ok(tick);
-            }
+            let results = execute_counted(self, jobs).await;
+            tick.summary.add(&results);
         }
     }
 }
