@@ -96,8 +96,9 @@ pub struct Entry {
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
-    /// The same bucket, typed, for requests `ObjectStore` does not cover (object versions).
-    s3: Option<Arc<object_store::aws::AmazonS3>>,
+    /// The same bucket, typed, and an HTTP client, for requests `ObjectStore` does not
+    /// cover (object versions).
+    s3: Option<(Arc<object_store::aws::AmazonS3>, reqwest::Client)>,
     retry: StoreOptions,
     prefix: Path,
     location: String,
@@ -141,7 +142,8 @@ impl Store {
             }
             let s3 = Arc::new(builder.build().map_err(|e| open_err(e.to_string()))?);
             let prefix = Path::parse(prefix.trim_end_matches('/')).map_err(|e| open_err(e.to_string()))?;
-            return Ok(Self { inner: s3.clone(), s3: Some(s3), retry: options.clone(), prefix, location: location.to_string(), local_root: None });
+            let http = reqwest::Client::builder().build().map_err(|e| open_err(e.to_string()))?;
+            return Ok(Self { inner: s3.clone(), s3: Some((s3, http)), retry: options.clone(), prefix, location: location.to_string(), local_root: None });
         }
         if location.contains("://") && !location.starts_with("file://") {
             return Err(open_err("unsupported scheme (use a folder path, file://, or s3://)".into()));
@@ -244,16 +246,16 @@ impl Store {
         }
     }
 
-    /// Deletes an object for good and returns how many object versions (including delete
-    /// markers) were deleted by id: 0 on a folder or an unversioned bucket. On a folder
-    /// that is the file. On S3 it is the object and then, because a versioned
-    /// bucket keeps every earlier version (and a plain delete only adds a delete marker),
-    /// every version and delete marker of exactly this key, listed with
-    /// `ListObjectVersions` and deleted by `versionId` until none is left. On an
-    /// unversioned bucket the listing is empty after the delete and costs one request.
+    /// Deletes an object for good. On a folder that is deleting the file. On S3 it is
+    /// deleting the object and then, because a versioned bucket keeps every earlier
+    /// version (a plain delete only adds a delete marker), every version and delete marker
+    /// of exactly this key, listed with `ListObjectVersions` and deleted by `versionId`
+    /// until none is left (the credentials need `s3:ListBucketVersions` and
+    /// `s3:DeleteObjectVersion`). On an unversioned bucket that listing is empty and costs
+    /// one request. Returns how many versions and markers were deleted by id.
     pub async fn purge(&self, key: &str) -> Result<usize, StoreError> {
         self.delete(key).await?;
-        let Some(s3) = &self.s3 else { return Ok(0) };
+        let Some((s3, _)) = &self.s3 else { return Ok(0) };
         let path = self.path(key)?;
         let mut removed = 0;
         // Each pass deletes what one listing page showed; a page holds up to 1,000.
@@ -284,7 +286,7 @@ impl Store {
         use object_store::signer::{SignedUrlOptions, Signer};
         let err = |message: String| StoreError::Versions { op, key: key.to_string(), message };
         let options = SignedUrlOptions::new().with_query(query);
-        let client = reqwest::Client::new();
+        let client = self.s3.as_ref().map(|(_, http)| http).expect("signed requests are only made on S3 stores");
         let mut delay = self.retry.init_backoff;
         let mut attempt = 0;
         loop {

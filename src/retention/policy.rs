@@ -134,7 +134,7 @@ impl Policy {
 fn one_line(message: &str) -> String {
     let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
     let head = lines.next().unwrap_or_default().trim_start_matches("TOML parse error ").to_string();
-    let reason = message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | ")).last().unwrap_or_default();
+    let reason = message.lines().map(str::trim).rfind(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | ")).unwrap_or_default();
     if reason.is_empty() || head.ends_with(reason) { head } else { format!("{head}: {reason}") }
 }
 
