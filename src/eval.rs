@@ -278,6 +278,14 @@ impl Coverage {
 /// IoU at which a detection counts as finding a ground-truth box (the PASCAL/WIDER rule).
 pub const MATCH_IOU: f32 = 0.5;
 
+/// False positives by cause (see [`Matching::false_positive_kinds`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FalsePositiveKinds {
+    pub duplicate: usize,
+    pub localisation: usize,
+    pub background: usize,
+}
+
 /// One point of a precision/recall curve: keeping detections scoring at least `score`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct PrPoint {
@@ -295,6 +303,10 @@ pub struct Matching {
     pub recall: Recall,
     pub true_positives: usize,
     pub false_positives: usize,
+    /// Why the false positives are false: a second detection of a box already found
+    /// (IoU ≥ 0.5 with a matched box), a box found but badly placed or shaped (best IoU
+    /// 0.1–0.5), or nothing there (IoU < 0.1).
+    pub false_positive_kinds: FalsePositiveKinds,
     pub images: usize,
     /// Average precision: area under the interpolated precision/recall curve (all points).
     pub average_precision: f64,
@@ -345,6 +357,13 @@ impl Matching {
                         if !in_crowd {
                             m.false_positives += 1;
                             scored.push((d.score.0, false));
+                            let best = gt.iter().map(|g| g.bbox.iou(&d.bbox)).fold(0.0f32, f32::max);
+                            let kinds = &mut m.false_positive_kinds;
+                            match best {
+                                iou if iou >= MATCH_IOU => kinds.duplicate += 1,
+                                iou if iou >= 0.1 => kinds.localisation += 1,
+                                _ => kinds.background += 1,
+                            }
                         }
                     }
                 }
@@ -366,8 +385,9 @@ impl Matching {
 
     /// A plain-text summary.
     pub fn table(&self) -> String {
+        let k = &self.false_positive_kinds;
         let mut s = format!(
-            "IoU>=0.5: recall {:.3} ({}/{}), precision {:.3}, AP {:.3}, false positives {:.2} per image ({} on {} images)\n",
+            "IoU>=0.5: recall {:.3} ({}/{}), precision {:.3}, AP {:.3}, false positives {:.2} per image ({} on {} images: {} duplicate, {} misplaced, {} background)\n",
             self.recall.value(),
             self.recall.covered,
             self.recall.total,
@@ -375,7 +395,10 @@ impl Matching {
             self.average_precision,
             self.false_positives_per_image(),
             self.false_positives,
-            self.images
+            self.images,
+            k.duplicate,
+            k.localisation,
+            k.background
         );
         for (name, _, _) in HEIGHT_BUCKETS {
             if let Some(r) = self.recall_by_height.get(name) {
@@ -457,6 +480,8 @@ mod tests {
         let m = Matching::score(&set, &planned, crate::detect::Class::Face);
         assert_eq!((m.true_positives, m.false_positives, m.recall.covered, m.recall.total, m.images), (1, 4, 1, 2, 3));
         assert_eq!(m.precision(), 0.2);
+        // The duplicate on the first face, the far one and the two on empty/crowd photos.
+        assert_eq!(m.false_positive_kinds, FalsePositiveKinds { duplicate: 1, localisation: 0, background: 3 });
         assert_eq!(m.false_positives_per_image(), 4.0 / 3.0);
         // Sorted: 0.95 FP, 0.9 TP, 0.8 FP, 0.7 FP, 0.1 FP → the only recall step (0 → 0.5)
         // is at precision 1/2; the envelope keeps 0.5 there: AP = 0.5 × 0.5.
