@@ -116,13 +116,8 @@ impl FaceSet {
         let (header, rows) = read_csv(faces)?;
         let subset_col = header.iter().position(|h| h == "official_eval_subset");
         for (line, f) in rows {
-            let bad = |reason: &str| EvalError::Parse { path: faces.display().to_string(), line, reason: reason.into() };
-            if f.len() < 5 {
-                return Err(bad("expected image,x,y,w,h"));
-            }
-            let num = |i: usize| f[i].parse::<f32>().map_err(|_| bad("x, y, w, h must be numbers"));
             let face = GtFace {
-                bbox: BBox::from_xywh(num(1)?, num(2)?, num(3)?, num(4)?),
+                bbox: parse_box(faces, line, &f)?,
                 subset: subset_col.and_then(|c| f.get(c).cloned()).unwrap_or_else(|| "none".into()),
             };
             if let Some(list) = set.images.get_mut(&f[0]) {
@@ -136,16 +131,21 @@ impl FaceSet {
     pub fn with_ignore(mut self, path: &Path) -> Result<FaceSet, EvalError> {
         let (_, rows) = read_csv(path)?;
         for (line, f) in rows {
-            let bad = |reason: &str| EvalError::Parse { path: path.display().to_string(), line, reason: reason.into() };
-            if f.len() < 5 {
-                return Err(bad("expected image,x,y,w,h"));
-            }
-            let num = |i: usize| f[i].parse::<f32>().map_err(|_| bad("x, y, w, h must be numbers"));
-            let bbox = BBox::from_xywh(num(1)?, num(2)?, num(3)?, num(4)?);
+            let bbox = parse_box(path, line, &f)?;
             self.ignore.entry(f[0].clone()).or_default().push(bbox);
         }
         Ok(self)
     }
+}
+
+/// The box of an `image,x,y,w,h[,…]` row.
+fn parse_box(path: &Path, line: usize, f: &[String]) -> Result<BBox, EvalError> {
+    let bad = |reason: &str| EvalError::Parse { path: path.display().to_string(), line, reason: reason.into() };
+    if f.len() < 5 {
+        return Err(bad("expected image,x,y,w,h"));
+    }
+    let num = |i: usize| f[i].parse::<f32>().map_err(|_| bad("x, y, w, h must be numbers"));
+    Ok(BBox::from_xywh(num(1)?, num(2)?, num(3)?, num(4)?))
 }
 
 type Rows = Vec<(usize, Vec<String>)>;

@@ -31,7 +31,8 @@ pub enum CatalogError {
     Corrupt(String),
 }
 
-fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> CatalogError {
+/// Maps a database error to [`CatalogError::Query`] saying what was being done.
+pub(crate) fn q(what: &'static str) -> impl Fn(sqlx::Error) -> CatalogError + Copy {
     move |source| CatalogError::Query { what, source }
 }
 
@@ -327,6 +328,14 @@ impl Catalog {
         self.pool.begin().await.map_err(q("begin"))
     }
 
+    pub(crate) async fn commit(tx: Transaction<'static, Any>) -> Result<(), CatalogError> {
+        tx.commit().await.map_err(q("commit"))
+    }
+
+    pub(crate) async fn rollback(tx: Transaction<'static, Any>) -> Result<(), CatalogError> {
+        tx.rollback().await.map_err(q("rollback"))
+    }
+
     // ---- subjects -------------------------------------------------------------------
 
     /// `Some(subscribed?)` for a known subject, `None` for an unknown one.
@@ -335,12 +344,7 @@ impl Catalog {
     }
 
     pub async fn subject_erased(&self, subject_hash: &str) -> Result<bool, CatalogError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject_hash = $1")
-            .bind(subject_hash)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(q("reading erased subjects"))?;
-        Ok(n > 0)
+        erased(&self.pool, subject_hash).await
     }
 
     /// Creates the subject if it is new (subscribed), locks its row until the transaction
@@ -361,12 +365,8 @@ impl Catalog {
             .map_err(q("adding subject"))?;
         let locked = sqlx::query("UPDATE subjects SET state = state WHERE id = $1").bind(subject).execute(&mut **tx).await.map_err(q("locking subject"))?;
         // Checked after the lock, so an erasure finishing concurrently is seen.
-        let erased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject_hash = $1")
-            .bind(subject_hash)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(q("reading erased subjects"))?;
-        if locked.rows_affected() == 0 || erased > 0 {
+        let erased = erased(&mut **tx, subject_hash).await?;
+        if locked.rows_affected() == 0 || erased {
             return Ok(None);
         }
         let state = sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject).fetch_one(&mut **tx).await.map_err(q("reading subject"))?;
@@ -557,9 +557,9 @@ impl Catalog {
         // Scoped claims (an event's own jobs) start from the subject's or upload's rows:
         // `CROSS JOIN` makes SQLite loop over `u` first instead of over every due job.
         let candidates = match scope {
-            Scope::All => "SELECT j.id FROM jobs j WHERE".to_string(),
-            Scope::Subject(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.subject_id = $5 AND j.upload_id = u.id AND".to_string(),
-            Scope::Upload(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.id = $5 AND j.upload_id = u.id AND".to_string(),
+            Scope::All => "SELECT j.id FROM jobs j WHERE",
+            Scope::Subject(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.subject_id = $5 AND j.upload_id = u.id AND",
+            Scope::Upload(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.id = $5 AND j.upload_id = u.id AND",
         };
         let sql = format!(
             "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN (
@@ -629,7 +629,7 @@ impl Catalog {
             .map_err(q("choosing new key"))?;
         let chosen: Option<String> =
             sqlx::query_scalar("SELECT new_key FROM jobs WHERE id = $1").bind(job.id).fetch_one(&mut *tx).await.map_err(q("reading new key"))?;
-        tx.commit().await.map_err(q("commit"))?;
+        Self::commit(tx).await?;
         chosen.ok_or_else(|| CatalogError::Corrupt("new key not stored".into()))
     }
 
@@ -824,6 +824,16 @@ impl Catalog {
         }
         Ok(AuditVerdict { records, broken_at: None, problem: None })
     }
+}
+
+/// Whether a subject with this keyed hash was erased.
+async fn erased<'c>(db: impl sqlx::Executor<'c, Database = Any>, subject_hash: &str) -> Result<bool, CatalogError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject_hash = $1")
+        .bind(subject_hash)
+        .fetch_one(db)
+        .await
+        .map_err(q("reading erased subjects"))?;
+    Ok(n > 0)
 }
 
 /// The result of checking the audit chain.

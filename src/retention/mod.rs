@@ -355,7 +355,7 @@ impl Retention {
                 return Err(RetentionError::Duplicate { id: u.id.clone() });
             }
         }
-        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Catalog::commit(tx).await?;
         Ok(())
     }
 
@@ -401,7 +401,7 @@ impl Retention {
         let detail = if rules.is_empty() { "no active uploads".to_string() } else { rules.join(", ") };
         let entry = AuditEntry { event, subject_hash: Some(hash), outcome: "queued", detail, ..Default::default() };
         Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Catalog::commit(tx).await?;
         self.run_now(Scope::Subject(subject), &mut summary).await?;
         self.count_open(Scope::Subject(subject), &mut summary).await?;
         self.forget_finished_subjects(Some(subject)).await?;
@@ -420,7 +420,7 @@ impl Retention {
             )
             .fetch_all(self.catalog().pool())
             .await
-            .map_err(|source| CatalogError::Query { what: "finding finished subjects", source })?,
+            .map_err(catalog::q("finding finished subjects"))?,
         };
         let mut forgotten = 0;
         for id in ids {
@@ -438,7 +438,7 @@ impl Retention {
                 Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
                 forgotten += 1;
             }
-            tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+            Catalog::commit(tx).await?;
         }
         Ok(forgotten)
     }
@@ -466,7 +466,7 @@ impl Retention {
             detail: if held { "legal hold: waiting".into() } else { "purge queued".into() },
         };
         Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Catalog::commit(tx).await?;
         self.run_now(Scope::Upload(upload_id), &mut summary).await?;
         self.count_open(Scope::Upload(upload_id), &mut summary).await?;
         Ok(summary)
@@ -494,7 +494,7 @@ impl Retention {
         let detail = if parts.is_empty() { "no active uploads".to_string() } else { parts.join(", ") };
         let entry = AuditEntry { event: "wind_down", outcome: "queued", detail, ..Default::default() };
         Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Catalog::commit(tx).await?;
         let status = self.status().await?;
         summary.pending = status.jobs_pending;
         summary.held = status.jobs_held;
@@ -528,10 +528,10 @@ impl Retention {
             Scope::Upload(u) => ("SELECT state, COUNT(*) AS n FROM jobs WHERE upload_id = $1 AND state <> 'done' GROUP BY state", u),
             Scope::All => unreachable!("events are scoped"),
         };
-        let rows = sqlx::query(sql).bind(id).fetch_all(self.catalog().pool()).await.map_err(|source| CatalogError::Query { what: "counting jobs", source })?;
+        let rows = sqlx::query(sql).bind(id).fetch_all(self.catalog().pool()).await.map_err(catalog::q("counting jobs"))?;
         for row in rows {
-            let state: String = row.try_get("state").map_err(|source| CatalogError::Query { what: "counting jobs", source })?;
-            let n: i64 = row.try_get("n").map_err(|source| CatalogError::Query { what: "counting jobs", source })?;
+            let state: String = row.try_get("state").map_err(catalog::q("counting jobs"))?;
+            let n: i64 = row.try_get("n").map_err(catalog::q("counting jobs"))?;
             match state.as_str() {
                 "held" => summary.held += n as u64,
                 _ => summary.pending += n as u64,
@@ -576,7 +576,7 @@ impl Retention {
             ..Default::default()
         };
         Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Catalog::commit(tx).await?;
         Ok(export)
     }
 
@@ -586,7 +586,7 @@ impl Retention {
         let now = now_ms();
         let until = now.saturating_add(catalog::ms(horizon));
         let mut plan = Plan::default();
-        let err = |source| CatalogError::Query { what: "planning", source };
+        let err = catalog::q("planning");
         // Counts over queued jobs.
         let rows = sqlx::query("SELECT action, state, COUNT(*) AS n FROM jobs WHERE state <> 'done' AND next_try_at <= $1 GROUP BY action, state")
             .bind(until)
@@ -666,7 +666,7 @@ impl Retention {
     /// Counts, the overdue report and the jobs being retried.
     pub async fn status(&self) -> Result<Status, RetentionError> {
         let now = now_ms();
-        let err = |source| CatalogError::Query { what: "status", source };
+        let err = catalog::q("status");
         let pool = self.catalog().pool();
         let mut status = Status::default();
         for row in sqlx::query("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetch_all(pool).await.map_err(err)? {

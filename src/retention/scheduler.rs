@@ -86,8 +86,9 @@ impl Retention {
         tokio::pin!(shutdown);
         loop {
             let tick = self.tick_inner(options, &mut shutdown).await?;
-            let busy = tick.purged + tick.anonymised + tick.purged_instead + tick.failed_attempts > 0;
-            total.add(&tick);
+            let done = &tick.summary;
+            let busy = done.purged + done.anonymised + done.purged_instead + done.failed_attempts > 0;
+            total.add(done);
             if tick.stopped {
                 return Ok(total);
             }
@@ -156,13 +157,6 @@ impl RunSummary {
     }
 }
 
-impl std::ops::Deref for Tick {
-    type Target = RunSummary;
-    fn deref(&self) -> &RunSummary {
-        &self.summary
-    }
-}
-
 async fn execute_counted(retention: &Retention, jobs: Vec<Job>) -> RunSummary {
     let mut summary = RunSummary::default();
     let results = futures::stream::iter(jobs).map(|job| run_job(retention, job)).buffer_unordered(retention.config().concurrency.max(1)).collect::<Vec<_>>().await;
@@ -199,6 +193,8 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
     let subject = job.upload.subject.clone();
     let subject_hash = subject.as_deref().map(|s| secret.subject_hash(s));
     let now = now_ms();
+    // The error as logged and returned: never with the raw subject id.
+    let error = result.as_ref().err().map(|e| super::audit::scrub(&e.to_string(), subject.as_deref(), secret));
     let record = async {
         let mut tx = retention.catalog().begin().await?;
         match &result {
@@ -206,7 +202,7 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                 if !Catalog::finish_job(&mut tx, &job, done.outcome(), now).await? {
                     // Changed meanwhile (an anonymise upgraded to a purge): give it back so
                     // it runs again as what it is now, without waiting for the lease.
-                    tx.rollback().await.map_err(|source| CatalogError::Query { what: "rollback", source })?;
+                    Catalog::rollback(tx).await?;
                     retention.catalog().release(&job).await?;
                     return Ok::<_, CatalogError>(None);
                 }
@@ -224,13 +220,13 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                 };
                 Catalog::append_audit(&mut tx, secret, &entry, now).await?;
             }
-            Err(e) => {
-                let message = super::audit::scrub(&e.to_string(), subject.as_deref(), secret);
+            Err(_) => {
+                let message = error.as_deref().unwrap_or_default();
                 let config = retention.config();
                 let backoff = config.retry_base.saturating_mul(1u32 << job.attempts.clamp(0, 20) as u32).min(config.retry_max);
                 let retry_at = now + super::catalog::ms(backoff);
-                if !Catalog::fail_job(&mut tx, &job, &message, retry_at).await? {
-                    tx.rollback().await.map_err(|source| CatalogError::Query { what: "rollback", source })?;
+                if !Catalog::fail_job(&mut tx, &job, message, retry_at).await? {
+                    Catalog::rollback(tx).await?;
                     return Ok(None);
                 }
                 let entry = AuditEntry {
@@ -244,13 +240,13 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                 Catalog::append_audit(&mut tx, secret, &entry, now).await?;
             }
         }
-        tx.commit().await.map_err(|source| CatalogError::Query { what: "commit", source })?;
+        Catalog::commit(tx).await?;
         Ok(Some(()))
     };
     match record.await {
         Ok(Some(())) => match result {
             Ok(done) => Ok(Some(done)),
-            Err(e) => Err(format!("upload {}: {}", job.upload.id, super::audit::scrub(&e.to_string(), subject.as_deref(), secret))),
+            Err(_) => Err(format!("upload {}: {}", job.upload.id, error.unwrap_or_default())),
         },
         Ok(None) => Ok(None),
         // The action may have happened but is not recorded: the lease expires and the
