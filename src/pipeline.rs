@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::detect::{
-    Class, Detection, DetectError, Detector, FaceModel, ModelInfo, OrtRuntime, centerface::CenterFace, nanodet::NanoDet,
-    retinaface::RetinaFace,
+    Booster, Class, Detection, DetectError, Detector, FaceModel, ModelInfo, OrtRuntime, boost, centerface::CenterFace,
+    nanodet::NanoDet, retinaface::RetinaFace,
 };
+use crate::geometry::nms;
 use crate::error::Error;
 use crate::image_io::{self, Decoded, Format, Frame};
 use crate::redact::backend::Redactor;
@@ -90,12 +91,17 @@ impl Anonymizer {
             detectors.push(Box::new(NanoDet::new(&runtime, &config.runtime, &config.detect.person)?));
         }
         if targets.contains(&Class::Face) {
+            if config.detect.face_models.is_empty() {
+                return Err(DetectError::InvalidConfig("faces are a target but no face model is chosen".into()).into());
+            }
             let mut models = config.detect.face_models.clone();
             models.sort();
             models.dedup();
             for model in models {
                 detectors.push(match model {
-                    FaceModel::Centerface => Box::new(CenterFace::new(&runtime, &config.runtime, &config.detect)?),
+                    FaceModel::Centerface | FaceModel::CenterfaceInt8 => {
+                        Box::new(CenterFace::new(&runtime, &config.runtime, &config.detect, model == FaceModel::CenterfaceInt8)?)
+                    }
                     FaceModel::Retinaface => Box::new(RetinaFace::new(&runtime, &config.runtime, &config.detect)?),
                 });
             }
@@ -170,9 +176,29 @@ impl Anonymizer {
 
     /// Detects faces and plans the regions to redact, without changing any pixel.
     pub fn plan(&self, frame: &Frame) -> Result<(Vec<Detection>, Vec<Region>), DetectError> {
+        let detect = &self.inner.config.detect;
         let mut detections = Vec::new();
+        // Person detectors come first (see `new`), so their boxes are there for the
+        // person-faces booster.
         for detector in &self.inner.detectors {
-            detections.extend(detector.detect(frame)?);
+            let mut found = detector.detect(frame)?;
+            if detector.class() == Class::Face && !detect.boost.is_empty() {
+                let plain = found.len();
+                for booster in &detect.boost {
+                    found.extend(match booster {
+                        Booster::Flip => boost::flipped(detector.as_ref(), frame)?,
+                        Booster::Upscale => boost::upscaled(detector.as_ref(), frame, detect.max_side)?,
+                        Booster::PersonFaces => {
+                            let persons: Vec<Detection> = detections.iter().filter(|d: &&Detection| d.class == Class::Person).cloned().collect();
+                            boost::in_persons(detector.as_ref(), frame, &persons)?
+                        }
+                    });
+                }
+                if found.len() > plain {
+                    found = nms(found, detect.nms_iou);
+                }
+            }
+            detections.extend(found);
         }
         let regions = redact::plan(&detections, &self.inner.config.redact, frame.width, frame.height);
         Ok((detections, regions))

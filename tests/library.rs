@@ -4,7 +4,12 @@
 mod common;
 
 use common::*;
+use obscura::detect::Class;
 use obscura::{Anonymizer, Config, Error};
+
+fn face_regions(report: &obscura::pipeline::Report) -> usize {
+    report.regions.iter().filter(|r| r.class == Class::Face).count()
+}
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -25,7 +30,11 @@ fn anonymizes_bytes_and_reports_what_it_did() {
     let out = anonymizer.anonymize(&input).unwrap();
     assert_eq!(out.format, obscura::image_io::Format::Jpeg);
     assert_eq!((out.report.width, out.report.height), (1024, 707));
-    assert_eq!(out.report.regions.len(), 1);
+    // The defaults: persons first (NanoDet), then faces (CenterFace INT8).
+    let models: Vec<&str> = out.report.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(models, ["nanodet-m", "centerface-int8"]);
+    assert_eq!(face_regions(&out.report), 1);
+    assert!(out.report.regions.iter().any(|r| r.class == Class::Person), "the candidate's body");
     let face = obscura::geometry::BBox::from_xywh(116.0, 124.0, 150.0, 218.0);
     let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
     assert!(obscura::eval::covered_fraction(&face, &rects, 1024, 707) >= 0.99);
@@ -45,6 +54,7 @@ fn refuses_a_configuration_that_detects_nothing() {
     let mut c = config();
     c.detect.targets.clear();
     assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+    // Faces asked for but no face model: persons alone would leave faces to chance.
     let mut c = config();
     c.detect.face_models.clear();
     assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
@@ -89,7 +99,7 @@ fn async_calls_run_concurrently_off_the_reactor() {
         })).collect();
         for t in tasks {
             let out = t.await.unwrap().unwrap();
-            assert_eq!(out.report.regions.len(), 1);
+            assert_eq!(face_regions(&out.report), 1);
         }
         assert_eq!(ticker.await.unwrap(), 5);
     });
@@ -132,6 +142,7 @@ fn retinaface_alone_and_fused_with_centerface_find_the_face() {
         (vec![FaceModel::Centerface, FaceModel::Retinaface], vec!["centerface", "retinaface-mnet0.25"]),
     ] {
         let mut c = config();
+        c.detect.targets = vec![Class::Face];
         c.detect.face_models = models;
         let out = Anonymizer::new(c).unwrap().anonymize(&input).unwrap();
         let used: Vec<&str> = out.report.models.iter().map(|m| m.name.as_str()).collect();

