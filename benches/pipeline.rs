@@ -1,12 +1,14 @@
 //! Criterion benches for the stages of one image on a 1080p photo: decode, detect,
 //! redact (each style), encode. The photo is a WIDER photo from `../shared/eval` scaled
-//! to 1920×1080 (several faces). Run: `cargo bench --bench pipeline`.
+//! to 1920×1080 (several faces). Detection is timed per model and for the default
+//! configuration. Run: `cargo bench --bench pipeline`.
 
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use obscura::image_io::{self, Frame, ImageConfig, KeptMetadata};
 use obscura::redact::{self, Params, Style};
+use obscura::detect::{Class, FaceModel};
 use obscura::{Anonymizer, Config};
 
 const PHOTO: &str = "wider_0_Parade_marchingband_1_139.jpg";
@@ -27,16 +29,29 @@ fn stages(c: &mut Criterion) {
 
     g.bench_function("decode_jpeg", |b| b.iter(|| image_io::decode(&jpeg, &ImageConfig::default()).unwrap()));
 
-    for (name, sessions, threads) in [("detect_2_threads", 1, 2), ("detect_1_thread", 1, 1)] {
-        let mut config = Config::default();
-        config.runtime.sessions = sessions;
+    let only = |targets: Vec<Class>, faces: FaceModel| {
+        let mut c = Config::default();
+        c.detect.targets = targets;
+        c.detect.face_models = vec![faces];
+        c
+    };
+    // Each detector alone on one thread, then the default (faces INT8 + persons).
+    for (name, config, threads) in [
+        ("detect_centerface_fp32_1_thread", only(vec![Class::Face], FaceModel::Centerface), 1),
+        ("detect_centerface_int8_1_thread", only(vec![Class::Face], FaceModel::CenterfaceInt8), 1),
+        ("detect_nanodet_1_thread", only(vec![Class::Person], FaceModel::CenterfaceInt8), 1),
+        ("detect_default_1_thread", Config::default(), 1),
+        ("detect_default_2_threads", Config::default(), 2),
+    ] {
+        let mut config = config;
+        config.runtime.sessions = 1;
         config.runtime.intra_threads = threads;
-        let anonymizer = Anonymizer::new(config).expect("run scripts/setup first");
+        let anonymizer = Anonymizer::new(config).expect("run scripts/setup first (and --model-cache or --build-person-model)");
         g.bench_function(name, |b| b.iter(|| anonymizer.plan(&frame).unwrap()));
     }
 
-    let anonymizer = Anonymizer::new(Config::default()).unwrap();
-    let (_, regions) = anonymizer.plan(&frame).unwrap();
+    // Redaction of the face regions alone (comparable with earlier runs).
+    let (_, regions) = Anonymizer::new(only(vec![Class::Face], FaceModel::CenterfaceInt8)).unwrap().plan(&frame).unwrap();
     eprintln!("{} regions on the 1080p photo", regions.len());
     let params = Params { feather: 0.1, noise: 16.0, seed: 1 };
     for (name, style) in [("redact_pixelate", Style::DEFAULT_PIXELATE), ("redact_fill", Style::DEFAULT_FILL), ("redact_blur", Style::DEFAULT_BLUR)] {
@@ -52,6 +67,7 @@ fn stages(c: &mut Criterion) {
         });
     }
 
+    let anonymizer = Anonymizer::new(Config::default()).unwrap();
     g.bench_function("anonymize_end_to_end_jpeg", |b| b.iter(|| anonymizer.anonymize(&jpeg).unwrap()));
     g.finish();
 }
