@@ -1,9 +1,10 @@
 //! # Obscura
 //!
-//! Face anonymisation for photos that people upload: detects faces with an ONNX model
-//! through ONNX Runtime, redacts them irreversibly (face-relative pixelation with noise by
-//! default), applies EXIF orientation first and drops all metadata from the output. Any
-//! failure yields an error and no image — never the original passed through.
+//! Face and body anonymisation for photos that people upload: detects faces and persons
+//! with ONNX models through ONNX Runtime (by default CenterFace INT8 and NanoDet-m),
+//! redacts them irreversibly (face-relative pixelation with noise by default), applies
+//! EXIF orientation first and drops all metadata from the output. Any failure yields an
+//! error and no image — never the original passed through.
 //!
 //! ```no_run
 //! use obscura::{Anonymizer, Config};
@@ -11,7 +12,7 @@
 //!
 //! let mut config = Config::default();
 //! config.redact.style = Style::DEFAULT_FILL;           // solid fill instead of pixelation
-//! let anonymizer = Anonymizer::new(config)?;           // finds ONNX Runtime and the model
+//! let anonymizer = Anonymizer::new(config)?;           // finds ONNX Runtime and the models
 //! let out = anonymizer.anonymize(&std::fs::read("in.jpg")?)?;
 //! std::fs::write("out.jpg", &out.bytes)?;
 //! for region in &out.report.regions {
@@ -21,7 +22,8 @@
 //! ```
 //!
 //! Modules: [`image_io`] (bytes ⇄ pixels, files), [`detect`] (models, ONNX Runtime),
-//! [`redact`] (what happens to pixels), [`pipeline`] (one image end to end),
+//! [`redact`] (what happens to pixels), [`pipeline`] (one image end to end), [`eval`]
+//! (scoring against annotated photos),
 //! [`geometry`] (box math), [`config`] (all settings).
 
 pub mod assets;

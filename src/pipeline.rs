@@ -13,7 +13,6 @@ use crate::detect::{
     Booster, Class, Detection, DetectError, Detector, FaceModel, ModelInfo, OrtRuntime, boost, centerface::CenterFace,
     nanodet::NanoDet, retinaface::RetinaFace,
 };
-use crate::geometry::nms;
 use crate::error::Error;
 use crate::image_io::{self, Decoded, Format, Frame};
 use crate::redact::backend::Redactor;
@@ -89,6 +88,9 @@ impl Anonymizer {
         // gets its own face-relative redaction on top.
         if targets.contains(&Class::Person) {
             detectors.push(Box::new(NanoDet::new(&runtime, &config.runtime, &config.detect.person)?));
+        }
+        if config.detect.boost.contains(&Booster::PersonFaces) && !targets.contains(&Class::Person) {
+            return Err(DetectError::InvalidConfig("the person-faces booster needs persons among the targets".into()).into());
         }
         if targets.contains(&Class::Face) {
             if config.detect.face_models.is_empty() {
@@ -181,23 +183,10 @@ impl Anonymizer {
         // Person detectors come first (see `new`), so their boxes are there for the
         // person-faces booster.
         for detector in &self.inner.detectors {
-            let mut found = detector.detect(frame)?;
-            if detector.class() == Class::Face && !detect.boost.is_empty() {
-                let plain = found.len();
-                for booster in &detect.boost {
-                    found.extend(match booster {
-                        Booster::Flip => boost::flipped(detector.as_ref(), frame)?,
-                        Booster::Upscale => boost::upscaled(detector.as_ref(), frame, detect.max_side)?,
-                        Booster::PersonFaces => {
-                            let persons: Vec<Detection> = detections.iter().filter(|d: &&Detection| d.class == Class::Person).cloned().collect();
-                            boost::in_persons(detector.as_ref(), frame, &persons)?
-                        }
-                    });
-                }
-                if found.len() > plain {
-                    found = nms(found, detect.nms_iou);
-                }
-            }
+            let found = match detector.class() {
+                Class::Face => boost::detect(detector.as_ref(), frame, detect, &detections)?,
+                Class::Person => detector.detect(frame)?,
+            };
             detections.extend(found);
         }
         let regions = redact::plan(&detections, &self.inner.config.redact, frame.width, frame.height);

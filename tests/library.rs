@@ -58,6 +58,11 @@ fn refuses_a_configuration_that_detects_nothing() {
     let mut c = config();
     c.detect.face_models.clear();
     assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+    // The person-faces booster without persons would silently do nothing.
+    let mut c = config();
+    c.detect.targets = vec![Class::Face];
+    c.detect.boost = vec![obscura::detect::Booster::PersonFaces];
+    assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
 }
 
 #[test]

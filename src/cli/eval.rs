@@ -19,6 +19,11 @@ const MISS_MIN_PERSON: f32 = 40.0;
 /// Most crops per class on the contact sheet.
 const MISSES_SHOWN: usize = 200;
 
+/// A flag value as it is typed on the command line.
+fn value_name(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
+}
+
 pub fn run(args: &EvalArgs) -> Result<i32> {
     if args.persons.is_some() && !args.detection.targets.contains(&Class::Person) {
         anyhow::bail!("--persons scores person detection: add person to --targets");
@@ -57,8 +62,8 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let d = &args.detection;
-    let boost: Vec<String> = d.boost.iter().map(|b| format!("{b:?}").to_lowercase()).collect();
-    let targets: Vec<String> = d.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+    let boost: Vec<String> = d.boost.iter().map(value_name).collect();
+    let targets: Vec<String> = d.targets.iter().map(value_name).collect();
     let models: Vec<String> = anonymizer.models().into_iter().map(|m| m.name).collect();
     let setting = format!(
         "{}; models {}; threshold {}; padding {}; boost [{}]",

@@ -18,8 +18,8 @@
 use image::{RgbImage, imageops};
 use serde::{Deserialize, Serialize};
 
-use super::{DetectError, Detection, Detector};
-use crate::geometry::{BBox, PixelRect};
+use super::{Class, DetectConfig, DetectError, Detection, Detector};
+use crate::geometry::{BBox, PixelRect, nms};
 use crate::image_io::Frame;
 
 /// A recall booster (see the module docs).
@@ -33,6 +33,26 @@ pub enum Booster {
     Flip,
     /// The image enlarged (up to 2×, up to `max_side`) too.
     Upscale,
+}
+
+/// `detector` on `frame`, plus the passes of every booster in `config.boost` (each once),
+/// merged by NMS. `earlier` holds what detectors that ran before found (the persons, for
+/// [`Booster::PersonFaces`]).
+pub fn detect(detector: &dyn Detector, frame: &Frame, config: &DetectConfig, earlier: &[Detection]) -> Result<Vec<Detection>, DetectError> {
+    let mut found = detector.detect(frame)?;
+    let plain = found.len();
+    let boosters: std::collections::BTreeSet<Booster> = config.boost.iter().copied().collect();
+    for booster in boosters {
+        found.extend(match booster {
+            Booster::Flip => flipped(detector, frame)?,
+            Booster::Upscale => upscaled(detector, frame, config.max_side)?,
+            Booster::PersonFaces => {
+                let persons: Vec<Detection> = earlier.iter().filter(|d| d.class == Class::Person).cloned().collect();
+                in_persons(detector, frame, &persons)?
+            }
+        });
+    }
+    Ok(if found.len() > plain { nms(found, config.nms_iou) } else { found })
 }
 
 /// Persons shorter than this are enlarged to this height for [`Booster::PersonFaces`]

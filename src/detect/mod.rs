@@ -1,9 +1,9 @@
-//! Detection: finding faces (and, later, persons) in a [`Frame`].
+//! Detection: finding faces and persons in a [`Frame`].
 //!
 //! Owns the ONNX Runtime environment and session pool ([`runtime`]), each model family's
-//! pre-processing and output decoding (one file per family, e.g. [`centerface`]), and the
+//! pre-processing and output decoding (one file per family, e.g. [`centerface`]), the
 //! plan of views (full frame, downscaled frame, tiles) that keeps small faces detectable in
-//! large photos ([`views`]). It does not decide what gets redacted; that is `redact`.
+//! large photos ([`views`]), and the optional recall boosters ([`boost`]). It does not decide what gets redacted; that is `redact`.
 
 pub mod boost;
 pub mod centerface;
