@@ -133,8 +133,8 @@ pub struct DetectionArgs {
     #[arg(long, default_value_t = 0.18)]
     pub threshold: f32,
     /// Recall boosters (each costs time; see README): person-faces (faces searched
-    /// again in the upper part of each person, upscaled), flip (the mirrored image too),
-    /// upscale (the image at twice its size too, for small faces).
+    /// again in the upper half of each small person, enlarged), flip (the mirrored image
+    /// too), upscale (the image enlarged up to 2×, at most to 1920 px, too: small faces).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub boost: Vec<Booster>,
     /// Where inference runs.
