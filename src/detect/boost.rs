@@ -15,7 +15,7 @@
 //! Every pass maps its boxes and landmarks back to the image; the caller merges them with
 //! the plain pass by NMS.
 
-use image::{RgbImage, imageops};
+use image::imageops;
 use serde::{Deserialize, Serialize};
 
 use super::{Class, DetectConfig, DetectError, Detection, Detector};
@@ -77,14 +77,7 @@ struct Transformed {
 
 impl Transformed {
     fn new(frame: &Frame, crop: PixelRect, scale: f32, flip: bool) -> Transformed {
-        let c = frame.channels as usize;
-        let mut rgb = RgbImage::new(crop.w, crop.h);
-        for (y, row) in rgb.rows_mut().enumerate() {
-            let start = ((crop.y as usize + y) * frame.width as usize + crop.x as usize) * c;
-            for (dst, src) in row.zip(frame.data[start..start + crop.w as usize * c].chunks_exact(c)) {
-                dst.0 = [src[0], src[1], src[2]];
-            }
-        }
+        let mut rgb = frame.rgb_crop(crop);
         if scale != 1.0 {
             let (w, h) = (((crop.w as f32 * scale).round() as u32).max(1), ((crop.h as f32 * scale).round() as u32).max(1));
             rgb = imageops::resize(&rgb, w, h, imageops::FilterType::Triangle);

@@ -15,8 +15,10 @@ use super::{Coverage, HEIGHT_BUCKETS, Matching};
 pub enum ChartError {
     #[error("drawing the chart: {0}")]
     Draw(String),
-    #[error("writing {path}: {source}")]
-    Write { path: std::path::PathBuf, source: image::ImageError },
+    #[error("encoding the chart as PNG: {0}")]
+    Encode(#[from] image::ImageError),
+    #[error(transparent)]
+    Write(#[from] crate::image_io::WriteError),
 }
 
 /// One class's results, as `obscura eval` scores them.
@@ -55,12 +57,9 @@ fn draw_err(e: impl std::fmt::Display) -> ChartError {
 pub fn write_png(path: &Path, title: &str, series: &[Series<'_>]) -> Result<(), ChartError> {
     let pixels = render(title, series)?;
     let img = image::RgbImage::from_raw(WIDTH, HEIGHT, pixels).expect("buffer size matches");
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let write = |e: std::io::Error| ChartError::Write { path: path.into(), source: image::ImageError::IoError(e) };
-    let tmp = tempfile::Builder::new().prefix(".chart").suffix(".png.tmp").tempfile_in(dir).map_err(write)?;
-    img.write_to(&mut std::io::BufWriter::new(tmp.as_file()), image::ImageFormat::Png)
-        .map_err(|source| ChartError::Write { path: path.into(), source })?;
-    tmp.persist(path).map_err(|e| write(e.error))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    crate::image_io::write_atomic(path, &png)?;
     Ok(())
 }
 

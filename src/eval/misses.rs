@@ -129,11 +129,7 @@ fn crop(frame: &Frame, miss: &Miss, regions: &[PixelRect]) -> RgbImage {
     let area = BBox::new(cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0)
         .to_pixels(frame.width, frame.height)
         .unwrap_or(PixelRect { x: 0, y: 0, w: frame.width.max(1), h: frame.height.max(1) });
-    let c = frame.channels as usize;
-    let mut out = RgbImage::from_fn(area.w, area.h, |x, y| {
-        let i = ((area.y + y) as usize * frame.width as usize + (area.x + x) as usize) * c;
-        Rgb([frame.data[i], frame.data[i + 1], frame.data[i + 2]])
-    });
+    let mut out = frame.rgb_crop(area);
     let local = |r: PixelRect| -> Option<(i64, i64, i64, i64)> {
         let (x1, y1) = (r.x as i64 - area.x as i64, r.y as i64 - area.y as i64);
         let (x2, y2) = (x1 + r.w as i64 - 1, y1 + r.h as i64 - 1);

@@ -39,6 +39,19 @@ impl Frame {
         self.width as usize * self.channels as usize
     }
 
+    /// The pixels of `rect` (which must lie inside the frame) as RGB, alpha dropped.
+    pub fn rgb_crop(&self, rect: crate::geometry::PixelRect) -> image::RgbImage {
+        let c = self.channels as usize;
+        let mut rgb = image::RgbImage::new(rect.w, rect.h);
+        for (y, row) in rgb.rows_mut().enumerate() {
+            let start = (rect.y as usize + y) * self.stride() + rect.x as usize * c;
+            for (dst, src) in row.zip(self.data[start..start + rect.w as usize * c].chunks_exact(c)) {
+                dst.0 = [src[0], src[1], src[2]];
+            }
+        }
+        rgb
+    }
+
     fn into_dynamic(self) -> DynamicImage {
         let (w, h) = (self.width, self.height);
         if self.channels == 4 {
