@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use exif::{Field, In, Tag, Value};
-use image::ImageEncoder;
+use image::{GenericImageView, ImageEncoder};
 use obscura::geometry::PixelRect;
 
 /// Encodes `img` as a JPEG carrying `exif` (a TIFF-structured block).
@@ -129,19 +129,123 @@ fn all_metadata_is_dropped_by_default() {
     }
 }
 
+/// An ICC profile a hostile (or careless) camera could write: real colorimetry plus a
+/// private tag carrying `payload`.
+fn icc_with_payload(payload: &[u8]) -> Vec<u8> {
+    let xyz = |x: f64, y: f64, z: f64| {
+        let mut v = b"XYZ \0\0\0\0".to_vec();
+        for c in [x, y, z] {
+            v.extend(((c * 65536.0).round() as i32).to_be_bytes());
+        }
+        v
+    };
+    let gamma = b"curv\0\0\0\0\0\0\0\x01\x02\x33".to_vec();
+    let tags: Vec<(&[u8; 4], Vec<u8>)> = vec![
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)),
+        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+        (b"rTRC", gamma.clone()),
+        (b"gTRC", gamma.clone()),
+        (b"bTRC", gamma),
+        (b"zzzz", payload.to_vec()),
+    ];
+    let mut table = (tags.len() as u32).to_be_bytes().to_vec();
+    let mut body = Vec::new();
+    let start = 132 + tags.len() * 12;
+    for (sig, data) in &tags {
+        table.extend(*sig);
+        table.extend(((start + body.len()) as u32).to_be_bytes());
+        table.extend((data.len() as u32).to_be_bytes());
+        body.extend(data);
+        body.resize(body.len().div_ceil(4) * 4, 0);
+    }
+    let mut header = vec![0u8; 128];
+    header[8..12].copy_from_slice(&[2, 0x10, 0, 0]);
+    header[12..16].copy_from_slice(b"mntr");
+    header[16..20].copy_from_slice(b"RGB ");
+    header[20..24].copy_from_slice(b"XYZ ");
+    header[36..40].copy_from_slice(b"acsp");
+    let mut icc = [header, table, body].concat();
+    let size = (icc.len() as u32).to_be_bytes();
+    icc[..4].copy_from_slice(&size);
+    icc
+}
+
+/// The review's attack: a camera preview of the un-redacted face inside MakerNote (and
+/// UserComment, and a private ICC tag) must not survive `--keep-metadata`, in any output
+/// format; what is kept is the README's allowlist of small scalar tags.
 #[test]
-fn keep_metadata_keeps_exif_but_never_the_thumbnail() {
+fn keep_metadata_keeps_only_allowlisted_scalars_never_a_hidden_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upright = load_rgb(&eval_image(ONE_FACE));
+    let face = upright.view(ONE_FACE_BOX.x, ONE_FACE_BOX.y, ONE_FACE_BOX.w, ONE_FACE_BOX.h).to_image();
+    let mut preview = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut preview, 90)
+        .write_image(face.as_raw(), face.width(), face.height(), image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let ascii = |tag, s: &str| Field { tag, ifd_num: In::PRIMARY, value: Value::Ascii(vec![s.as_bytes().to_vec()]) };
+    let rational = |n: u32| exif::Rational { num: n, denom: 1 };
+    let fields = [
+        ascii(Tag::Make, "ObscuraTestCam"),
+        ascii(Tag::DateTimeOriginal, "2026:11:30 10:00:00"),
+        Field { tag: Tag::FNumber, ifd_num: In::PRIMARY, value: Value::Rational(vec![rational(4)]) },
+        ascii(Tag::BodySerialNumber, "SERIAL-0451"),
+        ascii(Tag::Artist, "Jane Subject"),
+        Field { tag: Tag::GPSLatitude, ifd_num: In::PRIMARY, value: Value::Rational(vec![rational(52), rational(31), rational(12)]) },
+        Field { tag: Tag::MakerNote, ifd_num: In::PRIMARY, value: Value::Undefined(preview.clone(), 0) },
+        Field { tag: Tag::UserComment, ifd_num: In::PRIMARY, value: Value::Undefined([b"ASCII\0\0\0".as_slice(), &preview].concat(), 0) },
+        Field { tag: Tag::ImageDescription, ifd_num: In::PRIMARY, value: Value::Ascii(vec![preview.clone()]) },
+    ];
+    let jpeg = jpeg_with_exif(&upright, exif_block(&fields, None));
+    // The ICC profile goes in APP2 segments.
+    let icc = icc_with_payload(&preview);
+    let icc_segments: Vec<(u8, Vec<u8>)> = icc
+        .chunks(60_000)
+        .enumerate()
+        .map(|(i, c)| (0xE2, [b"ICC_PROFILE\0".as_slice(), &[i as u8 + 1, icc.len().div_ceil(60_000) as u8], c].concat()))
+        .collect();
+    let jpeg = insert_segments(&jpeg, &icc_segments);
+    let input = tmp.path().join("preview.jpg");
+    std::fs::write(&input, &jpeg).unwrap();
+    assert!(contains(&jpeg, &preview[..64]), "the input carries the preview");
+
+    for ext in ["jpg", "png", "webp"] {
+        let output = tmp.path().join(format!("out.{ext}"));
+        assert!(run(obscura().args(["anonymise", "-q", "--keep-metadata"]).arg(&input).arg("-o").arg(&output)).status.success());
+        let bytes = std::fs::read(&output).unwrap();
+        // None of the preview's coded data, and in a JPEG no second start-of-image.
+        assert!(!contains(&bytes, &preview[preview.len() - 200..preview.len() - 136]), "{ext}: preview bytes survived");
+        if ext == "jpg" {
+            assert_eq!(bytes.windows(3).filter(|w| *w == [0xFF, 0xD8, 0xFF]).count(), 1, "an embedded JPEG survived");
+        }
+        for secret in [b"SERIAL-0451".as_slice(), b"Jane Subject"] {
+            assert!(!contains(&bytes, secret), "{ext}: {:?} survived", String::from_utf8_lossy(secret));
+        }
+        let parsed = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(&bytes)).expect("allowlisted EXIF kept");
+        let mut tags: Vec<Tag> = parsed.fields().map(|f| f.tag).filter(|t| *t != Tag::ExifIFDPointer).collect();
+        tags.sort_by_key(|t| t.number());
+        assert_eq!(tags, [Tag::Make, Tag::Orientation, Tag::FNumber, Tag::DateTimeOriginal], "{ext}");
+        for f in parsed.fields() {
+            assert!(obscura::image_io::EXIF_ALLOWLIST.contains(&f.tag) || matches!(f.tag, Tag::Orientation | Tag::ExifIFDPointer));
+        }
+    }
+}
+
+#[test]
+fn keep_metadata_never_keeps_the_thumbnail_gps_serials_or_xmp() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, thumb) = tagged_photo(tmp.path());
     let output = tmp.path().join("out.jpg");
     assert!(run(obscura().args(["anonymise", "-q", "--keep-metadata"]).arg(&input).arg("-o").arg(&output)).status.success());
     let bytes = std::fs::read(&output).unwrap();
     let parsed = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(&bytes)).expect("EXIF kept on request");
-    assert!(parsed.get_field(Tag::GPSLatitude, In::PRIMARY).is_some(), "GPS kept: the user opted in");
-    assert!(parsed.get_field(Tag::BodySerialNumber, In::PRIMARY).is_some());
+    assert_eq!(parsed.get_field(Tag::Make, In::PRIMARY).map(|f| f.display_value().to_string()).as_deref(), Some("\"ObscuraTestCam\""));
+    assert!(parsed.get_field(Tag::GPSLatitude, In::PRIMARY).is_none(), "GPS is never kept: it says where a person lives");
+    assert!(parsed.get_field(Tag::BodySerialNumber, In::PRIMARY).is_none(), "serials link photos to a person");
     assert!(!parsed.fields().any(|f| f.ifd_num == In::THUMBNAIL), "no thumbnail IFD");
     assert!(!contains(&bytes, &thumb[..64]), "no thumbnail bytes");
-    for secret in [b"SecretTown".as_slice(), b"IPTC-SECRET", b"COMMENT-SECRET"] {
-        assert!(!contains(&bytes, secret), "XMP, IPTC and comments are never kept");
+    for secret in [b"SecretTown".as_slice(), b"IPTC-SECRET", b"COMMENT-SECRET", b"SERIAL-0451"] {
+        assert!(!contains(&bytes, secret), "XMP, IPTC, comments and serials are never kept");
     }
 }

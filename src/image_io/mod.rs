@@ -13,8 +13,8 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orientation};
 use serde::{Deserialize, Serialize};
 
-pub use metadata::sanitize_exif;
-pub use write::{PathError, WriteError, safe_join, write_atomic};
+pub use metadata::{EXIF_ALLOWLIST, sanitize_exif, sanitize_icc};
+pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, safe_join, write_atomic};
 
 /// Decoded pixels: 8-bit RGB (3 channels) or RGBA (4), rows packed top to bottom.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,8 +120,10 @@ pub struct ImageConfig {
     pub max_pixels: u64,
     /// Most memory one decode may allocate (default 1 GiB).
     pub max_alloc_bytes: u64,
-    /// Keep the ICC profile and a sanitised EXIF block (orientation reset, thumbnail
-    /// removed). Default `false`: outputs carry no metadata at all.
+    /// Keep an allowlist of small metadata values: the EXIF tags in [`EXIF_ALLOWLIST`]
+    /// and the colorimetry of a matrix/TRC ICC profile, each rebuilt from scratch (see
+    /// [`sanitize_exif`], [`sanitize_icc`]); never a blob. Default `false`: outputs carry
+    /// no metadata at all.
     pub keep_metadata: bool,
     /// JPEG quality 1–100 (default 90).
     pub jpeg_quality: u8,
@@ -150,6 +152,8 @@ pub enum DecodeError {
     TooLarge { width: u32, height: u32, limit: String },
     #[error("corrupt or truncated {} image: {reason}", format.name())]
     Corrupt { format: Format, reason: String },
+    #[error("animated {} is not supported: only its first frame would be anonymised, and the other frames would be lost (split it into frames first)", format.name())]
+    Animated { format: Format },
 }
 
 /// Encoding failed (should not happen for a valid [`Frame`]).
@@ -163,8 +167,9 @@ pub struct EncodeError {
 /// Metadata carried from input to output when the user opts in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeptMetadata {
+    /// A rebuilt ICC profile (see [`sanitize_icc`]).
     pub icc_profile: Option<Vec<u8>>,
-    /// A sanitised EXIF block (see [`sanitize_exif`]).
+    /// A rebuilt EXIF block (see [`sanitize_exif`]).
     pub exif: Option<Vec<u8>>,
 }
 
@@ -200,8 +205,8 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         _ => return Err(DecodeError::UnsupportedFormat),
     };
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
-    if format == Format::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(DecodeError::Corrupt { format, reason: "the data ends before the image does (no end-of-image marker)".into() });
+    if format == Format::Jpeg {
+        jpeg_check_structure(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
     }
     // Read the header without limits (it is small), check the size ourselves so the error
     // can say how large the image claims to be, then decode under the memory limit.
@@ -215,6 +220,9 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     if u64::from(width) * u64::from(height) > config.max_pixels {
         return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels", config.max_pixels) });
     }
+    if is_animated(bytes, format).map_err(corrupt)? {
+        return Err(DecodeError::Animated { format });
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(config.max_dimension);
     limits.max_image_height = Some(config.max_dimension);
@@ -227,7 +235,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let metadata = if config.keep_metadata {
         KeptMetadata {
-            icc_profile: decoder.icc_profile().ok().flatten(),
+            icc_profile: decoder.icc_profile().ok().flatten().and_then(|raw| sanitize_icc(&raw)),
             exif: decoder.exif_metadata().ok().flatten().and_then(|raw| sanitize_exif(&raw)),
         }
     } else {
@@ -244,14 +252,66 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
 }
 
-/// Whether a JPEG's last scan is followed by an end-of-image marker. The decoder is
-/// lenient and would return a truncated photo with its missing part grey; we refuse it.
-/// (Entropy-coded data never contains `FF DA` or `FF D9`: `FF` bytes are stuffed.)
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
+/// Walks a JPEG's segments and entropy-coded scans to its end-of-image marker. The
+/// decoder is lenient and would return a truncated photo with its missing part grey; we
+/// refuse it, and say what is wrong. Bytes after the end-of-image marker (a trailer, or
+/// another file appended) are ignored: the output is re-encoded without them.
+fn jpeg_check_structure(bytes: &[u8]) -> Result<(), &'static str> {
+    const TRUNCATED: &str = "the data ends before the image does (no end-of-image marker)";
+    let mut i = 2; // after SOI (checked by format detection)
+    let mut scans = 0;
+    loop {
+        // Fill bytes (FF FF …) may precede a marker.
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (None, _) | (_, None) => return Err(TRUNCATED),
+            (Some(0xFF), Some(&marker)) => {
+                i += 2;
+                match marker {
+                    0xD9 if scans > 0 => return Ok(()),
+                    0xD9 => return Err("the image ends before any image data (end-of-image marker before the first scan)"),
+                    0xD0..=0xD7 | 0x01 => continue,
+                    _ => {}
+                }
+                let len = match bytes.get(i..i + 2) {
+                    Some(l) => usize::from(u16::from_be_bytes([l[0], l[1]])),
+                    None => return Err(TRUNCATED),
+                };
+                if len < 2 {
+                    return Err("a segment has an invalid length");
+                }
+                i += len;
+                if i > bytes.len() {
+                    return Err(TRUNCATED);
+                }
+                if marker == 0xDA {
+                    scans += 1;
+                    // Entropy-coded data: FF is followed by 00 (a stuffed byte) or a restart
+                    // marker; anything else is the next marker.
+                    loop {
+                        match bytes.get(i..i + 2) {
+                            None => return Err(TRUNCATED),
+                            Some([0xFF, 0x00 | 0xD0..=0xD7]) => i += 2,
+                            Some([0xFF, _]) => break,
+                            Some(_) => i += 1,
+                        }
+                    }
+                }
+            }
+            _ => return Err("bytes between segments where a marker should be"),
+        }
+    }
+}
+
+/// Whether a PNG is an APNG or a WebP is animated. Frames after the first would be
+/// dropped by decoding, so such files are refused rather than silently shortened.
+fn is_animated(bytes: &[u8], format: Format) -> Result<bool, image::ImageError> {
+    match format {
+        Format::Png => image::codecs::png::PngDecoder::new(Cursor::new(bytes))?.is_apng(),
+        Format::Webp => Ok(image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))?.has_animation()),
+        Format::Jpeg => Ok(false),
     }
 }
 
