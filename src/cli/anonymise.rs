@@ -1,12 +1,14 @@
 //! `obscura anonymise`: turns the arguments into jobs (input → output), runs them through
 //! one shared `Anonymizer`, writes outputs atomically, and reports.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use obscura::image_io::{Format, safe_join, write_atomic};
+use obscura::image_io::{Format, create_dirs_within, create_parent_dirs, safe_join, write_atomic};
 use obscura::{Anonymizer, Report};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -19,8 +21,15 @@ enum Source {
 }
 
 enum Dest {
-    File(PathBuf),
+    /// A file; `within` is the output folder it must not leave (through links inside it).
+    File { path: PathBuf, within: Option<PathBuf> },
     Stdout,
+}
+
+impl Dest {
+    fn file(path: PathBuf) -> Self {
+        Dest::File { path, within: None }
+    }
 }
 
 struct Job {
@@ -108,7 +117,7 @@ fn run_job(anonymizer: &Anonymizer, job: &Job) -> ImageReport {
         Err(e) => (None, Err(anyhow::anyhow!("{e}"))),
         Ok(dest) => {
             let output = match dest {
-                Dest::File(p) => Some(p.display().to_string()),
+                Dest::File { path, .. } => Some(path.display().to_string()),
                 Dest::Stdout => Some("-".to_string()),
             };
             (output, process(anonymizer, &job.source, dest))
@@ -129,18 +138,20 @@ fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest) -> Result<Repo
             buf
         }
     };
-    // An output file named .png/.jpg/.webp gets that format; otherwise the input's.
+    // An output file named .png/.jpg/.webp gets that format; without an extension, the
+    // input's (checked when the jobs were planned).
     let format = match dest {
-        Dest::File(p) => p.extension().and_then(|e| e.to_str()).and_then(Format::from_extension),
+        Dest::File { path, .. } => path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension),
         Dest::Stdout => None,
     };
     let out = anonymizer.anonymize_to(&bytes, format)?;
     match dest {
-        Dest::File(p) => {
-            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        Dest::File { path, within } => {
+            match within {
+                Some(root) => create_dirs_within(root, path)?,
+                None => create_parent_dirs(path)?,
             }
-            write_atomic(p, &out.bytes)?;
+            write_atomic(path, &out.bytes)?;
         }
         Dest::Stdout => {
             let mut stdout = std::io::stdout().lock();
@@ -177,42 +188,79 @@ fn plan_jobs(args: &AnonymiseArgs) -> Result<Vec<Job>> {
     if args.output.is_some() && sources.len() != 1 {
         bail!("-o/--output takes exactly one input image ({} given); use --out-dir for several", sources.len());
     }
+    if let Some(o) = args.output.as_deref().filter(|o| o.as_os_str() != "-") {
+        check_extension(o).map_err(anyhow::Error::msg)?;
+    }
     let inputs: Vec<PathBuf> =
         sources.iter().filter_map(|(s, _, _)| if let Source::File(p) = s { p.canonicalize().ok() } else { None }).collect();
+    // Two inputs never share an output: the later one fails instead of overwriting.
+    let mut taken: HashMap<PathBuf, String> = HashMap::new();
     Ok(sources
         .into_iter()
         .map(|(source, rel, name)| {
             let dest = destination(args, &source, rel.as_deref()).and_then(|d| match &d {
-                Dest::File(p) if !args.in_place && is_input(p, &inputs) => {
-                    Err(format!("output {} would overwrite an input; pass --in-place to replace inputs", p.display()))
+                Dest::File { path, .. } => {
+                    if !args.in_place && is_input(path, &inputs) {
+                        return Err(format!("output {} would overwrite an input; pass --in-place to replace inputs", path.display()));
+                    }
+                    check_extension(path)?;
+                    match taken.entry(path.clone()) {
+                        Entry::Occupied(first) => Err(format!(
+                            "output {} is already the output of {}; give the inputs distinct names or use separate runs",
+                            path.display(),
+                            first.get()
+                        )),
+                        Entry::Vacant(slot) => {
+                            slot.insert(name.clone());
+                            Ok(d)
+                        }
+                    }
                 }
-                _ => Ok(d),
+                Dest::Stdout => Ok(d),
             });
             Job { name, source, dest }
         })
         .collect())
 }
 
+/// An output file's extension must name a format Obscura writes (or be absent): bytes of
+/// one format under another's name mislead every program that opens them.
+fn check_extension(path: &Path) -> Result<(), String> {
+    match path.extension().map(|e| e.to_string_lossy()) {
+        Some(ext) if Format::from_extension(&ext).is_none() => Err(format!(
+            "cannot write {}: .{ext} is not a format Obscura writes (use .jpg, .png or .webp, or no extension for the input's format)",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn destination(args: &AnonymiseArgs, source: &Source, rel: Option<&Path>) -> Result<Dest, String> {
     match (source, &args.output, &args.out_dir) {
         (_, Some(o), _) if o.as_os_str() == "-" => Ok(Dest::Stdout),
-        (_, Some(o), _) => Ok(Dest::File(o.clone())),
+        (_, Some(o), _) => Ok(Dest::file(o.clone())),
         (Source::Stdin, None, Some(dir)) => match &args.stdin_name {
-            Some(name) => safe_join(dir, name).map(Dest::File).map_err(|e| e.to_string()),
+            Some(name) => within(dir, name),
             None => Err("reading stdin with --out-dir needs --stdin-name NAME".into()),
         },
         (Source::Stdin, None, None) => Ok(Dest::Stdout),
         (Source::File(p), None, Some(dir)) => {
             let name = rel.map(Path::to_path_buf).or_else(|| p.file_name().map(PathBuf::from)).ok_or("input has no file name")?;
-            safe_join(dir, &name).map(Dest::File).map_err(|e| e.to_string())
+            within(dir, &name)
         }
-        (Source::File(p), None, None) if args.in_place => Ok(Dest::File(p.clone())),
+        (Source::File(p), None, None) if args.in_place => Ok(Dest::file(p.clone())),
         (Source::File(p), None, None) => {
             let stem = p.file_stem().ok_or("input has no file name")?.to_string_lossy();
             let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| Format::Jpeg.extension().into());
-            Ok(Dest::File(p.with_file_name(format!("{stem}.anonymized.{ext}"))))
+            Ok(Dest::file(p.with_file_name(format!("{stem}.anonymized.{ext}"))))
         }
     }
+}
+
+/// `name` under the output folder `dir`, never outside it.
+fn within(dir: &Path, name: &Path) -> Result<Dest, String> {
+    let path = safe_join(dir, name).map_err(|e| e.to_string())?;
+    Ok(Dest::File { path, within: Some(dir.to_path_buf()) })
 }
 
 fn is_input(path: &Path, inputs: &[PathBuf]) -> bool {

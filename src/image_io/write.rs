@@ -54,6 +54,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// Creates the folders between `root` and `file` (which [`safe_join`] put under `root`),
+/// refusing any that exists as a symbolic link or as something other than a folder, so
+/// that a file written there cannot land outside `root` through a link planted inside
+/// it. `root` itself may be a link: the user named it.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let file = dir.path().join("a/b/c.jpg");
+/// obscura::image_io::create_dirs_within(dir.path(), &file).unwrap();
+/// assert!(dir.path().join("a/b").is_dir());
+/// ```
+pub fn create_dirs_within(root: &Path, file: &Path) -> Result<(), WriteError> {
+    let err = |path: &Path, source| WriteError { path: path.to_path_buf(), source };
+    let Some(parent) = file.parent() else { return Ok(()) };
+    let rel = parent.strip_prefix(root).map_err(|_| err(file, std::io::Error::other(format!("not inside {}", root.display()))))?;
+    std::fs::create_dir_all(root).map_err(|e| err(root, e))?;
+    let mut dir = root.to_path_buf();
+    for part in rel.components() {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(err(file, std::io::Error::other(format!("{} is a symbolic link; outputs never leave the output folder", dir.display()))));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(err(file, std::io::Error::other(format!("{} is a file, not a folder", dir.display())))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                // Created meanwhile by another writer: fine if it is a real folder.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) => {}
+                Err(e) => return Err(err(&dir, e)),
+            },
+            Err(e) => return Err(err(&dir, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `file`'s parent folders (a path the user chose: links are followed), saying
+/// which ancestor is in the way when one is a file rather than the bare "File exists".
+pub fn create_parent_dirs(file: &Path) -> Result<(), WriteError> {
+    let Some(parent) = file.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    if let Some(blocker) = parent.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir()) {
+        return Err(WriteError { path: file.to_path_buf(), source: std::io::Error::other(format!("{} is a file, not a folder", blocker.display())) });
+    }
+    std::fs::create_dir_all(parent).map_err(|source| WriteError { path: parent.to_path_buf(), source })
+}
+
 /// Joins a relative `name` (from a folder walk, an object key, a user flag) under `dir`,
 /// refusing absolute names and any `..` that would climb out of `dir`.
 ///
@@ -87,6 +134,22 @@ pub fn safe_join(dir: &Path, name: &Path) -> Result<PathBuf, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn folders_within_the_root_are_never_links() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("sub")).unwrap();
+        let e = create_dirs_within(root.path(), &root.path().join("sub/deeper/x.jpg")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!elsewhere.path().join("deeper").exists(), "nothing created through the link");
+        std::fs::write(root.path().join("file"), b"").unwrap();
+        let e = create_dirs_within(root.path(), &root.path().join("file/x.jpg")).unwrap_err();
+        assert!(e.to_string().contains("is a file, not a folder"), "{e}");
+        let e = create_parent_dirs(&root.path().join("file/a/x.jpg")).unwrap_err();
+        assert!(e.to_string().contains("file, not a folder"), "{e}");
+    }
 
     #[cfg(unix)]
     #[test]

@@ -1,0 +1,242 @@
+//! The adversarial review's cases against `obscura anonymise`, each as the attacker or
+//! careless user tried it: colliding output names, links planted in the output folder,
+//! animations whose frames would silently vanish, and files that lie about their format.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn anonymise() -> std::process::Command {
+    let mut c = obscura();
+    c.args(["anonymise", "-q", "--targets", "face"]);
+    c
+}
+
+fn copy_one_face(dir: &Path, rel: &str) -> std::path::PathBuf {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::copy(eval_image(ONE_FACE), &p).unwrap();
+    p
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let kind = e.file_type().unwrap();
+            if kind.is_dir() {
+                walk(base, &e.path(), out);
+            } else {
+                out.push(e.path().strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn two_inputs_with_the_same_name_never_overwrite_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = copy_one_face(tmp.path(), "x/a.jpg");
+    // A different photo under the same name.
+    let b = tmp.path().join("y/a.jpg");
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    load_rgb(&a).save(tmp.path().join("y/a.png")).unwrap();
+    std::fs::rename(tmp.path().join("y/a.png"), &b).unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = run(anonymise().arg(&a).arg(&b).arg("--out-dir").arg(&out_dir));
+    assert_eq!(out.status.code(), Some(1), "a lost result must not exit 0");
+    let err = stderr(&out);
+    assert!(err.contains("y/a.jpg") && err.contains("already the output of"), "{err}");
+    assert_eq!(tree(&out_dir), ["a.jpg"]);
+    // What is there is x/a.jpg's result (a JPEG), not y/a.jpg's (a PNG in disguise).
+    let bytes = std::fs::read(out_dir.join("a.jpg")).unwrap();
+    assert_eq!(image::guess_format(&bytes).unwrap(), image::ImageFormat::Jpeg);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_link_planted_in_the_output_folder_does_not_lead_outputs_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    copy_one_face(&input, "sub/a.jpg");
+    copy_one_face(&input, "b.jpg");
+    let out_dir = tmp.path().join("out");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out_dir.join("sub")).unwrap();
+    let out = run(anonymise().arg(&input).arg("--out-dir").arg(&out_dir));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert_eq!(tree(&elsewhere), Vec::<String>::new(), "an output left the output folder");
+    assert!(out_dir.join("b.jpg").is_file(), "the other input was still processed");
+}
+
+#[test]
+fn an_output_extension_names_the_format_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = copy_one_face(tmp.path(), "a.jpg");
+    let gif = tmp.path().join("x.gif");
+    let out = run(anonymise().arg(&a).arg("-o").arg(&gif));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(stderr(&out).contains(".gif is not a format Obscura writes"), "{}", stderr(&out));
+    assert!(!gif.exists());
+    // A named input whose extension lies gets no output under that name either.
+    let txt = tmp.path().join("photo.txt");
+    std::fs::copy(&a, &txt).unwrap();
+    let out = run(anonymise().arg(&txt));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(".txt is not a format Obscura writes"), "{}", stderr(&out));
+    assert!(!tmp.path().join("photo.anonymized.txt").exists());
+}
+
+#[test]
+fn an_output_under_a_file_says_which_file_is_in_the_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = copy_one_face(tmp.path(), "a.jpg");
+    std::fs::write(tmp.path().join("notes"), b"not a folder").unwrap();
+    let out = run(anonymise().arg(&a).arg("-o").arg(tmp.path().join("notes/deeper/out.jpg")));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("notes is a file, not a folder"), "{err}");
+    assert!(!err.contains("File exists"), "{err}");
+}
+
+#[test]
+fn a_jpeg_with_another_file_appended_is_anonymised_and_a_cut_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let mut png = Vec::new();
+    load_rgb(&eval_image(ONE_FACE)).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let appended = tmp.path().join("appended.jpg");
+    std::fs::write(&appended, [jpeg.as_slice(), &png].concat()).unwrap();
+    let output = tmp.path().join("out.jpg");
+    let out = run(anonymise().arg(&appended).arg("-o").arg(&output));
+    assert!(out.status.success(), "the JPEG is whole; what follows it is not part of the image");
+    let result = std::fs::read(&output).unwrap();
+    assert!(!result.windows(8).any(|w| w == &png[..8]), "the appended file is not carried into the output");
+    assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &load_rgb(&output), ONE_FACE_BOX) > 15.0);
+
+    let cut = tmp.path().join("cut.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
+    let out = run(anonymise().arg(&cut).arg("-o").arg(tmp.path().join("cut.out.jpg")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no end-of-image marker"), "{}", stderr(&out));
+    assert!(!tmp.path().join("cut.out.jpg").exists());
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend(kind);
+    out.extend(data);
+    out.extend(crc32(&[kind.as_slice(), data].concat()).to_be_bytes());
+    out
+}
+
+/// A two-frame APNG: the first frame is the face photo, the second the same photo.
+fn apng(img: &image::RgbImage) -> Vec<u8> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    // Split the encoder's chunks after the signature.
+    let mut chunks = Vec::new();
+    let mut i = 8;
+    while i < png.len() {
+        let len = u32::from_be_bytes(png[i..i + 4].try_into().unwrap()) as usize;
+        chunks.push((png[i + 4..i + 8].to_vec(), png[i + 8..i + 8 + len].to_vec()));
+        i += 12 + len;
+    }
+    let fctl = |seq: u32| {
+        let mut d = seq.to_be_bytes().to_vec();
+        d.extend(img.width().to_be_bytes());
+        d.extend(img.height().to_be_bytes());
+        d.extend([0; 8]); // x, y offsets
+        d.extend([0, 1, 0, 10, 0, 0]); // delay 1/10 s, dispose none, blend source
+        d
+    };
+    let mut out = png[..8].to_vec();
+    let mut idat = Vec::new();
+    for (kind, data) in &chunks {
+        match kind.as_slice() {
+            b"IHDR" => {
+                out.extend(png_chunk(b"IHDR", data));
+                out.extend(png_chunk(b"acTL", &[2u32.to_be_bytes(), 0u32.to_be_bytes()].concat()));
+                out.extend(png_chunk(b"fcTL", &fctl(0)));
+            }
+            b"IDAT" => {
+                out.extend(png_chunk(b"IDAT", data));
+                idat.extend(data);
+            }
+            b"IEND" => {
+                out.extend(png_chunk(b"fcTL", &fctl(1)));
+                out.extend(png_chunk(b"fdAT", &[2u32.to_be_bytes().as_slice(), &idat].concat()));
+                out.extend(png_chunk(b"IEND", data));
+            }
+            _ => out.extend(png_chunk(kind.as_slice().try_into().unwrap(), data)),
+        }
+    }
+    out
+}
+
+fn riff_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = kind.to_vec();
+    out.extend((data.len() as u32).to_le_bytes());
+    out.extend(data);
+    if data.len() % 2 == 1 {
+        out.push(0);
+    }
+    out
+}
+
+/// A two-frame animated WebP, each frame the lossless photo.
+fn animated_webp(img: &image::RgbImage) -> Vec<u8> {
+    let mut webp = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut webp), image::ImageFormat::WebP).unwrap();
+    assert_eq!(&webp[12..16], b"VP8L", "the image crate writes a simple lossless WebP");
+    let vp8l_len = u32::from_le_bytes(webp[16..20].try_into().unwrap()) as usize;
+    let vp8l = riff_chunk(b"VP8L", &webp[20..20 + vp8l_len]);
+    let u24 = |v: u32| v.to_le_bytes()[..3].to_vec();
+    let (w, h) = (img.width() - 1, img.height() - 1);
+    let vp8x = [vec![0x02 | 0x10, 0, 0, 0], u24(w), u24(h)].concat(); // animation + alpha flags
+    let anim = [0u8, 0, 0, 0, 0, 0];
+    let anmf = [u24(0), u24(0), u24(w), u24(h), u24(100), vec![0], vp8l].concat();
+    let body = [b"WEBP".to_vec(), riff_chunk(b"VP8X", &vp8x), riff_chunk(b"ANIM", &anim), riff_chunk(b"ANMF", &anmf), riff_chunk(b"ANMF", &anmf)].concat();
+    riff_chunk(b"RIFF", &body)
+}
+
+#[test]
+fn animations_are_refused_rather_than_cut_to_their_first_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image::imageops::thumbnail(&load_rgb(&eval_image(ONE_FACE)), 320, 240);
+    for (name, bytes) in [("anim.png", apng(&img)), ("anim.webp", animated_webp(&img))] {
+        let input = tmp.path().join(name);
+        std::fs::write(&input, &bytes).unwrap();
+        // The fixture really is an animation to a decoder.
+        let animated = match name {
+            "anim.png" => image::codecs::png::PngDecoder::new(std::io::Cursor::new(&bytes)).unwrap().is_apng().unwrap(),
+            _ => image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&bytes)).unwrap().has_animation(),
+        };
+        assert!(animated, "{name} fixture");
+        let output = tmp.path().join(format!("out-{name}"));
+        let out = run(anonymise().arg(&input).arg("-o").arg(&output));
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(stderr(&out).contains("animated") && stderr(&out).contains("not supported"), "{}", stderr(&out));
+        assert!(!output.exists(), "{name}: no output");
+    }
+}
