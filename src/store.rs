@@ -201,6 +201,16 @@ impl Store {
             .boxed()
     }
 
+    /// True when the location holds nothing: no object under the prefix, or (for a folder)
+    /// no entry at all, hidden files and empty folders included.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        if let Some(root) = &self.local_root {
+            let io = |e: std::io::Error| StoreError::Open { location: self.location.clone(), message: e.to_string() };
+            return Ok(std::fs::read_dir(root).map_err(io)?.next().is_none());
+        }
+        Ok(self.list().next().await.transpose()?.is_none())
+    }
+
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         Ok(self.get_versioned(key).await?.0)

@@ -20,13 +20,14 @@ use tempfile::TempDir;
 /// A fresh, empty catalog database.
 struct Db {
     url: String,
-    _dir: TempDir,
+    /// Beside the catalog: the audit witness lives here.
+    dir: TempDir,
 }
 
 impl Db {
     fn sqlite() -> Db {
         let dir = TempDir::new().unwrap();
-        Db { url: dir.path().join("catalog.sqlite").display().to_string(), _dir: dir }
+        Db { url: dir.path().join("catalog.sqlite").display().to_string(), dir }
     }
 
     /// A new database on the test server, or `None` (skip) outside CI.
@@ -45,7 +46,7 @@ impl Db {
             Some((server, _)) => format!("{server}/{name}"),
             None => unreachable!("a postgres URL has a path"),
         };
-        Some(Db { url, _dir: TempDir::new().unwrap() })
+        Some(Db { url, dir: TempDir::new().unwrap() })
     }
 }
 
@@ -77,6 +78,8 @@ on_both_databases!(
     audit_verify_detects_tampering,
     wind_down_queues_everything_and_the_scheduler_finishes_it,
     concurrent_registration_cannot_outlive_an_unsubscribe,
+    audit_verify_detects_truncation_by_the_database_owner,
+    status_reports_expiries_no_scheduler_has_queued_as_overdue,
 );
 
 const POLICY: &str = r#"
@@ -103,8 +106,14 @@ fn secret() -> Secret {
 }
 
 async fn open(db: &Db, policy: &str) -> Retention {
-    let mut config = RetentionConfig::new(&db.url, Policy::parse(policy).unwrap(), secret());
+    open_at(&db.url, db, policy).await
+}
+
+/// A catalog at `url` that shares `db`'s audit witness (for a catalog put back from a copy).
+async fn open_at(url: &str, db: &Db, policy: &str) -> Retention {
+    let mut config = RetentionConfig::new(url, Policy::parse(policy).unwrap(), secret());
     config.store_options = StoreOptions { max_retries: 0, ..StoreOptions::default() };
+    config.audit_witness = Some(db.dir.path().join("audit.witness"));
     Retention::open(config).await.unwrap()
 }
 
@@ -315,6 +324,75 @@ async fn audit_verify_detects_tampering(db: Db) {
     assert_eq!(verdict.records, 2);
 }
 
+/// The review's attack: drop the guards, delete the newest records and point the head row
+/// at the new last record. The chain alone is still consistent; the witness outside the
+/// catalog is not fooled.
+async fn audit_verify_detects_truncation_by_the_database_owner(db: Db) {
+    let (_dir, store) = folder_with(&["t/1.jpg", "t/2.jpg", "u/1.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("t1", "tina", &store, "t/1.jpg", "photo"), upload("t2", "tina", &store, "t/2.jpg", "photo"), upload("u1", "uma", &store, "u/1.jpg", "photo")]).await.unwrap();
+    r.unsubscribe("tina").await.unwrap();
+    r.erase_subject("uma").await.unwrap();
+    let records = r.verify_audit().await.unwrap();
+    assert!(records.intact() && records.records >= 6, "{records:?}");
+    let pool = r.catalog().pool_for_tests();
+    let disable = if db.url.starts_with("postgres") { "ALTER TABLE audit DISABLE TRIGGER audit_no_update" } else { "DROP TRIGGER audit_no_delete" };
+    sqlx::query(disable).execute(pool).await.unwrap();
+    let cut = |keep: i64| async move {
+        sqlx::query(&format!("DELETE FROM audit WHERE seq > {keep}")).execute(pool).await.unwrap();
+        let mac: String = if keep == 0 {
+            String::new()
+        } else {
+            sqlx::query_scalar(&format!("SELECT mac FROM audit WHERE seq = {keep}")).fetch_one(pool).await.unwrap()
+        };
+        sqlx::query(&format!("UPDATE audit_head SET seq = {keep}, mac = '{mac}' WHERE id = 1")).execute(pool).await.unwrap();
+    };
+    cut(records.records - 2).await;
+    let verdict = r.verify_audit().await.unwrap();
+    assert!(!verdict.intact(), "a cut-short log passed: {verdict:?}");
+    assert!(verdict.problem.as_deref().unwrap().contains("witness"), "{verdict:?}");
+    // Every record deleted.
+    cut(0).await;
+    let verdict = r.verify_audit().await.unwrap();
+    assert_eq!(verdict.broken_at, Some(1), "an emptied log passed: {verdict:?}");
+    // An edited witness file is caught too.
+    let witness = db.dir.path().join("audit.witness");
+    let text = std::fs::read_to_string(&witness).unwrap();
+    let edited = text.replacen(&format!(" seq={} ", records.records), " seq=0 ", 1);
+    assert_ne!(text, edited);
+    std::fs::write(&witness, edited).unwrap();
+    let verdict = r.verify_audit().await.unwrap();
+    assert!(verdict.problem.as_deref().unwrap().contains("edited"), "{verdict:?}");
+    // And a deleted one.
+    std::fs::remove_file(&witness).unwrap();
+    let verdict = r.verify_audit().await.unwrap();
+    assert!(verdict.problem.as_deref().unwrap().contains("missing"), "{verdict:?}");
+}
+
+/// Overdue comes from the policy: an upload registered long after its class's `max_age`
+/// is overdue before any scheduler pass has queued its expiry.
+async fn status_reports_expiries_no_scheduler_has_queued_as_overdue(db: Db) {
+    let (_dir, store) = folder_with(&["v/1.jpg", "v/2.jpg"]);
+    let r = open(&db, &POLICY.replace("max_age = \"365d\"", "max_age = \"90d\"")).await;
+    let day = 86_400_000;
+    let now = obscura::retention::catalog::now_ms();
+    let mut old = upload("v1", "vera", &store, "v/1.jpg", "photo");
+    old.uploaded_at = Some(now - 100 * day);
+    let mut recent = upload("v2", "vera", &store, "v/2.jpg", "photo");
+    recent.uploaded_at = Some(now - 89 * day - 23 * 3_600_000); // due in 1 h: not yet
+    r.register_many(&[old, recent]).await.unwrap();
+    let plan = r.plan(Duration::ZERO, 10).await.unwrap();
+    assert_eq!(plan.purge, 1, "{plan:?}");
+    let status = r.status().await.unwrap();
+    assert_eq!((status.overdue, status.expiries_unqueued, status.jobs_due, status.jobs_pending), (1, 1, 1, 0), "{status:?}");
+    let due = status.oldest_due_at.unwrap();
+    assert!((due - (now - 10 * day)).abs() < 60_000, "oldest due ~10 days ago: {due}");
+    // Once the scheduler has run, it is neither due nor overdue.
+    r.tick(&RunOptions::default()).await.unwrap();
+    let status = r.status().await.unwrap();
+    assert_eq!((status.overdue, status.expiries_unqueued, status.jobs_due), (0, 0, 0), "{status:?}");
+}
+
 async fn wind_down_queues_everything_and_the_scheduler_finishes_it(db: Db) {
     let (dir, store) = folder_with(&["w/1.jpg", "w/2.jpg", "x/1.jpg", "x/held.jpg"]);
     let r = open(&db, POLICY).await;
@@ -481,6 +559,59 @@ async fn export_copies_a_persons_uploads_with_a_manifest() {
     }
     assert!(matches!(r.export("nobody", &out).await, Err(RetentionError::UnknownSubject(_))));
     assert_eq!(r.audit(Some("lee"), None, 0, 10).await.unwrap()[0].event, "export");
+    // The review's attack: a second person's export into the same folder would mix the
+    // two people's files. It is refused, and the first export is left as it was.
+    let before = count_files(out_dir.path());
+    let mixed = r.export("max", &out).await;
+    assert!(matches!(mixed, Err(RetentionError::ExportNotEmpty(_))), "{mixed:?}");
+    assert_eq!(count_files(out_dir.path()), before);
+    // Even a hidden file makes a folder non-empty.
+    let other = TempDir::new().unwrap();
+    std::fs::write(other.path().join(".keep"), b"").unwrap();
+    let other_store = Store::open(&other.path().display().to_string(), &StoreOptions::default()).unwrap();
+    assert!(matches!(r.export("max", &other_store).await, Err(RetentionError::ExportNotEmpty(_))));
+}
+
+#[test]
+fn the_export_command_refuses_a_folder_holding_another_export() {
+    let tmp = TempDir::new().unwrap();
+    let (_dir, store) = folder_with(&["b/1.jpg", "a/1.jpg"]);
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let catalog = tmp.path().join("c.sqlite").display().to_string();
+    for (id, subject, key) in [("b1", "bob", "b/1.jpg"), ("a1", "al", "a/1.jpg")] {
+        let out = run(retention_cmd(&catalog, &policy, tmp.path()).args(["register", "--id", id, "--subject", subject, "--store", &store, "--key", key, "--class", "photo"]));
+        assert!(out.status.success());
+    }
+    let e = tmp.path().join("E");
+    assert!(run(retention_cmd(&catalog, &policy, tmp.path()).args(["export", "bob", "--out"]).arg(&e)).status.success());
+    let out = run(retention_cmd(&catalog, &policy, tmp.path()).args(["export", "al", "--out"]).arg(&e));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(e.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["subject"], "bob", "the first export is untouched");
+    assert_eq!(count_files(&e), 2, "bob's photo and manifest only");
+}
+
+/// Putting back an older copy of the catalog (a backup, a snapshot) rolls the log back
+/// to a shorter, consistent chain; the witness catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_verify_detects_a_catalog_rolled_back_to_an_older_copy() {
+    let db = Db::sqlite();
+    let (_dir, store) = folder_with(&["w/1.jpg", "w/2.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register(&upload("w1", "wes", &store, "w/1.jpg", "photo")).await.unwrap();
+    r.erase_upload("w1").await.unwrap();
+    let backup = db.dir.path().join("backup.sqlite");
+    sqlx::query(&format!("VACUUM INTO '{}'", backup.display())).execute(r.catalog().pool_for_tests()).await.unwrap();
+    r.register(&upload("w2", "wes", &store, "w/2.jpg", "photo")).await.unwrap();
+    r.unsubscribe("wes").await.unwrap();
+    assert!(r.verify_audit().await.unwrap().intact());
+    // The restored copy is intact on its own, but older than what the witness saw.
+    let restored = open_at(&backup.display().to_string(), &db, POLICY).await;
+    let verdict = restored.verify_audit().await.unwrap();
+    assert!(!verdict.intact(), "a rolled-back catalog passed: {verdict:?}");
+    assert!(verdict.problem.as_deref().unwrap().contains("rolled back"), "{verdict:?}");
 }
 
 // ---- crash safety and several instances -------------------------------------------------

@@ -22,6 +22,11 @@ pub struct RetentionArgs {
     /// away from the database.
     #[arg(long, env = "OBSCURA_SECRET_FILE")]
     pub secret_file: PathBuf,
+    /// Witness of the audit log's head, kept outside the catalog so that truncating the
+    /// log or rolling the catalog back is detected (default: the secret file's path plus
+    /// `.witness`). Keep it where the database's owner cannot write.
+    #[arg(long, env = "OBSCURA_AUDIT_WITNESS")]
+    pub audit_witness: Option<PathBuf>,
     /// Store retries after the first attempt.
     #[arg(long, default_value_t = 5)]
     pub retries: usize,
@@ -175,6 +180,11 @@ pub fn run(args: &RetentionArgs) -> Result<i32> {
     let policy = Policy::load(&args.policy)?;
     let secret = Secret::load_or_create(&args.secret_file)?;
     let mut config = RetentionConfig::new(&args.catalog, policy, secret);
+    config.audit_witness = Some(args.audit_witness.clone().unwrap_or_else(|| {
+        let mut path = args.secret_file.clone().into_os_string();
+        path.push(".witness");
+        PathBuf::from(path)
+    }));
     config.store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
     config.anonymizer.runtime.device = args.device;
     if let RetentionCommand::Run(run) = &args.command {

@@ -3,10 +3,16 @@
 //!
 //! Every record carries `mac = HMAC(secret, prev_mac ‖ canonical record)`; the catalog keeps
 //! the last sequence number and MAC in a separate head row. Editing, deleting, reordering
-//! or inserting a record, or cutting the log short, breaks the chain, and without the
-//! per-deployment secret nobody can forge a consistent one.
+//! or inserting a record breaks the chain, and without the per-deployment secret nobody
+//! can forge a consistent one.
+//!
+//! Cutting the log short (and fixing the head row to match), or putting back an older
+//! copy of the whole catalog, leaves a shorter chain that is still consistent. The
+//! [`Witness`] catches that: a small file outside the catalog (beside the secret) that
+//! holds the newest head this host has seen, under its own MAC. The log must reach at
+//! least that far and contain that exact record.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -87,6 +93,16 @@ impl Secret {
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
+    /// The tag that makes a [`Witness`] file unforgeable without the secret.
+    fn witness_tag(&self, seq: i64, mac: &str) -> String {
+        let mut m = self.mac();
+        m.update(b"obscura witness\0");
+        m.update(seq.to_string().as_bytes());
+        m.update(b"\0");
+        m.update(mac.as_bytes());
+        hex::encode(m.finalize().into_bytes())
+    }
+
     /// The chain MAC of `record` following `prev`.
     pub fn chain(&self, prev: &str, record: &AuditFields<'_>) -> String {
         let mut mac = self.mac();
@@ -95,6 +111,93 @@ impl Secret {
         mac.update(b"\0");
         mac.update(&serde_json::to_vec(record).expect("audit fields serialise"));
         hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// A witness of the audit log's head, kept outside the catalog (by default beside the
+/// secret): `seq` and `mac` of the newest record this host appended, plus a tag (HMAC
+/// under the secret) so it cannot be edited without the secret. Only ever moves forward.
+///
+/// It detects truncation and rollback of the catalog by whoever can write the database
+/// but not the witness. It does not help against someone who can also write the witness
+/// file (they can put back an old one with an old catalog), and the last record appended
+/// before a crash may not be witnessed yet.
+#[derive(Clone, Debug)]
+pub struct Witness {
+    path: PathBuf,
+}
+
+/// The head a witness file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessedHead {
+    pub seq: i64,
+    pub mac: String,
+}
+
+/// Why a witness file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("audit witness {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("audit witness {path} was edited or belongs to another secret (its tag does not match)")]
+    Forged { path: String },
+}
+
+impl Witness {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: std::io::Error) -> WitnessError {
+        WitnessError::Io { path: self.path.display().to_string(), source }
+    }
+
+    /// The witnessed head, `None` when there is no witness file yet.
+    pub fn read(&self, secret: &Secret) -> Result<Option<WitnessedHead>, WitnessError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let forged = || WitnessError::Forged { path: self.path.display().to_string() };
+        let mut parts = text.split_whitespace();
+        let (Some("obscura-audit-witness-v1"), Some(seq), Some(mac), Some(tag), None) = (
+            parts.next(),
+            parts.next().and_then(|p| p.strip_prefix("seq=")),
+            parts.next().and_then(|p| p.strip_prefix("mac=")),
+            parts.next().and_then(|p| p.strip_prefix("tag=")),
+            parts.next(),
+        ) else {
+            return Err(forged());
+        };
+        let seq: i64 = seq.parse().map_err(|_| forged())?;
+        if secret.witness_tag(seq, mac) != tag {
+            return Err(forged());
+        }
+        Ok(Some(WitnessedHead { seq, mac: mac.to_string() }))
+    }
+
+    /// Moves the witness to `seq`/`mac` unless it already witnesses a later record.
+    /// Several processes may call this at once: a lock file beside the witness orders them.
+    pub fn advance(&self, secret: &Secret, seq: i64, mac: &str) -> Result<(), WitnessError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        }
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| self.io(e))?;
+        lock.lock().map_err(|e| self.io(e))?;
+        let current = self.read(secret)?;
+        if current.is_some_and(|c| c.seq >= seq) {
+            return Ok(());
+        }
+        let line = format!("obscura-audit-witness-v1 seq={seq} mac={mac} tag={}\n", secret.witness_tag(seq, mac));
+        crate::image_io::write_atomic(&self.path, line.as_bytes()).map_err(|e| self.io(e.source))
+        // The lock is released when `lock` is dropped.
     }
 }
 
@@ -157,6 +260,22 @@ mod tests {
         let s = secret(1);
         let m = scrub("delete users/alice-42/1.jpg: timeout", Some("alice-42"), &s);
         assert!(!m.contains("alice-42") && m.contains(&s.subject_hash("alice-42")), "{m}");
+    }
+
+    #[test]
+    fn witness_only_moves_forward_and_cannot_be_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::new(dir.path().join("audit.witness"));
+        let s = secret(1);
+        assert_eq!(w.read(&s).unwrap(), None);
+        w.advance(&s, 5, "m5").unwrap();
+        w.advance(&s, 3, "m3").unwrap(); // a slower process: ignored
+        assert_eq!(w.read(&s).unwrap(), Some(WitnessedHead { seq: 5, mac: "m5".into() }));
+        let text = std::fs::read_to_string(w.path()).unwrap();
+        std::fs::write(w.path(), text.replace(" seq=5 ", " seq=9 ")).unwrap();
+        assert!(matches!(w.read(&s), Err(WitnessError::Forged { .. })));
+        std::fs::write(w.path(), text).unwrap();
+        assert!(matches!(w.read(&secret(2)), Err(WitnessError::Forged { .. })), "another secret");
     }
 
     #[test]

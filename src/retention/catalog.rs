@@ -17,7 +17,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-use super::audit::{AuditFields, Secret};
+use super::audit::{AuditFields, Secret, WitnessedHead};
 use super::policy::Action;
 
 /// Why the catalog failed.
@@ -531,6 +531,22 @@ impl Catalog {
         Ok(r.rows_affected())
     }
 
+    /// Expiries the scheduler has not queued yet: active uploads of `class` uploaded at or
+    /// before `cutoff` with no open job. Returns how many, and the oldest upload time.
+    pub(crate) async fn unqueued_expiries(&self, class: &str, cutoff: i64) -> Result<(u64, Option<i64>), CatalogError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(u.uploaded_at) AS oldest FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done')",
+        )
+        .bind(class)
+        .bind(cutoff)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting expiries"))?;
+        let n: i64 = row.try_get("n").map_err(q("counting expiries"))?;
+        Ok((n as u64, row.try_get("oldest").map_err(q("counting expiries"))?))
+    }
+
     /// Moves the open jobs of `class` between `pending` and `held` to follow its legal hold.
     pub async fn apply_hold(&self, class: &str, held: bool) -> Result<u64, CatalogError> {
         // A job being executed right now (leased) finishes; holds apply from the next one.
@@ -703,7 +719,8 @@ impl Catalog {
 
     /// Appends a record to the audit log inside `tx`. Call it last in a transaction: on
     /// PostgreSQL it holds the log's head row until commit.
-    pub(crate) async fn append_audit(tx: &mut Transaction<'static, Any>, secret: &Secret, entry: &AuditEntry, now: i64) -> Result<i64, CatalogError> {
+    /// Returns the new record's sequence number and MAC (for the [`Witness`](super::audit::Witness)).
+    pub(crate) async fn append_audit(tx: &mut Transaction<'static, Any>, secret: &Secret, entry: &AuditEntry, now: i64) -> Result<(i64, String), CatalogError> {
         sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1").execute(&mut **tx).await.map_err(q("locking audit log"))?;
         let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await.map_err(q("reading audit head"))?;
         let seq: i64 = row.try_get("seq").map_err(q("reading audit head"))?;
@@ -737,7 +754,7 @@ impl Catalog {
         .await
         .map_err(q("appending audit record"))?;
         sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&mac).execute(&mut **tx).await.map_err(q("updating audit head"))?;
-        Ok(seq)
+        Ok((seq, mac))
     }
 
     /// Audit records in order, optionally only those about one subject hash or upload,
@@ -786,9 +803,9 @@ impl Catalog {
         Ok((row.try_get("seq").map_err(q("audit head"))?, row.try_get("mac").map_err(q("audit head"))?))
     }
 
-    /// Walks the whole log and checks every link. `Ok(None)` when intact, else the first
-    /// broken sequence number and why.
-    pub async fn verify_audit(&self, secret: &Secret) -> Result<AuditVerdict, CatalogError> {
+    /// Walks the whole log and checks every link, and that the log reaches the head seen
+    /// by `witness` (kept outside the catalog) with that very record.
+    pub async fn verify_audit(&self, secret: &Secret, witness: Option<&WitnessedHead>) -> Result<AuditVerdict, CatalogError> {
         let mut expected_seq = 1;
         let mut prev = String::new();
         loop {
@@ -803,6 +820,8 @@ impl Catalog {
                     Some("its link to the previous record does not match".to_string())
                 } else if secret.chain(&prev, &record.fields()) != record.mac {
                     Some("its contents do not match its MAC (edited, or a different secret)".to_string())
+                } else if witness.is_some_and(|w| w.seq == record.seq && w.mac != record.mac) {
+                    Some("it is not the record the witness outside the catalog saw: the log was rewritten from here".to_string())
                 } else {
                     None
                 };
@@ -820,6 +839,16 @@ impl Catalog {
                 records,
                 broken_at: Some(records + 1),
                 problem: Some(format!("the log ends at record {records} but its head says {head_seq}: records were removed from the end")),
+            });
+        }
+        if let Some(w) = witness.filter(|w| w.seq > records) {
+            return Ok(AuditVerdict {
+                records,
+                broken_at: Some(records + 1),
+                problem: Some(format!(
+                    "the log ends at record {records} but the witness outside the catalog saw record {}: records were removed from the end, or the catalog was rolled back to an older copy",
+                    w.seq
+                )),
             });
         }
         Ok(AuditVerdict { records, broken_at: None, problem: None })
@@ -847,6 +876,10 @@ pub struct AuditVerdict {
 }
 
 impl AuditVerdict {
+    pub(crate) fn broken(records: i64, problem: String) -> Self {
+        Self { records, broken_at: Some(records + 1), problem: Some(problem) }
+    }
+
     pub fn intact(&self) -> bool {
         self.broken_at.is_none()
     }

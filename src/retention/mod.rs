@@ -32,7 +32,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::Row;
 
-pub use audit::{Secret, SecretError};
+pub use audit::{Secret, SecretError, Witness, WitnessError, WitnessedHead};
 pub use catalog::{AuditRecord, AuditVerdict, Catalog, CatalogError, Dialect, Reason, Upload, UploadState};
 pub use policy::{Action, ClassRule, Policy, PolicyError};
 pub use scheduler::{RunOptions, RunSummary};
@@ -70,6 +70,10 @@ pub enum RetentionError {
     Anonymizer(crate::Error),
     #[error("another scheduler holds {path} (one scheduler per SQLite catalog; use PostgreSQL for several)")]
     Locked { path: String },
+    #[error(transparent)]
+    Witness(#[from] WitnessError),
+    #[error("the export destination {0} is not empty; an export goes to a new, empty place so that it holds one person's data only")]
+    ExportNotEmpty(String),
     #[error("{0}")]
     Io(String),
 }
@@ -82,6 +86,10 @@ pub struct RetentionConfig {
     pub policy: Policy,
     /// Per-deployment secret for the audit log's subject hashes and MAC chain.
     pub secret: Secret,
+    /// Where the audit log's head is witnessed outside the catalog (see [`Witness`]);
+    /// `None` turns the truncation and rollback check off. The CLI puts it beside the
+    /// secret file.
+    pub audit_witness: Option<std::path::PathBuf>,
     /// Retries and S3 settings for the upload stores.
     pub store_options: StoreOptions,
     /// Anonymiser settings (models, runtime); retention always applies
@@ -107,6 +115,7 @@ impl RetentionConfig {
             catalog: catalog.to_string(),
             policy,
             secret,
+            audit_witness: None,
             store_options: StoreOptions::default(),
             anonymizer: Config::default(),
             instance: format!("{host}:{}", std::process::id()),
@@ -197,11 +206,15 @@ pub struct Status {
     pub subjects_unsubscribed: u64,
     pub jobs_pending: u64,
     pub jobs_held: u64,
-    /// Pending jobs due now.
+    /// Actions due now: pending jobs, plus expiries not queued yet.
     pub jobs_due: u64,
-    /// Pending jobs later than their due time plus the policy deadline.
+    /// Uploads past their class's `max_age` that no scheduler pass has queued yet
+    /// (included in `jobs_due`).
+    pub expiries_unqueued: u64,
+    /// Actions later than their due time plus the policy deadline: pending jobs, and
+    /// expiries not queued yet (computed from the policy, not only from the queue).
     pub overdue: u64,
-    /// Due time of the oldest pending job (Unix ms).
+    /// Due time of the oldest pending action (Unix ms).
     pub oldest_due_at: Option<i64>,
     /// Jobs that failed at least once and are waiting for a retry.
     pub failing: Vec<Failing>,
@@ -255,6 +268,7 @@ struct Inner {
     stores: actions::Stores,
     /// Whether the policy can anonymise at all.
     anonymises: bool,
+    witness: Option<Witness>,
     /// Built on first use (models take a second to load; `status` and `plan` never need
     /// them) and at the start of `run`, so a missing model stops the scheduler at once.
     anonymizer: tokio::sync::OnceCell<Anonymizer>,
@@ -277,7 +291,48 @@ impl Retention {
         let catalog = Catalog::open(&config.catalog).await?;
         let anonymises = config.policy.classes.values().any(|c| c.on_expiry == Action::Anonymise || c.on_unsubscribe == Action::Anonymise);
         let stores = actions::Stores::new(config.store_options.clone());
-        Ok(Self { inner: Arc::new(Inner { config, catalog, stores, anonymises, anonymizer: tokio::sync::OnceCell::new() }) })
+        let witness = config.audit_witness.clone().map(Witness::new);
+        let retention = Self { inner: Arc::new(Inner { config, catalog, stores, anonymises, witness, anonymizer: tokio::sync::OnceCell::new() }) };
+        retention.start_witness().await?;
+        Ok(retention)
+    }
+
+    /// A deployment's first witness starts at the current head. Over a log that already
+    /// has records this is recorded in the log itself, so a witness deleted to hide a
+    /// truncation leaves a trace.
+    async fn start_witness(&self) -> Result<(), RetentionError> {
+        let Some(witness) = &self.inner.witness else { return Ok(()) };
+        if witness.read(self.secret())?.is_some() {
+            return Ok(());
+        }
+        let (seq, mac) = self.catalog().audit_head().await?;
+        if seq == 0 {
+            witness.advance(self.secret(), seq, &mac)?;
+            return Ok(());
+        }
+        tracing::warn!(witness = %witness.path().display(), records = seq, "no audit witness yet: starting one at the current head");
+        let entry = AuditEntry {
+            event: "audit_witness_started",
+            outcome: "done",
+            detail: format!("the log had {seq} record(s) before its head was first witnessed outside the catalog"),
+            ..Default::default()
+        };
+        let tx = self.catalog().begin().await?;
+        self.commit_audited(tx, &entry, now_ms()).await
+    }
+
+    /// Appends `entry` to the audit log as the last step of `tx`, commits, and moves the
+    /// witness forward. A witness that cannot be written is logged, not fatal: the
+    /// catalog change is already committed.
+    pub(crate) async fn commit_audited(&self, mut tx: sqlx::Transaction<'static, sqlx::Any>, entry: &AuditEntry, now: i64) -> Result<(), RetentionError> {
+        let (seq, mac) = Catalog::append_audit(&mut tx, self.secret(), entry, now).await?;
+        Catalog::commit(tx).await?;
+        if let Some(witness) = &self.inner.witness
+            && let Err(e) = witness.advance(self.secret(), seq, &mac)
+        {
+            tracing::error!(error = %e, "audit witness not updated");
+        }
+        Ok(())
     }
 
     /// The anonymiser in its strongest setting ([`actions::strongest`]), built once.
@@ -400,8 +455,7 @@ impl Retention {
         }
         let detail = if rules.is_empty() { "no active uploads".to_string() } else { rules.join(", ") };
         let entry = AuditEntry { event, subject_hash: Some(hash), outcome: "queued", detail, ..Default::default() };
-        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        Catalog::commit(tx).await?;
+        self.commit_audited(tx, &entry, now).await?;
         self.run_now(Scope::Subject(subject), &mut summary).await?;
         self.count_open(Scope::Subject(subject), &mut summary).await?;
         self.forget_finished_subjects(Some(subject)).await?;
@@ -435,10 +489,11 @@ impl Retention {
                     detail: "no uploads left: subject id deleted from the catalog".into(),
                     ..Default::default()
                 };
-                Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
+                self.commit_audited(tx, &entry, now).await?;
                 forgotten += 1;
+            } else {
+                Catalog::commit(tx).await?;
             }
-            Catalog::commit(tx).await?;
         }
         Ok(forgotten)
     }
@@ -465,8 +520,7 @@ impl Retention {
             outcome: "queued",
             detail: if held { "legal hold: waiting".into() } else { "purge queued".into() },
         };
-        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        Catalog::commit(tx).await?;
+        self.commit_audited(tx, &entry, now).await?;
         self.run_now(Scope::Upload(upload_id), &mut summary).await?;
         self.count_open(Scope::Upload(upload_id), &mut summary).await?;
         Ok(summary)
@@ -493,8 +547,7 @@ impl Retention {
         }
         let detail = if parts.is_empty() { "no active uploads".to_string() } else { parts.join(", ") };
         let entry = AuditEntry { event: "wind_down", outcome: "queued", detail, ..Default::default() };
-        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        Catalog::commit(tx).await?;
+        self.commit_audited(tx, &entry, now).await?;
         let status = self.status().await?;
         summary.pending = status.jobs_pending;
         summary.held = status.jobs_held;
@@ -541,11 +594,15 @@ impl Retention {
     }
 
     /// Access request: copies the subject's active uploads into `out` (a folder or
-    /// bucket prefix) with a `manifest.json`, and logs the export.
+    /// bucket prefix) with a `manifest.json`, and logs the export. `out` must be empty, so
+    /// that an export holds exactly one person's data and nothing else.
     pub async fn export(&self, subject: &str, out: &crate::store::Store) -> Result<Export, RetentionError> {
         use sha2::Digest;
         if self.catalog().subject_state(subject).await?.is_none() {
             return Err(RetentionError::UnknownSubject(subject.to_string()));
+        }
+        if !out.is_empty().await? {
+            return Err(RetentionError::ExportNotEmpty(out.location().to_string()));
         }
         let now = now_ms();
         let mut export = Export { subject: subject.to_string(), exported_at: now, uploads: Vec::new() };
@@ -567,7 +624,7 @@ impl Retention {
         }
         let manifest = serde_json::to_vec_pretty(&export).expect("export serialises");
         out.put("manifest.json", manifest).await?;
-        let mut tx = self.catalog().begin().await?;
+        let tx = self.catalog().begin().await?;
         let entry = AuditEntry {
             event: "export",
             subject_hash: Some(self.secret().subject_hash(subject)),
@@ -575,8 +632,7 @@ impl Retention {
             detail: format!("{} upload(s) exported", export.uploads.len()),
             ..Default::default()
         };
-        Catalog::append_audit(&mut tx, self.secret(), &entry, now).await?;
-        Catalog::commit(tx).await?;
+        self.commit_audited(tx, &entry, now).await?;
         Ok(export)
     }
 
@@ -625,16 +681,8 @@ impl Retention {
             let Some(max_age) = rule.max_age else { continue };
             let age = catalog::ms(max_age);
             let cutoff = until.saturating_sub(age);
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done')",
-            )
-            .bind(class)
-            .bind(cutoff)
-            .fetch_one(self.catalog().pool())
-            .await
-            .map_err(err)?;
-            plan.add(rule.on_expiry.as_str(), rule.legal_hold, n as u64);
+            let (n, _) = self.catalog().unqueued_expiries(class, cutoff).await?;
+            plan.add(rule.on_expiry.as_str(), rule.legal_hold, n);
             let rows = sqlx::query(
                 "SELECT u.id, u.subject_id, u.uploaded_at FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done') ORDER BY u.uploaded_at LIMIT $3",
@@ -701,6 +749,22 @@ impl Retention {
         status.jobs_due = row.try_get::<Option<i64>, _>("due").map_err(err)?.unwrap_or(0) as u64;
         status.overdue = row.try_get::<Option<i64>, _>("overdue").map_err(err)?.unwrap_or(0) as u64;
         status.oldest_due_at = row.try_get("oldest").map_err(err)?;
+        // Expiries not queued yet (no scheduler pass since they fell due) are as due as
+        // queued ones: the policy, not the queue, says when an upload must go.
+        for (class, rule) in &self.policy().classes {
+            let Some(max_age) = rule.max_age.map(catalog::ms) else { continue };
+            if rule.legal_hold {
+                continue;
+            }
+            let (due, oldest) = self.catalog().unqueued_expiries(class, now - max_age).await?;
+            let (overdue, _) = self.catalog().unqueued_expiries(class, now - max_age - deadline - 1).await?;
+            status.expiries_unqueued += due;
+            status.jobs_due += due;
+            status.overdue += overdue;
+            if let Some(at) = oldest.map(|t| t + max_age) {
+                status.oldest_due_at = Some(status.oldest_due_at.map_or(at, |o| o.min(at)));
+            }
+        }
         status.jobs_held = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'held'").fetch_one(pool).await.map_err(err)? as u64;
         for row in sqlx::query(
             "SELECT upload_id, action, attempts, due_at, next_try_at, last_error FROM jobs
@@ -728,9 +792,19 @@ impl Retention {
         Ok(self.catalog().audit_records(hash.as_deref(), upload, after, limit).await?)
     }
 
-    /// Checks the audit log's chain from the first record to the head.
+    /// Checks the audit log's chain from the first record to the head, and against the
+    /// witness outside the catalog (when configured): truncation, rollback to an older
+    /// copy, and an edited or missing witness file are all reported as broken.
     pub async fn verify_audit(&self) -> Result<AuditVerdict, RetentionError> {
-        Ok(self.catalog().verify_audit(self.secret()).await?)
+        let witnessed = match &self.inner.witness {
+            None => None,
+            Some(w) => match w.read(self.secret()) {
+                Ok(Some(head)) => Some(head),
+                Ok(None) => return Ok(AuditVerdict::broken(0, format!("the audit witness {} is missing", w.path().display()))),
+                Err(e) => return Ok(AuditVerdict::broken(0, e.to_string())),
+            },
+        };
+        Ok(self.catalog().verify_audit(self.secret(), witnessed.as_ref()).await?)
     }
 }
 

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::actions::{self, ActionError, Done};
-use super::catalog::{AuditEntry, Catalog, CatalogError, Dialect, Job, NewJob, Scope, now_ms};
+use super::catalog::{AuditEntry, Catalog, Dialect, Job, NewJob, Scope, now_ms};
 use super::{Action, Retention, RetentionError};
 
 /// How `run` behaves.
@@ -197,14 +197,14 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
     let error = result.as_ref().err().map(|e| super::audit::scrub(&e.to_string(), subject.as_deref(), secret));
     let record = async {
         let mut tx = retention.catalog().begin().await?;
-        match &result {
+        let entry = match &result {
             Ok(done) => {
                 if !Catalog::finish_job(&mut tx, &job, done.outcome(), now).await? {
                     // Changed meanwhile (an anonymise upgraded to a purge): give it back so
                     // it runs again as what it is now, without waiting for the lease.
                     Catalog::rollback(tx).await?;
                     retention.catalog().release(&job).await?;
-                    return Ok::<_, CatalogError>(None);
+                    return Ok::<_, super::RetentionError>(None);
                 }
                 match done {
                     Done::Anonymised { key, .. } => Catalog::mark_anonymised(&mut tx, &job.upload.id, key, now).await?,
@@ -218,7 +218,7 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                     outcome: done.outcome(),
                     detail: super::audit::scrub(&done.detail(), subject.as_deref(), secret),
                 };
-                Catalog::append_audit(&mut tx, secret, &entry, now).await?;
+                entry
             }
             Err(_) => {
                 let message = error.as_deref().unwrap_or_default();
@@ -237,10 +237,10 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                     outcome: "failed",
                     detail: format!("attempt {}: {message}; retry in {}", job.attempts + 1, humantime::format_duration(Duration::from_secs(backoff.as_secs()))),
                 };
-                Catalog::append_audit(&mut tx, secret, &entry, now).await?;
+                entry
             }
-        }
-        Catalog::commit(tx).await?;
+        };
+        retention.commit_audited(tx, &entry, now).await?;
         Ok(Some(()))
     };
     match record.await {
