@@ -190,3 +190,37 @@ fn resumes_after_kill_9_without_redoing_or_half_writing() {
     let out = run(&mut batch(&src, &dst));
     assert!(stderr(&out).contains(&format!("0 anonymised, 0 failed, 0 skipped (not images), {} already done before", keys.len())), "{}", stderr(&out));
 }
+
+/// The review's cases: two runs at once on one destination each did every object, and a
+/// run killed with -9 left an empty `--report` although it had finished objects.
+#[test]
+fn a_second_run_on_the_same_journal_is_refused_and_a_killed_run_keeps_its_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let keys = small_photos(&src, 160);
+    let report = tmp.path().join("report.jsonl");
+    let mut child = batch(&src, &dst).arg("--report").arg(&report).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while keys_in(&dst).len() < 30 {
+        assert!(started.elapsed() < Duration::from_secs(300), "batch made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "batch ended before the test could run a second one");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = run(&mut batch(&src, &dst));
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(still_running, "the first run ended before the second was tried");
+    assert_eq!(second.status.code(), Some(2), "a second run on the same journal must not start");
+    let err = stderr(&second);
+    assert!(err.contains("in use by another batch run") && err.contains(&format!("pid {}", child.id())), "{err}");
+
+    let written = keys_in(&dst).len();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 30 && lines.len() <= written, "{} report lines for {written} objects written", lines.len());
+    assert!(lines.iter().all(|l| l["status"] == "done"), "{lines:?}");
+    // Once the holder is gone (killed, so it never released anything), the lock is free.
+    let out = run(&mut batch(&src, &dst));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>());
+}

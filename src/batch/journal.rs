@@ -40,27 +40,59 @@ pub struct Counts {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("journal {path}: {source}")]
-pub struct JournalError {
-    path: String,
-    #[source]
-    source: sqlx::Error,
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Db {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("journal {path} is in use by another batch run ({holder}); wait for it to finish, or split the work with --shard")]
+    Locked { path: String, holder: String },
 }
 
-/// A journal file (created on first use).
+/// A journal file (created on first use), held by one run at a time: two runs on the
+/// same journal would each anonymise every object (and race on each output), so the
+/// second is refused with who holds it. The lock is an OS file lock on `JOURNAL.lock`,
+/// released when the process ends, however it ends.
 #[derive(Clone, Debug)]
 pub struct Journal {
     pool: SqlitePool,
     path: String,
+    _lock: std::sync::Arc<std::fs::File>,
+}
+
+/// Takes the run lock beside the journal, writing this process's id and host into it.
+fn lock(path: &Path) -> Result<std::fs::File, JournalError> {
+    use std::io::{Read, Seek, Write};
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| JournalError::Db { path: name.clone(), source: sqlx::Error::Io(e) };
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&lock_path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = if holder.trim().is_empty() { "holder unknown".to_string() } else { holder.trim().to_string() };
+            return Err(JournalError::Locked { path: name, holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "this host".into());
+    file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "pid {} on {host}", std::process::id())).map_err(io)?;
+    Ok(file)
 }
 
 impl Journal {
     pub async fn open(path: &Path) -> Result<Self, JournalError> {
         let name = path.display().to_string();
-        let err = |source| JournalError { path: name.clone(), source };
+        let err = |source| JournalError::Db { path: name.clone(), source };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
         }
+        let lock = lock(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(err)?
             .filename(path)
@@ -82,11 +114,11 @@ impl Journal {
         .execute(&pool)
         .await
         .map_err(err)?;
-        Ok(Self { pool, path: name })
+        Ok(Self { pool, path: name, _lock: std::sync::Arc::new(lock) })
     }
 
     fn err(&self, source: sqlx::Error) -> JournalError {
-        JournalError { path: self.path.clone(), source }
+        JournalError::Db { path: self.path.clone(), source }
     }
 
     /// True when `key` was anonymised and written (or skipped as not an image) before.

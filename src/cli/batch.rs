@@ -36,10 +36,13 @@ pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
         let options = BatchOptions { filter, in_place: args.in_place, in_flight: parallel * 2 };
 
         let bar = progress_bar(quiet);
+        // Unbuffered, one write per object: a run killed with -9 leaves a report of every
+        // object it finished, like the journal.
         let mut report = match &args.report {
-            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+            Some(p) => Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
             None => None,
         };
+        let mut report_error = None;
         let mut failed_now = 0u64;
         let summary = batch::run(
             &anonymizer,
@@ -58,14 +61,18 @@ pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
                     tracing::info!(key = %object.key, outcome = ?object.outcome, ms = object.ms, "finished");
                 }
                 if let Some(w) = report.as_mut() {
-                    let _ = serde_json::to_writer(&mut *w, object).map(|_| w.write_all(b"\n"));
+                    let mut line = serde_json::to_vec(object).expect("reports serialise");
+                    line.push(b'\n');
+                    if let Err(e) = w.write_all(&line) {
+                        report_error.get_or_insert(e);
+                    }
                 }
             },
         )
         .await?;
         bar.finish_and_clear();
-        if let Some(mut w) = report {
-            w.flush().context("writing the report")?;
+        if let Some(e) = report_error {
+            return Err(anyhow::Error::new(e).context("writing the report"));
         }
         for (key, error) in &summary.failures {
             eprintln!("error: {key}: {error}");
