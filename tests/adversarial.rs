@@ -240,3 +240,19 @@ fn animations_are_refused_rather_than_cut_to_their_first_frame() {
         assert!(!output.exists(), "{name}: no output");
     }
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn temporary_files_of_a_killed_run_are_cleaned_up_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = copy_one_face(tmp.path(), "in/a.jpg");
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    // What a run killed mid-write leaves (its pid is long gone).
+    let stale = out_dir.join(".obscura-999999999-Ab12Cd.tmp");
+    std::fs::write(&stale, b"half an image of the original").unwrap();
+    let out = run(anonymise().arg(&a).arg("--out-dir").arg(&out_dir));
+    assert!(out.status.success());
+    assert!(!stale.exists(), "a stale temporary file was left");
+    assert_eq!(tree(&out_dir), ["a.jpg"]);
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use obscura::image_io::{Format, create_dirs_within, create_parent_dirs, safe_join, write_atomic};
+use obscura::image_io::{Format, create_dirs_within, create_parent_dirs, remove_stale_temps, safe_join, write_atomic};
 use obscura::{Anonymizer, Report};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -65,10 +65,11 @@ pub fn run(args: &AnonymiseArgs, quiet: bool) -> Result<i32> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build().context("starting worker threads")?;
     let started = Instant::now();
     let progress = progress_bar(jobs.len(), quiet);
+    let cleaned = CleanedDirs::default();
     let images: Vec<ImageReport> = pool.install(|| {
         jobs.par_iter()
             .map(|job| {
-                let report = run_job(&anonymizer, job);
+                let report = run_job(&anonymizer, job, &cleaned);
                 progress.inc(1);
                 report
             })
@@ -112,7 +113,7 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
-fn run_job(anonymizer: &Anonymizer, job: &Job) -> ImageReport {
+fn run_job(anonymizer: &Anonymizer, job: &Job, cleaned: &CleanedDirs) -> ImageReport {
     let (output, result) = match &job.dest {
         Err(e) => (None, Err(anyhow::anyhow!("{e}"))),
         Ok(dest) => {
@@ -120,7 +121,7 @@ fn run_job(anonymizer: &Anonymizer, job: &Job) -> ImageReport {
                 Dest::File { path, .. } => Some(path.display().to_string()),
                 Dest::Stdout => Some("-".to_string()),
             };
-            (output, process(anonymizer, &job.source, dest))
+            (output, process(anonymizer, &job.source, dest, cleaned))
         }
     };
     match result {
@@ -129,7 +130,7 @@ fn run_job(anonymizer: &Anonymizer, job: &Job) -> ImageReport {
     }
 }
 
-fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest) -> Result<Report> {
+fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest, cleaned: &CleanedDirs) -> Result<Report> {
     let bytes = match source {
         Source::File(p) => std::fs::read(p).context("reading")?,
         Source::Stdin => {
@@ -151,6 +152,7 @@ fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest) -> Result<Repo
                 Some(root) => create_dirs_within(root, path)?,
                 None => create_parent_dirs(path)?,
             }
+            cleaned.clean(path);
             write_atomic(path, &out.bytes)?;
         }
         Dest::Stdout => {
@@ -159,6 +161,25 @@ fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest) -> Result<Repo
         }
     }
     Ok(out.report)
+}
+
+/// The output folders already rid of temporary files that killed runs left behind
+/// (each folder is scanned once, before the first write into it).
+#[derive(Default)]
+struct CleanedDirs(std::sync::Mutex<std::collections::HashSet<PathBuf>>);
+
+impl CleanedDirs {
+    fn clean(&self, output: &Path) {
+        let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.insert(dir.to_path_buf()) {
+            match remove_stale_temps(dir) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(dir = %dir.display(), removed = n, "removed temporary files of an interrupted run"),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not check for temporary files of an interrupted run"),
+            }
+        }
+    }
 }
 
 fn plan_jobs(args: &AnonymiseArgs) -> Result<Vec<Job>> {

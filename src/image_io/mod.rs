@@ -14,7 +14,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orie
 use serde::{Deserialize, Serialize};
 
 pub use metadata::{EXIF_ALLOWLIST, sanitize_exif, sanitize_icc};
-pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, safe_join, write_atomic};
+pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, remove_stale_temps, safe_join, write_atomic};
 
 /// Decoded pixels: 8-bit RGB (3 channels) or RGBA (4), rows packed top to bottom.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -23,7 +23,8 @@ pub struct PathError {
 
 /// Writes `bytes` to `path` atomically: the data goes to a temporary file in the same
 /// folder, is flushed to disk, and is renamed over `path`. Readers see either the old file
-/// or the complete new one; after a crash at most a stray `.obscura-*.tmp` file remains.
+/// or the complete new one; after a crash at most a stray `.obscura-PID-*.tmp` file
+/// remains, which [`remove_stale_temps`] removes.
 ///
 /// ```
 /// let dir = tempfile::tempdir().unwrap();
@@ -38,7 +39,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         _ => Path::new("."),
     };
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".obscura-").suffix(".tmp");
+    let prefix = temp_prefix();
+    builder.prefix(&prefix).suffix(".tmp");
     // tempfile creates 0600 files; an output should get the mode an ordinary write would
     // (0666 less the umask), or keep the mode of the file it replaces.
     #[cfg(unix)]
@@ -52,6 +54,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
+}
+
+/// Temporary files are named `.obscura-PID-RANDOM.tmp`, so that a later run can tell
+/// the leftovers of a dead process (killed mid-write) from another live run's.
+fn temp_prefix() -> String {
+    format!(".obscura-{}-", std::process::id())
+}
+
+/// Removes the temporary files that dead processes left in `dir` (a run killed by
+/// `kill -9` or the file-size limit while writing). Files of live processes are left
+/// alone. Returns how many were removed. Only on Linux (it reads `/proc`); elsewhere 0.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    if !Path::new("/proc/self").exists() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(".obscura-")?.strip_suffix(".tmp")?.split_once('-')).map(|(pid, _)| pid) else {
+            continue;
+        };
+        if pid.bytes().all(|b| b.is_ascii_digit()) && !pid.is_empty() && !Path::new("/proc").join(pid).exists() && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Creates the folders between `root` and `file` (which [`safe_join`] put under `root`),
@@ -149,6 +179,21 @@ mod tests {
         assert!(e.to_string().contains("is a file, not a folder"), "{e}");
         let e = create_parent_dirs(&root.path().join("file/a/x.jpg")).unwrap_err();
         assert!(e.to_string().contains("file, not a folder"), "{e}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_temporary_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has a pid this large (the kernel's limit is 2^22).
+        std::fs::write(dir.path().join(".obscura-999999999-abc.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join(format!("{}live.tmp", temp_prefix())), b"half").unwrap();
+        std::fs::write(dir.path().join(".obscura-notes.tmp"), b"not ours").unwrap();
+        std::fs::write(dir.path().join("photo.jpg"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [format!("{}live.tmp", temp_prefix()), ".obscura-notes.tmp".into(), "photo.jpg".into()]);
     }
 
     #[cfg(unix)]
