@@ -155,7 +155,9 @@ impl Store {
             return Err(open_err("folder does not exist".into()));
         }
         let dir = dir.canonicalize().map_err(|e| open_err(e.to_string()))?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
+        // Deleting an object also removes the folders it leaves empty (up to the root):
+        // a purged `carol/1.jpg` must not leave a `carol/` behind that names her.
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?.with_automatic_cleanup(true);
         Ok(Self { inner: Arc::new(fs), s3: None, retry: options.clone(), prefix: Path::default(), location: dir.display().to_string(), local_root: Some(dir) })
     }
 

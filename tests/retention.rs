@@ -79,6 +79,7 @@ on_both_databases!(
     wind_down_queues_everything_and_the_scheduler_finishes_it,
     concurrent_registration_cannot_outlive_an_unsubscribe,
     audit_verify_detects_truncation_by_the_database_owner,
+    a_forgotten_subject_leaves_no_trace_on_disk,
     status_reports_expiries_no_scheduler_has_queued_as_overdue,
 );
 
@@ -162,9 +163,9 @@ async fn unsubscribe_purges_every_object_before_returning(db: Db) {
     }
     assert!(dir.path().join("bob/1.jpg").exists());
     let a1 = r.catalog().upload("a1").await.unwrap().unwrap();
-    assert_eq!((a1.state, a1.subject.as_deref(), a1.key.as_deref()), (UploadState::Purged, None, None));
+    assert_eq!((a1.state, a1.subject_hash.as_deref(), a1.key.as_deref()), (UploadState::Purged, None, None));
     // The subject itself is forgotten (only its keyed hash kept), and cannot come back.
-    assert_eq!(r.catalog().subject_state("alice-7").await.unwrap(), None);
+    assert_eq!(r.subject_state("alice-7").await.unwrap(), None);
     let again = r.register(&upload("a3", "alice-7", &store, "alice-7/3.jpg", "photo")).await;
     assert!(matches!(again, Err(RetentionError::Erased)), "{again:?}");
     // Calling again is harmless.
@@ -218,7 +219,7 @@ async fn grace_defers_the_action_and_erasure_overrides_it(db: Db) {
     assert_eq!(r.plan(Duration::from_secs(86400), 10).await.unwrap().purge, 0);
     let plan = r.plan(Duration::from_secs(8 * 86400), 10).await.unwrap();
     assert_eq!(plan.purge, 2);
-    assert!(plan.items.iter().all(|p| p.action == Action::Purge && p.subject.as_deref() == Some("dave")));
+    assert!(plan.items.iter().all(|p| p.action == Action::Purge && p.subject_hash == Some(secret().subject_hash("dave"))));
     // An erasure request does not wait for the grace period.
     let erase = r.erase_subject("dave").await.unwrap();
     assert_eq!((erase.done, erase.pending), (2, 0), "{erase:?}");
@@ -235,7 +236,7 @@ async fn guardian_erases_one_upload(db: Db) {
     assert_eq!((summary.done, summary.pending), (1, 0));
     assert!(!dir.path().join("kid/1.jpg").exists() && !dir.path().join("kid/1_small.jpg").exists());
     assert!(dir.path().join("kid/2.jpg").exists(), "the other upload must stay");
-    assert_eq!(r.catalog().subject_state("erin").await.unwrap().as_deref(), Some("subscribed"));
+    assert_eq!(r.subject_state("erin").await.unwrap().as_deref(), Some("subscribed"));
     let log = r.audit(None, Some("k1"), 0, 10).await.unwrap();
     assert_eq!(log.iter().map(|a| a.event.as_str()).collect::<Vec<_>>(), ["erase_upload", "purge"]);
     assert!(matches!(r.erase_upload("nope").await, Err(RetentionError::UnknownUpload(_))));
@@ -369,6 +370,102 @@ async fn audit_verify_detects_truncation_by_the_database_owner(db: Db) {
     assert!(verdict.problem.as_deref().unwrap().contains("missing"), "{verdict:?}");
 }
 
+/// Every file under `dir` (recursively) whose name or bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if e.file_name().as_encoded_bytes().windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.clone());
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// The review's attack: after `unsubscribe carol-unique-id-42` the id was still in the
+/// SQLite WAL and free pages, in PostgreSQL's heap, and as an empty store folder. Now it
+/// must occur nowhere on disk: catalog files (SQLite main, -wal, -shm; PostgreSQL's whole
+/// data directory after a checkpoint), the witness, and the store.
+async fn a_forgotten_subject_leaves_no_trace_on_disk(db: Db) {
+    let mut raw = [0u8; 4];
+    getrandom::fill(&mut raw).unwrap();
+    let carol = format!("carol-unique-id-42-{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let keys = [format!("{carol}/1.jpg"), format!("{carol}/1.thumb.jpg"), format!("{carol}/2.jpg"), "shared/bob.jpg".to_string()];
+    let (dir, store) = folder_with(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = open(&db, POLICY).await;
+    let mut c1 = upload("c1", &carol, &store, &keys[0], "photo");
+    c1.derived = vec![keys[1].clone()];
+    r.register_many(&[c1, upload("c2", &carol, &store, &keys[2], "photo"), upload("b1", "bob", &store, &keys[3], "photo")]).await.unwrap();
+    // A careless service puts the person's id into an upload id: refused, since upload
+    // ids stay in the audit log.
+    let bad = r.register(&upload(&format!("{carol}-3"), &carol, &store, "x/3.jpg", "photo")).await;
+    assert!(matches!(bad, Err(RetentionError::InvalidUpload { .. })), "{bad:?}");
+    r.export(&carol, &Store::open(&db.dir.path().join("export").display().to_string(), &StoreOptions::default()).unwrap()).await.unwrap();
+    std::fs::remove_dir_all(db.dir.path().join("export")).unwrap(); // the person's own copy, handed over
+
+    let summary = r.unsubscribe(&carol).await.unwrap();
+    assert_eq!((summary.done, summary.pending), (2, 0), "{summary:?}");
+    assert_eq!(r.subject_state(&carol).await.unwrap(), None);
+    r.tick(&RunOptions::default()).await.unwrap();
+
+    let needle = carol.as_bytes();
+    assert_eq!(files_containing(dir.path(), needle), Vec::<PathBuf>::new(), "the store still names the person");
+    assert!(dir.path().join("shared/bob.jpg").exists());
+    if db.url.starts_with("postgres") {
+        let pool = r.catalog().pool_for_tests();
+        sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
+        let data: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetch_one(pool).await.unwrap();
+        assert_eq!(files_containing(Path::new(&data), needle), Vec::<PathBuf>::new(), "PostgreSQL's files still hold the id");
+    } else {
+        let files = files_in(db.dir.path());
+        assert!(files.iter().any(|f| f == "catalog.sqlite"), "{files:?}");
+        assert_eq!(files_containing(db.dir.path(), needle), Vec::<PathBuf>::new(), "SQLite's files still hold the id");
+    }
+    // The person can still be found in the log through the keyed hash, and nowhere else.
+    assert!(r.audit(Some(&carol), None, 0, 100).await.unwrap().iter().any(|a| a.event == "subject_forgotten"));
+    assert!(r.verify_audit().await.unwrap().intact());
+}
+
+/// A catalog written before ids were hashed and keys sealed is converted when it is
+/// opened: the raw values leave the files, and everything keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalog_from_before_sealing_is_converted_on_open() {
+    let db = Db::sqlite();
+    let (dir, store) = folder_with(&["dora-legacy-77/1.jpg", "dora-legacy-77/1.thumb.jpg"]);
+    let r = open(&db, POLICY).await;
+    let pool = r.catalog().pool_for_tests();
+    // What version 1 wrote: the raw id and the key in the clear, and a failed job.
+    for sql in [
+        "UPDATE catalog_format SET version = 1".to_string(),
+        "INSERT INTO subjects (id, state, created_at) VALUES ('dora-legacy-77', 'subscribed', 1)".to_string(),
+        format!("INSERT INTO uploads (id, subject_id, store, key, class, uploaded_at, state, derived) VALUES ('d1', 'dora-legacy-77', '{store}', 'dora-legacy-77/1.jpg', 'photo', 1, 'active', '[\"dora-legacy-77/1.thumb.jpg\"]')"),
+        "INSERT INTO jobs (upload_id, action, reason, rule, due_at, state, next_try_at, created_at, attempts, last_error) VALUES ('d1', 'purge', 'expiry', 'photo.max_age', 1, 'pending', 9999999999999, 1, 1, 'delete dora-legacy-77/1.jpg: timeout')".to_string(),
+    ] {
+        sqlx::query(&sql).execute(pool).await.unwrap();
+    }
+    drop(r);
+    let r = open(&db, POLICY).await;
+    assert_eq!(files_containing(db.dir.path(), b"dora-legacy-77"), Vec::<PathBuf>::new(), "raw values left in the converted catalog");
+    assert_eq!(r.subject_state("dora-legacy-77").await.unwrap().as_deref(), Some("subscribed"));
+    let d1 = r.catalog().upload("d1").await.unwrap().unwrap();
+    assert_eq!((d1.key.as_deref(), d1.key_names_subject), (Some("dora-legacy-77/1.jpg"), true));
+    assert_eq!(d1.derived, ["dora-legacy-77/1.thumb.jpg"]);
+    assert_eq!(r.status().await.unwrap().failing[0].last_error, "delete <key>: timeout");
+    let summary = r.erase_subject("dora-legacy-77").await.unwrap();
+    assert_eq!(summary.done, 1, "{summary:?}");
+    assert_eq!(files_containing(dir.path(), b"dora-legacy-77"), Vec::<PathBuf>::new());
+}
+
 /// Overdue comes from the policy: an upload registered long after its class's `max_age`
 /// is overdue before any scheduler pass has queued its expiry.
 async fn status_reports_expiries_no_scheduler_has_queued_as_overdue(db: Db) {
@@ -487,13 +584,13 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
 
     // The key named the person: moved to a random key; the original and thumbnail gone.
     let k1 = r.catalog().upload("k1").await.unwrap().unwrap();
-    assert_eq!((k1.state, k1.subject.as_deref()), (UploadState::Anonymised, None));
+    assert_eq!((k1.state, k1.subject_hash.as_deref()), (UploadState::Anonymised, None));
     let new_key = k1.key.clone().unwrap();
     assert!(new_key.starts_with("anonymised/") && !new_key.contains("kim"), "{new_key}");
     assert!(!dir.path().join("kim-3/beach.jpg").exists() && !dir.path().join("kim-3/thumb.jpg").exists());
     // A key without the subject id is rewritten in place.
     let k2 = r.catalog().upload("k2").await.unwrap().unwrap();
-    assert_eq!((k2.state, k2.key.as_deref(), k2.subject.as_deref()), (UploadState::Anonymised, Some("shared/plain.jpg"), None));
+    assert_eq!((k2.state, k2.key.as_deref(), k2.subject_hash.as_deref()), (UploadState::Anonymised, Some("shared/plain.jpg"), None));
     // Faces filled solid: the annotated face's box is now (almost) one colour.
     for key in [new_key.as_str(), "shared/plain.jpg"] {
         let out = std::fs::read(dir.path().join(key)).unwrap();
@@ -675,7 +772,7 @@ async fn check_every_job_done_once(catalog: &str, policy: &Path, secret_dir: &Pa
     let records = r.audit(None, None, 0, 10 * n as i64).await.unwrap();
     for i in 0..n_anon {
         let u = r.catalog().upload(&format!("f{i}")).await.unwrap().unwrap();
-        assert_eq!((u.state, u.subject.as_deref()), (UploadState::Anonymised, None));
+        assert_eq!((u.state, u.subject_hash.as_deref()), (UploadState::Anonymised, None));
         assert!(u.key.as_deref().unwrap().starts_with("anonymised/"), "{u:?}");
         let done: Vec<_> = records.iter().filter(|a| a.upload_id.as_deref() == Some(u.id.as_str()) && a.outcome != "failed").collect();
         assert_eq!(done.len(), 1, "{done:?}");

@@ -226,7 +226,7 @@ pub fn run(args: &RetentionArgs) -> Result<i32> {
                         time(p.at),
                         p.action.as_str(),
                         p.upload,
-                        p.subject.as_deref().unwrap_or("-"),
+                        p.subject_hash.as_deref().unwrap_or("-"),
                         p.class,
                         serde_json::to_value(p.reason)?.as_str().unwrap_or_default(),
                         if p.held { "  HELD" } else { "" }

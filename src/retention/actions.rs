@@ -141,7 +141,7 @@ pub fn random_key(old: &str) -> String {
 /// (corrupt, not an image, detection fails), it is purged instead.
 pub async fn anonymise(store: &Store, catalog: &Catalog, anonymizer: &Anonymizer, job: &Job) -> Result<Done, ActionError> {
     let old = job.upload.key.clone().ok_or(ActionError::NoKey)?;
-    let renaming = job.upload.subject.as_deref().is_some_and(|s| !s.is_empty() && old.contains(s));
+    let renaming = job.upload.key_names_subject;
     let target = match (&job.new_key, renaming) {
         (Some(k), _) => k.clone(),
         (None, true) => catalog.choose_new_key(job, &random_key(&old)).await?,

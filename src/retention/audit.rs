@@ -1,5 +1,7 @@
-//! The audit log's cryptography: the keyed hash that stands in for a subject id, and the
-//! MAC chain that makes the append-only log tamper-evident. Storage is the catalog's job.
+//! The retention catalog's cryptography: the keyed hash that stands in for a subject id
+//! (the catalog never stores a raw one), the sealing of store keys (which often name the
+//! person), and the MAC chain that makes the append-only audit log tamper-evident.
+//! Storage is the catalog's job.
 //!
 //! Every record carries `mac = HMAC(secret, prev_mac ‖ canonical record)`; the catalog keeps
 //! the last sequence number and MAC in a separate head row. Editing, deleting, reordering
@@ -91,6 +93,33 @@ impl Secret {
         mac.update(b"obscura subject\0");
         mac.update(subject.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Seals a store key for the catalog: AES-256-SIV (RFC 5297, deterministic, so the
+    /// catalog can still find and de-duplicate keys) under a key derived from the secret,
+    /// with the store location as associated data. The result is `s1:` plus hex.
+    pub(crate) fn seal(&self, store: &str, key: &str) -> String {
+        let sealed = self.siv().encrypt([b"obscura store key".as_slice(), store.as_bytes()], key.as_bytes()).expect("SIV encryption of a short key cannot fail");
+        format!("s1:{}", hex::encode(sealed))
+    }
+
+    /// Opens a key sealed by [`seal`](Self::seal) for the same store. `None` when it was
+    /// not sealed with this secret for this store (or was altered).
+    pub(crate) fn unseal(&self, store: &str, sealed: &str) -> Option<String> {
+        let raw = hex::decode(sealed.strip_prefix("s1:")?).ok()?;
+        let plain = self.siv().decrypt([b"obscura store key".as_slice(), store.as_bytes()], &raw).ok()?;
+        String::from_utf8(plain).ok()
+    }
+
+    fn siv(&self) -> aes_siv::siv::Aes256Siv {
+        use aes_siv::KeyInit;
+        let mut key = [0u8; 64];
+        for (half, label) in key.chunks_exact_mut(32).zip([b"obscura seal 1\0", b"obscura seal 2\0"]) {
+            let mut mac = self.mac();
+            mac.update(label);
+            half.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        aes_siv::siv::Aes256Siv::new_from_slice(&key).expect("a 64-byte key")
     }
 
     /// The tag that makes a [`Witness`] file unforgeable without the secret.
@@ -214,13 +243,13 @@ pub struct AuditFields<'a> {
     pub detail: &'a str,
 }
 
-/// Replaces every occurrence of the raw subject id in a message (store errors quote keys,
-/// and keys often embed the id) by its hash, so the log never holds the id.
-pub fn scrub(message: &str, subject: Option<&str>, secret: &Secret) -> String {
-    match subject {
-        Some(id) if !id.is_empty() && message.contains(id) => message.replace(id, &format!("subject:{}", secret.subject_hash(id))),
-        _ => message.to_string(),
-    }
+/// Replaces every occurrence of an upload's store keys in a message (store errors quote
+/// keys, and keys often name the person) by `<key>`, so the catalog and its append-only
+/// log never hold them in the clear.
+pub fn scrub(message: &str, keys: &[&str]) -> String {
+    let mut keys: Vec<&str> = keys.iter().copied().filter(|k| !k.is_empty()).collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len())); // a key that contains another goes first
+    keys.iter().fold(message.to_string(), |m, k| m.replace(k, "<key>"))
 }
 
 #[cfg(test)]
@@ -256,10 +285,22 @@ mod tests {
     }
 
     #[test]
-    fn scrub_removes_the_raw_id() {
-        let s = secret(1);
-        let m = scrub("delete users/alice-42/1.jpg: timeout", Some("alice-42"), &s);
-        assert!(!m.contains("alice-42") && m.contains(&s.subject_hash("alice-42")), "{m}");
+    fn scrub_removes_the_keys() {
+        let m = scrub("delete users/alice-42/1.jpg: timeout; then users/alice-42/1.jpg.thumb", &["users/alice-42/1.jpg", "users/alice-42/1.jpg.thumb"]);
+        assert_eq!(m, "delete <key>: timeout; then <key>");
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_the_same_secret_and_store() {
+        let (a, b) = (secret(1), secret(2));
+        let sealed = a.seal("/srv/up", "carol-unique-id-42/1.jpg");
+        assert!(!sealed.contains("carol"), "{sealed}");
+        assert_eq!(sealed, a.seal("/srv/up", "carol-unique-id-42/1.jpg"), "deterministic: the catalog can look keys up");
+        assert_ne!(sealed, a.seal("/srv/other", "carol-unique-id-42/1.jpg"));
+        assert_eq!(a.unseal("/srv/up", &sealed).as_deref(), Some("carol-unique-id-42/1.jpg"));
+        assert_eq!(b.unseal("/srv/up", &sealed), None);
+        assert_eq!(a.unseal("/srv/other", &sealed), None);
+        assert_eq!(a.unseal("/srv/up", "carol-unique-id-42/1.jpg"), None, "a key in the clear is not taken as sealed");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! `migrations/{sqlite,postgres}` and applied with `sqlx` migrations; every query here is
 //! plain SQL both accept (`$n` parameters, `CASE` instead of `LEAST`, times as Unix ms).
 //!
+//! Nothing in it names a person in the clear: subjects are stored as their keyed hash
+//! (computed by the caller, at the edge) and store keys sealed with the per-deployment
+//! secret ([`Secret::seal`]), so neither a raw id nor a key like `carol/1.jpg` ever
+//! reaches the database files, their WAL or their free pages. SQLite also runs with
+//! `secure_delete` on.
+//!
 //! Every state change that must be audited is committed in the same transaction as its
 //! audit record, so the log and the catalog never disagree, even after `kill -9`.
 //! Write transactions start with a write, so SQLite takes its write lock up front instead
@@ -110,12 +116,15 @@ impl Reason {
     }
 }
 
-/// One catalogued upload.
+/// One catalogued upload (keys unsealed).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Upload {
     pub id: String,
-    /// `None` once anonymised or purged.
-    pub subject: Option<String>,
+    /// The subject's keyed hash ([`Secret::subject_hash`]); `None` once anonymised or purged.
+    pub subject_hash: Option<String>,
+    /// Whether `key` contains the subject's raw id (known only at registration): then an
+    /// anonymised upload moves to a random key.
+    pub key_names_subject: bool,
     /// Store location (folder or `s3://bucket/prefix`).
     pub store: String,
     /// `None` once purged.
@@ -127,22 +136,7 @@ pub struct Upload {
     pub derived: Vec<String>,
 }
 
-const UPLOAD_COLUMNS: &str = "u.id, u.subject_id, u.store, u.key, u.class, u.uploaded_at, u.state, u.derived";
-
-fn upload_from(row: &AnyRow) -> Result<Upload, CatalogError> {
-    let get = |e| CatalogError::Corrupt(format!("upload row: {e}"));
-    let derived: String = row.try_get("derived").map_err(get)?;
-    Ok(Upload {
-        id: row.try_get("id").map_err(get)?,
-        subject: row.try_get("subject_id").map_err(get)?,
-        store: row.try_get("store").map_err(get)?,
-        key: row.try_get("key").map_err(get)?,
-        class: row.try_get("class").map_err(get)?,
-        uploaded_at: row.try_get("uploaded_at").map_err(get)?,
-        state: UploadState::parse(&row.try_get::<String, _>("state").map_err(get)?)?,
-        derived: serde_json::from_str(&derived).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))?,
-    })
-}
+const UPLOAD_COLUMNS: &str = "u.id, u.subject_id, u.key_names_subject, u.store, u.key, u.class, u.uploaded_at, u.state, u.derived";
 
 /// A job claimed for execution, with its upload.
 #[derive(Clone, Debug)]
@@ -238,8 +232,14 @@ impl MigrationSource<'static> for Embedded {
     }
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "retention", include_str!("../../migrations/sqlite/0001_retention.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "retention", include_str!("../../migrations/postgres/0001_retention.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "retention", include_str!("../../migrations/sqlite/0001_retention.sql")),
+    (2, "sealed", include_str!("../../migrations/sqlite/0002_sealed.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "retention", include_str!("../../migrations/postgres/0001_retention.sql")),
+    (2, "sealed", include_str!("../../migrations/postgres/0002_sealed.sql")),
+];
 
 /// The catalog database.
 #[derive(Clone, Debug)]
@@ -248,6 +248,8 @@ pub struct Catalog {
     dialect: Dialect,
     /// The URL with any password removed, for messages.
     display: String,
+    /// Seals and unseals store keys.
+    secret: Secret,
 }
 
 /// A database URL for messages: the password, if any, replaced.
@@ -266,8 +268,9 @@ fn redact_url(url: &str) -> String {
 
 impl Catalog {
     /// Opens (and creates or migrates) a catalog: `postgres://…`, `sqlite://path`, or a
-    /// plain file path (SQLite).
-    pub async fn open(url: &str) -> Result<Self, CatalogError> {
+    /// plain file path (SQLite). `secret` seals the store keys; a catalog made before
+    /// keys were sealed is converted once, here.
+    pub async fn open(url: &str, secret: &Secret) -> Result<Self, CatalogError> {
         sqlx::any::install_default_drivers();
         let display = redact_url(url);
         let open_err = |message: String| CatalogError::Open { url: display.clone(), message };
@@ -288,7 +291,8 @@ impl Catalog {
                 Box::pin(async move {
                     // WAL: readers never block the writer; NORMAL: a commit survives a
                     // process kill (FULL would also survive power loss).
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;")
+                    // secure_delete: deleted rows are overwritten, not left in free pages.
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; PRAGMA secure_delete = ON;")
                         .await?;
                     Ok(())
                 })
@@ -302,7 +306,125 @@ impl Catalog {
         };
         let migrator = Migrator::new(source).await.map_err(|e| open_err(e.to_string()))?;
         migrator.run(&pool).await.map_err(|e| open_err(format!("migrating: {e}")))?;
-        Ok(Self { pool, dialect, display })
+        let catalog = Self { pool, dialect, display, secret: secret.clone() };
+        catalog.seal_legacy_rows().await?;
+        Ok(catalog)
+    }
+
+    /// Converts a catalog written before ids were hashed and keys sealed (format 1): every
+    /// subject id becomes its keyed hash, every key, derived key and chosen new key is
+    /// sealed, and error messages lose the keys and ids they quote. One transaction;
+    /// then the old values are wiped from the files (SQLite `VACUUM`, PostgreSQL `VACUUM`
+    /// of the tables) as far as the database allows.
+    async fn seal_legacy_rows(&self) -> Result<(), CatalogError> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM catalog_format WHERE id = 1").fetch_one(&self.pool).await.map_err(q("reading catalog format"))?;
+        if version >= 2 {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        let subjects = sqlx::query("SELECT id, state, created_at, unsubscribed_at FROM subjects").fetch_all(&mut *tx).await.map_err(q("reading subjects"))?;
+        let mut renamed: Vec<(String, String)> = Vec::new();
+        for row in &subjects {
+            let raw: String = row.try_get("id").map_err(q("reading subjects"))?;
+            let hash = self.secret.subject_hash(&raw);
+            sqlx::query("INSERT INTO subjects (id, state, created_at, unsubscribed_at) VALUES ($1, $2, $3, $4)")
+                .bind(&hash)
+                .bind(row.try_get::<String, _>("state").map_err(q("reading subjects"))?)
+                .bind(row.try_get::<i64, _>("created_at").map_err(q("reading subjects"))?)
+                .bind(row.try_get::<Option<i64>, _>("unsubscribed_at").map_err(q("reading subjects"))?)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("hashing subject ids"))?;
+            renamed.push((raw, hash));
+        }
+        let uploads = sqlx::query("SELECT id, subject_id, store, key, derived FROM uploads").fetch_all(&mut *tx).await.map_err(q("reading uploads"))?;
+        for row in &uploads {
+            let get = |e| CatalogError::Corrupt(format!("upload row: {e}"));
+            let (id, store): (String, String) = (row.try_get("id").map_err(get)?, row.try_get("store").map_err(get)?);
+            let raw_subject: Option<String> = row.try_get("subject_id").map_err(get)?;
+            let key: Option<String> = row.try_get("key").map_err(get)?;
+            let derived: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("derived").map_err(get)?).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))?;
+            let names = matches!((&raw_subject, &key), (Some(s), Some(k)) if !s.is_empty() && k.contains(s.as_str()));
+            sqlx::query("UPDATE uploads SET subject_id = $2, key = $3, derived = $4, key_names_subject = $5 WHERE id = $1")
+                .bind(&id)
+                .bind(raw_subject.as_deref().map(|s| self.secret.subject_hash(s)))
+                .bind(key.as_deref().map(|k| self.secret.seal(&store, k)))
+                .bind(self.seal_derived(&store, &derived))
+                .bind(i64::from(names))
+                .execute(&mut *tx)
+                .await
+                .map_err(q("sealing keys"))?;
+            let mut quoted: Vec<&str> = key.iter().chain(&derived).map(String::as_str).collect();
+            quoted.extend(raw_subject.as_deref());
+            let jobs = sqlx::query("SELECT id, new_key, last_error FROM jobs WHERE upload_id = $1").bind(&id).fetch_all(&mut *tx).await.map_err(q("reading jobs"))?;
+            for job in &jobs {
+                let new_key: Option<String> = job.try_get("new_key").map_err(get)?;
+                let last_error: Option<String> = job.try_get("last_error").map_err(get)?;
+                let mut quoted = quoted.clone();
+                quoted.extend(new_key.as_deref());
+                sqlx::query("UPDATE jobs SET new_key = $2, last_error = $3 WHERE id = $1")
+                    .bind(job.try_get::<i64, _>("id").map_err(get)?)
+                    .bind(new_key.as_deref().map(|k| self.secret.seal(&store, k)))
+                    .bind(last_error.map(|e| super::audit::scrub(&e, &quoted)))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("sealing keys"))?;
+            }
+        }
+        for (raw, _) in &renamed {
+            sqlx::query("DELETE FROM subjects WHERE id = $1").bind(raw).execute(&mut *tx).await.map_err(q("hashing subject ids"))?;
+        }
+        sqlx::query("UPDATE catalog_format SET version = 2 WHERE id = 1").execute(&mut *tx).await.map_err(q("recording catalog format"))?;
+        Self::commit(tx).await?;
+        self.wipe_deleted().await
+    }
+
+    /// Removes what deleted and updated rows left behind in the database files, as far as
+    /// the database allows: SQLite rewrites its file (`VACUUM`) and empties its WAL;
+    /// PostgreSQL vacuums the tables that name people. (PostgreSQL's own WAL segments
+    /// are its business; with hashed ids and sealed keys they never held anything in
+    /// the clear.)
+    pub(crate) async fn wipe_deleted(&self) -> Result<(), CatalogError> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => "VACUUM",
+            Dialect::Postgres => "VACUUM subjects, uploads, jobs",
+        };
+        sqlx::query(sql).execute(&self.pool).await.map_err(q("vacuuming"))?;
+        self.truncate_wal().await
+    }
+
+    /// SQLite: copies the WAL into the main file and truncates it to nothing, so rows
+    /// deleted since the last checkpoint leave no copy there. PostgreSQL: nothing.
+    pub(crate) async fn truncate_wal(&self) -> Result<(), CatalogError> {
+        if self.dialect == Dialect::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await.map_err(q("checkpointing"))?;
+        }
+        Ok(())
+    }
+
+    fn seal_derived(&self, store: &str, derived: &[String]) -> String {
+        serde_json::to_string(&derived.iter().map(|d| self.secret.seal(store, d)).collect::<Vec<_>>()).expect("strings serialise")
+    }
+
+    fn unseal(&self, store: &str, sealed: &str) -> Result<String, CatalogError> {
+        self.secret.unseal(store, sealed).ok_or_else(|| CatalogError::Corrupt("a store key that does not open with this secret (another deployment's catalog, or edited)".into()))
+    }
+
+    fn upload_from(&self, row: &AnyRow) -> Result<Upload, CatalogError> {
+        let get = |e| CatalogError::Corrupt(format!("upload row: {e}"));
+        let store: String = row.try_get("store").map_err(get)?;
+        let derived: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("derived").map_err(get)?).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))?;
+        Ok(Upload {
+            id: row.try_get("id").map_err(get)?,
+            subject_hash: row.try_get("subject_id").map_err(get)?,
+            key_names_subject: row.try_get::<i64, _>("key_names_subject").map_err(get)? != 0,
+            key: row.try_get::<Option<String>, _>("key").map_err(get)?.map(|k| self.unseal(&store, &k)).transpose()?,
+            derived: derived.iter().map(|d| self.unseal(&store, d)).collect::<Result<_, _>>()?,
+            class: row.try_get("class").map_err(get)?,
+            uploaded_at: row.try_get("uploaded_at").map_err(get)?,
+            state: UploadState::parse(&row.try_get::<String, _>("state").map_err(get)?)?,
+            store,
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -338,9 +460,9 @@ impl Catalog {
 
     // ---- subjects -------------------------------------------------------------------
 
-    /// `Some(subscribed?)` for a known subject, `None` for an unknown one.
-    pub async fn subject_state(&self, subject: &str) -> Result<Option<String>, CatalogError> {
-        sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject).fetch_optional(&self.pool).await.map_err(q("reading subject"))
+    /// `Some(subscribed?)` for a known subject (by keyed hash), `None` for an unknown one.
+    pub async fn subject_state(&self, subject_hash: &str) -> Result<Option<String>, CatalogError> {
+        sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject_hash).fetch_optional(&self.pool).await.map_err(q("reading subject"))
     }
 
     pub async fn subject_erased(&self, subject_hash: &str) -> Result<bool, CatalogError> {
@@ -351,32 +473,27 @@ impl Catalog {
     /// ends (a no-op UPDATE: a row lock on PostgreSQL, the write lock on SQLite), and
     /// returns its state — `None` when the subject's data was erased (its keyed hash is
     /// recorded, or its row vanished under us because it was being erased).
-    pub(crate) async fn lock_subject(
-        tx: &mut Transaction<'static, Any>,
-        subject: &str,
-        subject_hash: &str,
-        now: i64,
-    ) -> Result<Option<String>, CatalogError> {
+    pub(crate) async fn lock_subject(tx: &mut Transaction<'static, Any>, subject_hash: &str, now: i64) -> Result<Option<String>, CatalogError> {
         sqlx::query("INSERT INTO subjects (id, state, created_at) VALUES ($1, 'subscribed', $2) ON CONFLICT (id) DO NOTHING")
-            .bind(subject)
+            .bind(subject_hash)
             .bind(now)
             .execute(&mut **tx)
             .await
             .map_err(q("adding subject"))?;
-        let locked = sqlx::query("UPDATE subjects SET state = state WHERE id = $1").bind(subject).execute(&mut **tx).await.map_err(q("locking subject"))?;
+        let locked = sqlx::query("UPDATE subjects SET state = state WHERE id = $1").bind(subject_hash).execute(&mut **tx).await.map_err(q("locking subject"))?;
         // Checked after the lock, so an erasure finishing concurrently is seen.
         let erased = erased(&mut **tx, subject_hash).await?;
         if locked.rows_affected() == 0 || erased {
             return Ok(None);
         }
-        let state = sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject).fetch_one(&mut **tx).await.map_err(q("reading subject"))?;
+        let state = sqlx::query_scalar("SELECT state FROM subjects WHERE id = $1").bind(subject_hash).fetch_one(&mut **tx).await.map_err(q("reading subject"))?;
         Ok(Some(state))
     }
 
     /// Marks a subject unsubscribed; false if it already was.
-    pub(crate) async fn mark_unsubscribed(tx: &mut Transaction<'static, Any>, subject: &str, now: i64) -> Result<bool, CatalogError> {
+    pub(crate) async fn mark_unsubscribed(tx: &mut Transaction<'static, Any>, subject_hash: &str, now: i64) -> Result<bool, CatalogError> {
         let r = sqlx::query("UPDATE subjects SET state = 'unsubscribed', unsubscribed_at = $2 WHERE id = $1 AND state = 'subscribed'")
-            .bind(subject)
+            .bind(subject_hash)
             .bind(now)
             .execute(&mut **tx)
             .await
@@ -385,18 +502,13 @@ impl Catalog {
     }
 
     /// Drops an unsubscribed subject that no upload refers to any more, keeping only its
-    /// keyed hash. True when it was dropped.
-    pub(crate) async fn forget_subject_if_done(
-        tx: &mut Transaction<'static, Any>,
-        subject: &str,
-        subject_hash: &str,
-        now: i64,
-    ) -> Result<bool, CatalogError> {
+    /// keyed hash in the erased list. True when it was dropped.
+    pub(crate) async fn forget_subject_if_done(tx: &mut Transaction<'static, Any>, subject_hash: &str, now: i64) -> Result<bool, CatalogError> {
         let r = sqlx::query(
             "DELETE FROM subjects WHERE id = $1 AND state = 'unsubscribed'
              AND NOT EXISTS (SELECT 1 FROM uploads WHERE subject_id = $1)",
         )
-        .bind(subject)
+        .bind(subject_hash)
         .execute(&mut **tx)
         .await
         .map_err(q("forgetting subject"))?;
@@ -414,20 +526,21 @@ impl Catalog {
 
     // ---- uploads --------------------------------------------------------------------
 
-    /// Adds an upload; false if its id or its store+key is already catalogued.
-    pub(crate) async fn insert_upload(tx: &mut Transaction<'static, Any>, u: &Upload) -> Result<bool, CatalogError> {
-        let derived = serde_json::to_string(&u.derived).expect("strings serialise");
+    /// Adds an upload (its keys sealed); false if its id or its store+key is already
+    /// catalogued.
+    pub(crate) async fn insert_upload(&self, tx: &mut Transaction<'static, Any>, u: &Upload) -> Result<bool, CatalogError> {
         let r = sqlx::query(
-            "INSERT INTO uploads (id, subject_id, store, key, class, uploaded_at, state, derived)
-             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7) ON CONFLICT DO NOTHING",
+            "INSERT INTO uploads (id, subject_id, key_names_subject, store, key, class, uploaded_at, state, derived)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8) ON CONFLICT DO NOTHING",
         )
         .bind(&u.id)
-        .bind(&u.subject)
+        .bind(&u.subject_hash)
+        .bind(i64::from(u.key_names_subject))
         .bind(&u.store)
-        .bind(&u.key)
+        .bind(u.key.as_deref().map(|k| self.secret.seal(&u.store, k)))
         .bind(&u.class)
         .bind(u.uploaded_at)
-        .bind(derived)
+        .bind(self.seal_derived(&u.store, &u.derived))
         .execute(&mut **tx)
         .await
         .map_err(q("adding upload"))?;
@@ -440,17 +553,17 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await
             .map_err(q("reading upload"))?;
-        row.as_ref().map(upload_from).transpose()
+        row.as_ref().map(|r| self.upload_from(r)).transpose()
     }
 
-    /// A subject's uploads (all states that still name them: active ones).
-    pub async fn subject_uploads(&self, subject: &str) -> Result<Vec<Upload>, CatalogError> {
+    /// A subject's uploads, by keyed hash (all states that still name them: active ones).
+    pub async fn subject_uploads(&self, subject_hash: &str) -> Result<Vec<Upload>, CatalogError> {
         let rows = sqlx::query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads u WHERE u.subject_id = $1 ORDER BY u.uploaded_at, u.id"))
-            .bind(subject)
+            .bind(subject_hash)
             .fetch_all(&self.pool)
             .await
             .map_err(q("reading uploads"))?;
-        rows.iter().map(upload_from).collect()
+        rows.iter().map(|r| self.upload_from(r)).collect()
     }
 
     // ---- jobs -----------------------------------------------------------------------
@@ -486,15 +599,15 @@ impl Catalog {
         Ok(r.rows_affected())
     }
 
-    /// Queues a job for each active upload of `subject` in `class`.
+    /// Queues a job for each active upload of the subject (by keyed hash) in `class`.
     pub(crate) async fn enqueue_subject_class(
         tx: &mut Transaction<'static, Any>,
-        subject: &str,
+        subject_hash: &str,
         class: &str,
         job: &NewJob<'_>,
         now: i64,
     ) -> Result<u64, CatalogError> {
-        Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.subject_id = $7 AND u.class = $8", &[subject, class]).await
+        Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.subject_id = $7 AND u.class = $8", &[subject_hash, class]).await
     }
 
     /// Queues a job for every active upload of `class`.
@@ -614,9 +727,9 @@ impl Catalog {
                     rule: row.try_get("rule").map_err(get)?,
                     due_at: row.try_get("due_at").map_err(get)?,
                     attempts: row.try_get("attempts").map_err(get)?,
-                    new_key: row.try_get("new_key").map_err(get)?,
+                    new_key: row.try_get::<Option<String>, _>("new_key").map_err(get)?.map(|k| self.unseal(&row.try_get::<String, _>("store").map_err(get)?, &k)).transpose()?,
                     lease: lease.clone(),
-                    upload: upload_from(row)?,
+                    upload: self.upload_from(row)?,
                 })
             })
             .collect()
@@ -639,14 +752,14 @@ impl Catalog {
         sqlx::query("UPDATE jobs SET new_key = $3 WHERE id = $1 AND lease_owner = $2 AND new_key IS NULL")
             .bind(job.id)
             .bind(&job.lease)
-            .bind(key)
+            .bind(self.secret.seal(&job.upload.store, key))
             .execute(&mut *tx)
             .await
             .map_err(q("choosing new key"))?;
         let chosen: Option<String> =
             sqlx::query_scalar("SELECT new_key FROM jobs WHERE id = $1").bind(job.id).fetch_one(&mut *tx).await.map_err(q("reading new key"))?;
         Self::commit(tx).await?;
-        chosen.ok_or_else(|| CatalogError::Corrupt("new key not stored".into()))
+        self.unseal(&job.upload.store, &chosen.ok_or_else(|| CatalogError::Corrupt("new key not stored".into()))?)
     }
 
     /// Marks a job done under its lease. False (and nothing changed) when the lease was
@@ -704,10 +817,12 @@ impl Catalog {
         Ok(())
     }
 
-    pub(crate) async fn mark_anonymised(tx: &mut Transaction<'static, Any>, upload: &str, key: &str, now: i64) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE uploads SET state = 'anonymised', subject_id = NULL, key = $2, derived = '[]', finished_at = $3 WHERE id = $1")
-            .bind(upload)
-            .bind(key)
+    pub(crate) async fn mark_anonymised(&self, tx: &mut Transaction<'static, Any>, upload: &Upload, key: &str, now: i64) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE uploads SET state = 'anonymised', subject_id = NULL, key_names_subject = 0, key = $2, derived = '[]', finished_at = $3 WHERE id = $1",
+        )
+        .bind(&upload.id)
+        .bind(self.secret.seal(&upload.store, key))
             .bind(now)
             .execute(&mut **tx)
             .await

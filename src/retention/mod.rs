@@ -177,7 +177,8 @@ pub struct EventSummary {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Planned {
     pub upload: String,
-    pub subject: Option<String>,
+    /// The subject's keyed hash (the catalog holds no raw ids).
+    pub subject_hash: Option<String>,
     pub class: String,
     pub action: Action,
     pub reason: Reason,
@@ -288,7 +289,7 @@ fn validate_key(id: &str, key: &str) -> Result<(), RetentionError> {
 impl Retention {
     /// Opens the catalog (creating and migrating it).
     pub async fn open(config: RetentionConfig) -> Result<Self, RetentionError> {
-        let catalog = Catalog::open(&config.catalog).await?;
+        let catalog = Catalog::open(&config.catalog, &config.secret).await?;
         let anonymises = config.policy.classes.values().any(|c| c.on_expiry == Action::Anonymise || c.on_unsubscribe == Action::Anonymise);
         let stores = actions::Stores::new(config.store_options.clone());
         let witness = config.audit_witness.clone().map(Witness::new);
@@ -350,6 +351,12 @@ impl Retention {
         &self.inner.catalog
     }
 
+    /// `Some("subscribed" | "unsubscribed")` for a known subject, `None` for an unknown
+    /// or forgotten one.
+    pub async fn subject_state(&self, subject: &str) -> Result<Option<String>, RetentionError> {
+        Ok(self.catalog().subject_state(&self.secret().subject_hash(subject)).await?)
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.inner.config.policy
     }
@@ -381,6 +388,14 @@ impl Retention {
             if u.subject.trim().is_empty() {
                 return Err(RetentionError::InvalidUpload { id: u.id.clone(), message: "empty subject".into() });
             }
+            // Upload ids stay in the audit log after erasure: one that names the person
+            // would outlive their erasure there.
+            if u.id.contains(u.subject.as_str()) {
+                return Err(RetentionError::InvalidUpload {
+                    id: u.id.clone(),
+                    message: "the upload id contains the subject id; upload ids are kept in the audit log after erasure, so they must not name the person".into(),
+                });
+            }
         }
         let mut tx = self.catalog().begin().await?;
         // Each person first, locked for the rest of the transaction: an unsubscribe
@@ -389,7 +404,7 @@ impl Retention {
         // cannot deadlock.
         let subjects: std::collections::BTreeSet<&str> = uploads.iter().map(|u| u.subject.as_str()).collect();
         for subject in subjects {
-            match Catalog::lock_subject(&mut tx, subject, &self.secret().subject_hash(subject), now).await?.as_deref() {
+            match Catalog::lock_subject(&mut tx, &self.secret().subject_hash(subject), now).await?.as_deref() {
                 None => return Err(RetentionError::Erased),
                 Some("subscribed") => {}
                 Some(_) => return Err(RetentionError::Unsubscribed(subject.to_string())),
@@ -398,7 +413,8 @@ impl Retention {
         for u in uploads {
             let row = Upload {
                 id: u.id.clone(),
-                subject: Some(u.subject.clone()),
+                subject_hash: Some(self.secret().subject_hash(&u.subject)),
+                key_names_subject: u.key.contains(u.subject.as_str()),
                 store: u.store.clone(),
                 key: Some(u.key.clone()),
                 class: u.class.clone(),
@@ -406,7 +422,7 @@ impl Retention {
                 state: UploadState::Active,
                 derived: u.derived.clone(),
             };
-            if !Catalog::insert_upload(&mut tx, &row).await? {
+            if !self.catalog().insert_upload(&mut tx, &row).await? {
                 return Err(RetentionError::Duplicate { id: u.id.clone() });
             }
         }
@@ -431,8 +447,8 @@ impl Retention {
         let now = now_ms();
         let hash = self.secret().subject_hash(subject);
         let mut tx = self.catalog().begin().await?;
-        let changed = Catalog::mark_unsubscribed(&mut tx, subject, now).await?;
-        if !changed && self.catalog().subject_state(subject).await?.is_none() {
+        let changed = Catalog::mark_unsubscribed(&mut tx, &hash, now).await?;
+        if !changed && self.catalog().subject_state(&hash).await?.is_none() {
             drop(tx);
             if self.catalog().subject_erased(&hash).await? {
                 return Ok(EventSummary::default());
@@ -447,24 +463,25 @@ impl Retention {
                 None => (rule.on_unsubscribe, Reason::Unsubscribe, now + catalog::ms(rule.grace), format!("{class}.on_unsubscribe")),
             };
             let job = NewJob { action, reason, rule: &name, due_at: due, held: rule.legal_hold };
-            let n = Catalog::enqueue_subject_class(&mut tx, subject, class, &job, now).await?;
+            let n = Catalog::enqueue_subject_class(&mut tx, &hash, class, &job, now).await?;
             if n > 0 {
                 rules.push(format!("{n} {class} → {}{}", action.as_str(), if rule.legal_hold { " (legal hold)" } else { "" }));
             }
             summary.queued += n;
         }
         let detail = if rules.is_empty() { "no active uploads".to_string() } else { rules.join(", ") };
-        let entry = AuditEntry { event, subject_hash: Some(hash), outcome: "queued", detail, ..Default::default() };
+        let entry = AuditEntry { event, subject_hash: Some(hash.clone()), outcome: "queued", detail, ..Default::default() };
         self.commit_audited(tx, &entry, now).await?;
-        self.run_now(Scope::Subject(subject), &mut summary).await?;
-        self.count_open(Scope::Subject(subject), &mut summary).await?;
-        self.forget_finished_subjects(Some(subject)).await?;
+        self.run_now(Scope::Subject(&hash), &mut summary).await?;
+        self.count_open(Scope::Subject(&hash), &mut summary).await?;
+        self.forget_finished_subjects(Some(&hash)).await?;
         Ok(summary)
     }
 
-    /// Deletes unsubscribed subjects (all of them, or just `only`) that no upload names
-    /// any more, keeping their keyed hash so a late upload for them is refused. Each
-    /// deletion is audited.
+    /// Deletes unsubscribed subjects (all of them, or just the one with keyed hash `only`)
+    /// that no upload names any more, keeping their hash in the erased list so a late
+    /// upload for them is refused. Each deletion is audited; afterwards SQLite's WAL is
+    /// emptied so the deleted rows leave no copy there.
     pub(crate) async fn forget_finished_subjects(&self, only: Option<&str>) -> Result<u64, RetentionError> {
         let ids: Vec<String> = match only {
             Some(s) => vec![s.to_string()],
@@ -477,11 +494,10 @@ impl Retention {
             .map_err(catalog::q("finding finished subjects"))?,
         };
         let mut forgotten = 0;
-        for id in ids {
-            let hash = self.secret().subject_hash(&id);
+        for hash in ids {
             let now = now_ms();
             let mut tx = self.catalog().begin().await?;
-            if Catalog::forget_subject_if_done(&mut tx, &id, &hash, now).await? {
+            if Catalog::forget_subject_if_done(&mut tx, &hash, now).await? {
                 let entry = AuditEntry {
                     event: "subject_forgotten",
                     subject_hash: Some(hash),
@@ -494,6 +510,9 @@ impl Retention {
             } else {
                 Catalog::commit(tx).await?;
             }
+        }
+        if forgotten > 0 {
+            self.catalog().truncate_wal().await?;
         }
         Ok(forgotten)
     }
@@ -514,7 +533,7 @@ impl Retention {
         summary.queued = Catalog::enqueue_upload(&mut tx, upload_id, &job, now).await?;
         let entry = AuditEntry {
             event: "erase_upload",
-            subject_hash: upload.subject.as_deref().map(|s| self.secret().subject_hash(s)),
+            subject_hash: upload.subject_hash.clone(),
             upload_id: Some(upload_id.to_string()),
             rule: Some(rule.clone()),
             outcome: "queued",
@@ -598,7 +617,8 @@ impl Retention {
     /// that an export holds exactly one person's data and nothing else.
     pub async fn export(&self, subject: &str, out: &crate::store::Store) -> Result<Export, RetentionError> {
         use sha2::Digest;
-        if self.catalog().subject_state(subject).await?.is_none() {
+        let hash = self.secret().subject_hash(subject);
+        if self.catalog().subject_state(&hash).await?.is_none() {
             return Err(RetentionError::UnknownSubject(subject.to_string()));
         }
         if !out.is_empty().await? {
@@ -606,7 +626,7 @@ impl Retention {
         }
         let now = now_ms();
         let mut export = Export { subject: subject.to_string(), exported_at: now, uploads: Vec::new() };
-        for (n, upload) in self.catalog().subject_uploads(subject).await?.into_iter().enumerate() {
+        for (n, upload) in self.catalog().subject_uploads(&hash).await?.into_iter().enumerate() {
             let Some(key) = upload.key.as_deref() else { continue };
             let store = self.inner.stores.get(&upload.store)?;
             let bytes = store.get(key).await?;
@@ -627,7 +647,7 @@ impl Retention {
         let tx = self.catalog().begin().await?;
         let entry = AuditEntry {
             event: "export",
-            subject_hash: Some(self.secret().subject_hash(subject)),
+            subject_hash: Some(hash),
             outcome: "done",
             detail: format!("{} upload(s) exported", export.uploads.len()),
             ..Default::default()
@@ -668,7 +688,7 @@ impl Retention {
             let reason: String = row.try_get("reason").map_err(err)?;
             items.push(Planned {
                 upload: row.try_get("id").map_err(err)?,
-                subject: row.try_get("subject_id").map_err(err)?,
+                subject_hash: row.try_get("subject_id").map_err(err)?,
                 class: row.try_get("class").map_err(err)?,
                 action: Action::parse(&action).ok_or_else(|| CatalogError::Corrupt(action.clone()))?,
                 reason: Reason::parse(&reason)?,
@@ -696,7 +716,7 @@ impl Retention {
             for row in rows {
                 items.push(Planned {
                     upload: row.try_get("id").map_err(err)?,
-                    subject: row.try_get("subject_id").map_err(err)?,
+                    subject_hash: row.try_get("subject_id").map_err(err)?,
                     class: class.clone(),
                     action: rule.on_expiry,
                     reason: Reason::Expiry,

@@ -189,12 +189,12 @@ pub(crate) async fn execute_all(retention: &Retention, jobs: Vec<Job>) -> Vec<Re
 /// `Ok(None)`: the job changed hands or kind meanwhile; nothing recorded.
 async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String> {
     let result = act(retention, &job).await;
-    let secret = &retention.config().secret;
-    let subject = job.upload.subject.clone();
-    let subject_hash = subject.as_deref().map(|s| secret.subject_hash(s));
+    let subject_hash = job.upload.subject_hash.clone();
     let now = now_ms();
-    // The error as logged and returned: never with the raw subject id.
-    let error = result.as_ref().err().map(|e| super::audit::scrub(&e.to_string(), subject.as_deref(), secret));
+    // Messages as logged, stored and returned: never with a store key in the clear
+    // (keys often name the person, and the audit log keeps what it is given forever).
+    let keys: Vec<&str> = job.upload.key.iter().chain(&job.upload.derived).chain(&job.new_key).map(String::as_str).collect();
+    let error = result.as_ref().err().map(|e| super::audit::scrub(&e.to_string(), &keys));
     let record = async {
         let mut tx = retention.catalog().begin().await?;
         let entry = match &result {
@@ -207,7 +207,7 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                     return Ok::<_, super::RetentionError>(None);
                 }
                 match done {
-                    Done::Anonymised { key, .. } => Catalog::mark_anonymised(&mut tx, &job.upload.id, key, now).await?,
+                    Done::Anonymised { key, .. } => retention.catalog().mark_anonymised(&mut tx, &job.upload, key, now).await?,
                     Done::Purged { .. } | Done::PurgedInstead { .. } => Catalog::mark_purged(&mut tx, &job.upload.id, now).await?,
                 }
                 let entry = AuditEntry {
@@ -216,7 +216,7 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
                     upload_id: Some(job.upload.id.clone()),
                     rule: Some(format!("{} ({})", job.rule, job.reason.as_str())),
                     outcome: done.outcome(),
-                    detail: super::audit::scrub(&done.detail(), subject.as_deref(), secret),
+                    detail: super::audit::scrub(&done.detail(), &keys),
                 };
                 entry
             }
