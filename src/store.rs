@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
@@ -72,9 +72,22 @@ impl Default for StoreOptions {
 /// One listed object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Key relative to the store's location, `/`-separated.
+    /// Key relative to the store's location, `/`-separated, exactly as listed (it may be
+    /// one that [`Store::get`] refuses, such as `../x.jpg` or `a//b.jpg`).
     pub key: String,
     pub size: u64,
+    /// Why this entry is not an object that can be read (a symbolic link, a name that is
+    /// not UTF-8, a folder marker): listed anyway, so that it is reported, not lost.
+    pub problem: Option<Problem>,
+}
+
+/// What is wrong with a listed entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Not an object to process (a symbolic link, a folder marker): skip it, saying why.
+    Skip(String),
+    /// An object that cannot be read: it fails, saying why.
+    Fail(String),
 }
 
 /// A local folder or an S3-compatible bucket prefix.
@@ -189,18 +202,58 @@ impl Store {
         path.parts().skip(prefix_parts).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/")
     }
 
-    /// Every object under the location, streamed page by page (S3 lists 1,000 keys per
-    /// request), in no particular order.
+    /// Every entry under the location, streamed (S3 lists 1,000 keys per request), in no
+    /// particular order. An odd entry never ends the listing: a key that no request can
+    /// address, a name that is not UTF-8 or a symbolic link comes as an [`Entry`] with
+    /// its [`Problem`]. Only a failure of the listing itself (an unreadable folder at the
+    /// root, a failed request) is an error, after which the stream ends.
     pub fn list(&self) -> BoxStream<'static, Result<Entry, StoreError>> {
+        match (&self.local_root, &self.s3) {
+            (Some(root), _) => list_folder(root.clone()),
+            (None, Some(_)) => self.list_s3(),
+            (None, None) => {
+                // Neither a folder nor S3: object_store's own listing.
+                let this = self.clone();
+                let prefix = (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone());
+                self.inner
+                    .list(prefix.as_ref())
+                    .map(move |r| match r {
+                        Ok(meta) => Ok(Entry { key: this.key_of(&meta.location), size: meta.size, problem: None }),
+                        Err(cause) => Err(StoreError::Io { op: "list", key: this.location.clone(), cause }),
+                    })
+                    .boxed()
+            }
+        }
+    }
+
+    /// ListObjectsV2, page by page, with the keys exactly as the bucket holds them
+    /// (object_store's own listing fails a whole page on one key it cannot represent).
+    fn list_s3(&self) -> BoxStream<'static, Result<Entry, StoreError>> {
         let this = self.clone();
-        let prefix = (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone());
-        self.inner
-            .list(prefix.as_ref())
-            .map(move |r| match r {
-                Ok(meta) => Ok(Entry { key: this.key_of(&meta.location), size: meta.size }),
-                Err(cause) => Err(StoreError::Io { op: "list", key: this.location.clone(), cause }),
-            })
-            .boxed()
+        let prefix = if self.prefix.as_ref().is_empty() { String::new() } else { format!("{}/", self.prefix.as_ref()) };
+        futures::stream::try_unfold(Some(None::<String>), move |token| {
+            let (this, prefix) = (this.clone(), prefix.clone());
+            async move {
+                let Some(token) = token else { return Ok(None) };
+                let (s3, _) = this.s3.as_ref().expect("an S3 store");
+                let mut query = vec![("list-type".to_string(), "2".to_string()), ("prefix".to_string(), prefix.clone())];
+                query.extend(token.map(|t| ("continuation-token".to_string(), t)));
+                let body = this.signed(s3, reqwest::Method::GET, &Path::default(), query, "list", &this.location).await?;
+                let page = parse_list_page(&body).map_err(|message| StoreError::Versions { op: "list", key: this.location.clone(), message })?;
+                let entries: Vec<Result<Entry, StoreError>> = page
+                    .keys
+                    .into_iter()
+                    .filter_map(|(key, size)| key.strip_prefix(prefix.as_str()).map(|k| (k.to_string(), size)))
+                    .map(|(key, size)| {
+                        let problem = (key.ends_with('/') && size == 0).then(|| Problem::Skip("a folder marker, not an object".into()));
+                        Ok(Entry { key, size, problem })
+                    })
+                    .collect();
+                Ok(Some((futures::stream::iter(entries), page.next.map(Some))))
+            }
+        })
+        .try_flatten()
+        .boxed()
     }
 
     /// True when the location holds nothing: no object under the prefix, or (for a folder)
@@ -342,6 +395,121 @@ impl Store {
     }
 }
 
+/// Walks a folder on a blocking thread, feeding a bounded channel. Symbolic links are
+/// not followed (they could lead outside the folder, or round in a loop).
+fn list_folder(root: PathBuf) -> BoxStream<'static, Result<Entry, StoreError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Entry, StoreError>>(1024);
+    tokio::task::spawn_blocking(move || {
+        let location = root.display().to_string();
+        let mut stack = vec![(root, String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if rel.is_empty() => {
+                    let _ = tx.blocking_send(Err(StoreError::Open { location: location.clone(), message: e.to_string() }));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Ok(Entry { key: rel, size: 0, problem: Some(Problem::Fail(format!("unreadable folder: {e}"))) }));
+                    continue;
+                }
+            };
+            for entry in entries {
+                let sent = match entry {
+                    Err(e) => tx.blocking_send(Ok(Entry { key: rel.clone(), size: 0, problem: Some(Problem::Fail(format!("unreadable folder entry: {e}"))) })),
+                    Ok(entry) => {
+                        let name = entry.file_name();
+                        let key = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
+                        let kind = entry.file_type();
+                        let problem = match (&kind, name.to_str()) {
+                            (Err(e), _) => Some(Problem::Fail(format!("cannot tell what it is: {e}"))),
+                            (Ok(k), _) if k.is_symlink() => Some(Problem::Skip("a symbolic link (not followed: it could lead outside the source)".into())),
+                            (Ok(_), None) => Some(Problem::Fail("the name is not valid UTF-8, so no key can name it".into())),
+                            (Ok(k), Some(_)) if k.is_dir() => {
+                                stack.push((entry.path(), key));
+                                continue;
+                            }
+                            (Ok(k), Some(_)) if !k.is_file() => Some(Problem::Skip("not a regular file".into())),
+                            // object_store stages writes as `NAME#N` and cannot address such names.
+                            (Ok(_), Some(n)) if n.split_once('#').is_some_and(|(_, d)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) => {
+                                Some(Problem::Skip("named like a partial write (NAME#digits), which the store reserves".into()))
+                            }
+                            _ => None,
+                        };
+                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                        tx.blocking_send(Ok(Entry { key, size, problem }))
+                    }
+                };
+                if sent.is_err() {
+                    return; // the listing was dropped
+                }
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// One ListObjectsV2 page: (key, size) pairs and the continuation token, if truncated.
+struct ListPage {
+    keys: Vec<(String, u64)>,
+    next: Option<String>,
+}
+
+fn parse_list_page(xml: &[u8]) -> Result<ListPage, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut page = ListPage { keys: Vec::new(), next: None };
+    let (mut in_contents, mut text, mut truncated) = (false, String::new(), false);
+    let (mut key, mut size) = (None::<String>, 0u64);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| format!("unreadable answer: {e}"))? {
+            Event::Start(e) => {
+                if e.local_name().as_ref() == b"Contents" {
+                    (in_contents, key, size) = (true, None, 0);
+                }
+                text.clear();
+            }
+            Event::Text(t) => text.push_str(&t.decode().map_err(|e| e.to_string())?),
+            Event::GeneralRef(r) => push_entity(&mut text, &r)?,
+            Event::End(e) => match e.local_name().as_ref() {
+                b"Key" if in_contents => key = Some(std::mem::take(&mut text)),
+                b"Size" if in_contents => size = text.trim().parse().map_err(|_| format!("bad object size {text:?}"))?,
+                b"Contents" => {
+                    in_contents = false;
+                    page.keys.push((key.take().ok_or("an entry without a key")?, size));
+                }
+                b"IsTruncated" => truncated = text.trim() == "true",
+                b"NextContinuationToken" => page.next = Some(std::mem::take(&mut text)),
+                _ => {}
+            },
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if truncated && page.next.is_none() {
+        return Err("a truncated listing without a continuation token".into());
+    }
+    if !truncated {
+        page.next = None;
+    }
+    Ok(page)
+}
+
+/// Appends a character or entity reference (`&amp;`, `&#10;`) to `text`.
+fn push_entity(text: &mut String, r: &quick_xml::events::BytesRef<'_>) -> Result<(), String> {
+    match r.resolve_char_ref().map_err(|e| e.to_string())? {
+        Some(c) => text.push(c),
+        None => {
+            let name = r.decode().map_err(|e| e.to_string())?;
+            let c = quick_xml::escape::resolve_xml_entity(&name).ok_or_else(|| format!("unknown entity &{name};"))?;
+            text.push_str(c);
+        }
+    }
+    Ok(())
+}
+
 /// The version ids (of versions and of delete markers) of exactly `key` in a
 /// `ListObjectVersions` answer.
 fn parse_versions(xml: &[u8], key: &str) -> Result<Vec<String>, String> {
@@ -361,14 +529,7 @@ fn parse_versions(xml: &[u8], key: &str) -> Result<Vec<String>, String> {
             }
             Event::Text(t) => text.push_str(&t.decode().map_err(|e| e.to_string())?),
             // `&amp;` and friends arrive as separate events.
-            Event::GeneralRef(r) => match r.resolve_char_ref().map_err(|e| e.to_string())? {
-                Some(c) => text.push(c),
-                None => {
-                    let name = r.decode().map_err(|e| e.to_string())?;
-                    let c = quick_xml::escape::resolve_xml_entity(&name).ok_or_else(|| format!("unknown entity &{name};"))?;
-                    text.push_str(c);
-                }
-            },
+            Event::GeneralRef(r) => push_entity(&mut text, &r)?,
             Event::End(e) => match e.local_name().as_ref() {
                 b"Key" if in_entry => entry_key = Some(std::mem::take(&mut text)),
                 b"VersionId" if in_entry => entry_version = Some(std::mem::take(&mut text)),

@@ -224,3 +224,35 @@ fn a_second_run_on_the_same_journal_is_refused_and_a_killed_run_keeps_its_report
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>());
 }
+
+/// The review's case: one odd entry in a source folder (a symbolic link loop, a name
+/// that is not UTF-8, a newline in a name) stopped the whole batch with exit 2. Each is
+/// now reported with its reason, and every other photo is anonymised.
+#[cfg(unix)]
+#[test]
+fn odd_entries_in_a_folder_are_reported_and_never_stop_the_batch() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let keys = small_photos(&src, 6);
+    let photo = std::fs::read(src.join(&keys[0])).unwrap();
+    std::os::unix::fs::symlink("..", src.join("d0/loop")).unwrap();
+    std::os::unix::fs::symlink("/etc", src.join("outside")).unwrap();
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xffname.jpg")), &photo).unwrap();
+    std::fs::write(src.join("new\nline.jpg"), &photo).unwrap();
+    let report = tmp.path().join("report.jsonl");
+    let out = run(batch(&src, &dst).arg("--report").arg(&report));
+    assert_eq!(out.status.code(), Some(1), "two photos could not be read: exit 1, not 2");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let status = |key: &str| lines.iter().find(|l| l["key"] == key).map(|l| l["status"].as_str().unwrap().to_string());
+    for k in &keys {
+        assert_eq!(status(k).as_deref(), Some("done"), "{k}: {lines:?}");
+    }
+    assert_eq!(status("d0/loop").as_deref(), Some("skipped"), "{lines:?}");
+    assert_eq!(status("outside").as_deref(), Some("skipped"), "links are not followed out of the source");
+    assert_eq!(status("bad\u{fffd}name.jpg").as_deref(), Some("failed"));
+    assert_eq!(status("new\nline.jpg").as_deref(), Some("failed"));
+    assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>(), "nothing else written, nothing from /etc");
+    // Each failure is one line on stderr, the newline escaped.
+    assert!(stderr(&out).contains("error: new\\nline.jpg:"), "{}", stderr(&out));
+}

@@ -298,3 +298,61 @@ fn purge_removes_every_version_on_a_versioned_bucket_and_retention_relies_on_it(
     assert_eq!(stored_versions(ep, "versioned", "up/alice/1.jpg.bak"), 1);
     assert_eq!(stored_versions(ep, "versioned", "up/bob/1.jpg"), 2);
 }
+
+/// PUTs `body` at exactly `path` (no URL normalisation: `.` and `..` segments go through
+/// as written), the way any S3 client may have stored an odd key.
+fn raw_put(endpoint: &str, path: &str, body: &[u8]) {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    conn.write_all(body).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "PUT {path}: {}", answer.lines().next().unwrap_or_default());
+}
+
+/// The review's case: keys `.`, `../x.jpg`, `dir//x.jpg` and a `tail/` folder marker
+/// stopped a whole batch (exit 2, nothing after them), and `tail/` failed on every run.
+/// Each is now reported with its reason while every other object is processed.
+#[test]
+fn odd_keys_are_reported_one_by_one_and_never_stop_the_batch() {
+    let Some(server) = moto() else { return };
+    create_bucket(&server.endpoint, "odd");
+    let photo = small_photo();
+    for key in ["good/1.jpg", ".", "../x.jpg", "dir//x.jpg", "good/2.jpg", "%2E%2E/y.jpg"] {
+        raw_put(&server.endpoint, &format!("/odd/{key}"), &photo);
+    }
+    raw_put(&server.endpoint, "/odd/tail/", b"");
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report.jsonl");
+    let batch = |report: &std::path::Path| {
+        let mut cmd = obscura();
+        s3_env(&mut cmd, &server.endpoint)
+            .args(["batch", "s3://odd", "s3://odd-out", "--targets", "face", "--journal"])
+            .arg(tmp.path().join("j.sqlite"))
+            .arg("--report")
+            .arg(report);
+        cmd
+    };
+    create_bucket(&server.endpoint, "odd-out");
+    let out = run(&mut batch(&report));
+    assert_eq!(out.status.code(), Some(1), "some objects could not be anonymised: exit 1, not 2");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let status = |key: &str| lines.iter().find(|l| l["key"] == key).map(|l| l["status"].as_str().unwrap().to_string());
+    assert_eq!(status("good/1.jpg").as_deref(), Some("done"), "{lines:?}");
+    assert_eq!(status("good/2.jpg").as_deref(), Some("done"));
+    for odd in [".", "../x.jpg", "dir//x.jpg"] {
+        assert_eq!(status(odd).as_deref(), Some("failed"), "{odd}: {lines:?}");
+    }
+    assert_eq!(status("tail/").as_deref(), Some("skipped"), "a folder marker is not an object");
+    let dst = Store::open("s3://odd-out", &options(&server.endpoint)).unwrap();
+    let written = list_keys(&dst);
+    assert!(written.contains("good/1.jpg") && written.contains("good/2.jpg"), "{written:?}");
+    assert!(!written.iter().any(|k| k.contains("..")), "nothing written outside the prefix: {written:?}");
+    // The next run retries the failures but no longer trips over the folder marker.
+    let out = run(&mut batch(&tmp.path().join("report2.jsonl")));
+    assert_eq!(out.status.code(), Some(1));
+    let again = std::fs::read_to_string(tmp.path().join("report2.jsonl")).unwrap();
+    assert!(!again.contains("\"tail/\""), "{again}");
+}

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::journal::{Counts, Journal, JournalError, Outcome};
 use crate::pipeline::Anonymizer;
-use crate::store::{Store, StoreError};
+use crate::store::{Entry, Problem, Store, StoreError};
 
 /// Where journals live inside a local destination (never listed as input).
 pub const JOURNAL_DIR: &str = ".obscura";
@@ -163,7 +163,7 @@ pub async fn run(
     let mut already_done = 0u64;
     // Keys to do, lazily: listing errors stop the run (a partial listing would look done).
     let mut listing = src.list();
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(options.in_flight.max(1) * 4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Entry>(options.in_flight.max(1) * 4);
     let lister = async {
         while let Some(entry) = listing.next().await {
             let entry = entry?;
@@ -175,7 +175,7 @@ pub async fn run(
                 continue;
             }
             on_listed(&entry.key);
-            if tx.send(entry.key).await.is_err() {
+            if tx.send(entry).await.is_err() {
                 break;
             }
         }
@@ -185,10 +185,16 @@ pub async fn run(
     let worker = async {
         let mut rx = rx;
         let mut work = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(|key| async move {
+            .map(|entry: Entry| async move {
                 let t = Instant::now();
-                let outcome = process(anonymizer, src, dst, &key, options.in_place).await;
-                ObjectReport { key, outcome, ms: t.elapsed().as_secs_f64() * 1000.0 }
+                // An odd entry (a link, an unusable name, a folder marker) is reported
+                // with its reason, and the rest go on.
+                let outcome = match entry.problem {
+                    Some(Problem::Skip(reason)) => Outcome::Skipped { reason },
+                    Some(Problem::Fail(error)) => Outcome::Failed { error },
+                    None => process(anonymizer, src, dst, &entry.key, options.in_place).await,
+                };
+                ObjectReport { key: entry.key, outcome, ms: t.elapsed().as_secs_f64() * 1000.0 }
             })
             .buffer_unordered(options.in_flight.max(1));
         while let Some(report) = work.next().await {

@@ -75,7 +75,8 @@ pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
             return Err(anyhow::Error::new(e).context("writing the report"));
         }
         for (key, error) in &summary.failures {
-            eprintln!("error: {key}: {error}");
+            // Keys may hold newlines and other control characters: one line per failure.
+            eprintln!("error: {}: {}", key.escape_debug(), error.escape_debug());
         }
         if !quiet {
             let n = summary.this_run;
