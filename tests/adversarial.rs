@@ -131,25 +131,6 @@ fn a_jpeg_with_another_file_appended_is_anonymised_and_a_cut_one_is_refused() {
     assert!(!tmp.path().join("cut.out.jpg").exists());
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut out = (data.len() as u32).to_be_bytes().to_vec();
-    out.extend(kind);
-    out.extend(data);
-    out.extend(crc32(&[kind.as_slice(), data].concat()).to_be_bytes());
-    out
-}
-
 /// A two-frame APNG: the first frame is the face photo, the second the same photo.
 fn apng(img: &image::RgbImage) -> Vec<u8> {
     let mut png = Vec::new();
@@ -190,16 +171,6 @@ fn apng(img: &image::RgbImage) -> Vec<u8> {
             }
             _ => out.extend(png_chunk(kind.as_slice().try_into().unwrap(), data)),
         }
-    }
-    out
-}
-
-fn riff_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut out = kind.to_vec();
-    out.extend((data.len() as u32).to_le_bytes());
-    out.extend(data);
-    if data.len() % 2 == 1 {
-        out.push(0);
     }
     out
 }

@@ -249,3 +249,258 @@ fn keep_metadata_never_keeps_the_thumbnail_gps_serials_or_xmp() {
         assert!(!contains(&bytes, secret), "XMP, IPTC, comments and serials are never kept");
     }
 }
+
+// ---- every kind of metadata, every container, every output mode -------------------------
+//
+// `scripts/check-metadata` runs this with its table printed. Each input carries every kind
+// of metadata its container can hold, each with a secret; each output is parsed
+// container by container, and anything but what the README allows fails the check.
+
+const SECRETS: [&str; 8] = ["SECRET-GPS", "SECRET-XMP", "SECRET-IPTC", "SECRET-COM", "SECRET-TEXT", "SECRET-ZTXT", "SECRET-SERIAL", "SECRET-MPF"];
+
+/// A zlib stream of stored (uncompressed) blocks: enough for iCCP/zTXt without a deflater.
+fn zlib_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x78, 0x01];
+    let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(65_535).collect() };
+    for (i, c) in chunks.iter().enumerate() {
+        out.push(u8::from(i + 1 == chunks.len()));
+        out.extend((c.len() as u16).to_le_bytes());
+        out.extend((!(c.len() as u16)).to_le_bytes());
+        out.extend(*c);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in data {
+        a = (a + u32::from(x)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    out.extend(((b << 16) | a).to_be_bytes());
+    out
+}
+
+/// A small JPEG of the un-redacted face: what a MakerNote preview or an MPF image holds.
+fn face_preview() -> Vec<u8> {
+    let upright = load_rgb(&eval_image(ONE_FACE));
+    let face = upright.view(ONE_FACE_BOX.x, ONE_FACE_BOX.y, ONE_FACE_BOX.w, ONE_FACE_BOX.h).to_image();
+    let mut preview = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut preview, 85)
+        .write_image(face.as_raw(), face.width(), face.height(), image::ExtendedColorType::Rgb8)
+        .unwrap();
+    preview
+}
+
+fn hostile_exif(preview: &[u8]) -> Vec<u8> {
+    let ascii = |tag, s: &str| Field { tag, ifd_num: In::PRIMARY, value: Value::Ascii(vec![s.as_bytes().to_vec()]) };
+    let rational = |n: u32| exif::Rational { num: n, denom: 1 };
+    let fields = [
+        ascii(Tag::Make, "ObscuraTestCam"),
+        ascii(Tag::DateTimeOriginal, "2026:11:30 10:00:00"),
+        Field { tag: Tag::FNumber, ifd_num: In::PRIMARY, value: Value::Rational(vec![rational(4)]) },
+        ascii(Tag::BodySerialNumber, "SECRET-SERIAL"),
+        ascii(Tag::GPSAreaInformation, "SECRET-GPS"),
+        Field { tag: Tag::GPSLatitude, ifd_num: In::PRIMARY, value: Value::Rational(vec![rational(52), rational(31), rational(12)]) },
+        Field { tag: Tag::MakerNote, ifd_num: In::PRIMARY, value: Value::Undefined(preview.to_vec(), 0) },
+        Field { tag: Tag::UserComment, ifd_num: In::PRIMARY, value: Value::Undefined(b"ASCII\0\0\0SECRET-COM".to_vec(), 0) },
+    ];
+    exif_block(&fields, Some(preview))
+}
+
+const XMP: &str = "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:Description photoshop:City=\"SECRET-XMP\"/></x:xmpmeta>";
+
+/// A JPEG with EXIF (GPS, serial, MakerNote preview, thumbnail), XMP, IPTC, an ICC
+/// profile with a private tag, a comment, and an MPF second image after the first.
+fn hostile_jpeg(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
+    let jpeg = jpeg_with_exif(img, hostile_exif(preview));
+    let icc = icc_with_payload(preview);
+    let segments = [
+        (0xE1, [b"http://ns.adobe.com/xap/1.0/\0".as_slice(), XMP.as_bytes()].concat()),
+        (0xED, [b"Photoshop 3.0\0".as_slice(), b"8BIM\x04\x04\0\0\0\0\0\x0bSECRET-IPTC"].concat()),
+        (0xE2, [b"ICC_PROFILE\0\x01\x01".as_slice(), &icc].concat()),
+        (0xE2, [b"MPF\0MM\0\x2a\0\0\0\x08".as_slice(), b"SECRET-MPF"].concat()),
+        (0xFE, b"SECRET-COM".to_vec()),
+    ];
+    [insert_segments(&jpeg, &segments), preview.to_vec()].concat()
+}
+
+/// A PNG with tEXt, zTXt, iTXt (XMP), eXIf, iCCP (with a private tag) and tIME chunks.
+fn hostile_png(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut plain), image::ImageFormat::Png).unwrap();
+    let ihdr_end = 8 + 12 + 13;
+    let extra = [
+        png_chunk(b"tEXt", b"Comment\0SECRET-TEXT"),
+        png_chunk(b"zTXt", &[b"Author\0\0".as_slice(), &zlib_stored(b"SECRET-ZTXT")].concat()),
+        png_chunk(b"iTXt", &[b"XML:com.adobe.xmp\0\0\0\0\0".as_slice(), XMP.as_bytes()].concat()),
+        png_chunk(b"eXIf", &hostile_exif(preview)),
+        png_chunk(b"iCCP", &[b"hostile\0\0".as_slice(), &zlib_stored(&icc_with_payload(preview))].concat()),
+        png_chunk(b"tIME", &[0x07, 0xEA, 11, 30, 10, 0, 0]),
+    ]
+    .concat();
+    [&plain[..ihdr_end], &extra, &plain[ihdr_end..]].concat()
+}
+
+/// A WebP (extended format) with ICCP, EXIF and XMP chunks.
+fn hostile_webp(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut plain), image::ImageFormat::WebP).unwrap();
+    let vp8l_len = u32::from_le_bytes(plain[16..20].try_into().unwrap()) as usize;
+    let vp8l = riff_chunk(b"VP8L", &plain[20..20 + vp8l_len]);
+    let u24 = |v: u32| v.to_le_bytes()[..3].to_vec();
+    let vp8x = [vec![0x20 | 0x08 | 0x04, 0, 0, 0], u24(img.width() - 1), u24(img.height() - 1)].concat();
+    let body = [
+        b"WEBP".to_vec(),
+        riff_chunk(b"VP8X", &vp8x),
+        riff_chunk(b"ICCP", &icc_with_payload(preview)),
+        vp8l,
+        riff_chunk(b"EXIF", &hostile_exif(preview)),
+        riff_chunk(b"XMP ", XMP.as_bytes()),
+    ]
+    .concat();
+    riff_chunk(b"RIFF", &body)
+}
+
+/// The containers' metadata in an output: what is there, or what should not be.
+fn audit_output(bytes: &[u8], keep: bool, preview: &[u8]) -> Result<String, String> {
+    let mut kept = Vec::new();
+    let deny = |what: String| Err::<(), String>(what);
+    let format = image::guess_format(bytes).map_err(|e| e.to_string())?;
+    match format {
+        image::ImageFormat::Jpeg => {
+            let mut i = 2;
+            loop {
+                let (marker, len) = (bytes[i + 1], u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize);
+                let payload = &bytes[i + 4..i + 2 + len];
+                match marker {
+                    0xDA => break,
+                    0xE0 if payload.starts_with(b"JFIF\0") => {}
+                    0xE1 if keep && payload.starts_with(b"Exif\0\0") => kept.push("EXIF".to_string()),
+                    0xE2 if keep && payload.starts_with(b"ICC_PROFILE\0") => kept.push("ICC".to_string()),
+                    0xDB | 0xC4 | 0xC0..=0xC3 | 0xDD => {}
+                    m => deny(format!("JPEG segment {m:#04x} ({:?})", String::from_utf8_lossy(&payload[..payload.len().min(12)])))?,
+                }
+                i += 2 + len;
+            }
+            if bytes.windows(3).filter(|w| *w == [0xFF, 0xD8, 0xFF]).count() != 1 || !bytes.ends_with(&[0xFF, 0xD9]) {
+                deny("a second image or trailing data in the JPEG".into())?;
+            }
+        }
+        image::ImageFormat::Png => {
+            let mut i = 8;
+            while i < bytes.len() {
+                let len = u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+                match &bytes[i + 4..i + 8] {
+                    b"IHDR" | b"PLTE" | b"tRNS" | b"IDAT" | b"IEND" => {}
+                    b"eXIf" if keep => kept.push("EXIF".into()),
+                    b"iCCP" if keep => kept.push("ICC".into()),
+                    other => deny(format!("PNG chunk {}", String::from_utf8_lossy(other)))?,
+                }
+                i += 12 + len;
+            }
+        }
+        image::ImageFormat::WebP => {
+            let mut i = 12;
+            while i + 8 <= bytes.len() {
+                let len = u32::from_le_bytes(bytes[i + 4..i + 8].try_into().unwrap()) as usize;
+                match &bytes[i..i + 4] {
+                    b"VP8 " | b"VP8L" | b"VP8X" | b"ALPH" => {}
+                    b"EXIF" if keep => kept.push("EXIF".into()),
+                    b"ICCP" if keep => kept.push("ICC".into()),
+                    other => deny(format!("WebP chunk {}", String::from_utf8_lossy(other)))?,
+                }
+                i += 8 + len + len % 2;
+            }
+        }
+        other => deny(format!("unexpected format {other:?}"))?,
+    }
+    if let Ok(parsed) = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)) {
+        for f in parsed.fields() {
+            if !(obscura::image_io::EXIF_ALLOWLIST.contains(&f.tag) || matches!(f.tag, Tag::Orientation | Tag::ExifIFDPointer)) {
+                deny(format!("EXIF tag {} kept", f.tag))?;
+            }
+        }
+        kept.push(format!("{} EXIF fields", parsed.fields().count()));
+    }
+    let mut decoder = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().unwrap().into_decoder().unwrap();
+    if let Some(icc) = image::ImageDecoder::icc_profile(&mut decoder).unwrap() {
+        if obscura::image_io::sanitize_icc(&icc).as_deref() != Some(icc.as_slice()) {
+            deny("an ICC profile that is not a rebuilt one".into())?;
+        }
+        kept.push(format!("ICC {} B", icc.len()));
+    }
+    for secret in SECRETS {
+        if contains(bytes, secret.as_bytes()) {
+            deny(format!("{secret} survived"))?;
+        }
+    }
+    if contains(bytes, &preview[preview.len() - 100..preview.len() - 40]) {
+        deny("the face preview survived".into())?;
+    }
+    Ok(if kept.is_empty() { "nothing".into() } else { kept.join(", ") })
+}
+
+#[test]
+fn every_kind_of_metadata_in_every_output_mode_leaves_only_the_allowlist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image::imageops::thumbnail(&load_rgb(&eval_image(ONE_FACE)), 512, 354);
+    let preview = face_preview();
+    let inputs = [("hostile.jpg", hostile_jpeg(&img, &preview)), ("hostile.png", hostile_png(&img, &preview)), ("hostile.webp", hostile_webp(&img, &preview))];
+    let in_dir = tmp.path().join("in");
+    std::fs::create_dir_all(&in_dir).unwrap();
+    for (name, bytes) in &inputs {
+        // Sanity: each input really carries its secrets and the preview.
+        assert!(contains(bytes, b"SECRET-XMP") && contains(bytes, &preview[preview.len() - 100..preview.len() - 40]), "{name}");
+        // …and the checker sees it: the inputs themselves fail the audit, kept or not.
+        for keep in [false, true] {
+            assert!(audit_output(bytes, keep, &preview).is_err(), "{name}: the audit misses the input's own metadata");
+        }
+        std::fs::write(in_dir.join(name), bytes).unwrap();
+    }
+    let mut failures = Vec::new();
+    let mut check = |mode: &str, input: &str, output: &std::path::Path, keep: bool| {
+        let verdict = std::fs::read(output).map_err(|e| e.to_string()).and_then(|b| audit_output(&b, keep, &preview));
+        println!("{:<28} {:<14} {:<6} {}", mode, input, if keep { "keep" } else { "strip" }, match &verdict {
+            Ok(kept) => format!("ok: {kept}"),
+            Err(e) => format!("LEAK: {e}"),
+        });
+        if let Err(e) = verdict {
+            failures.push(format!("{mode} {input} keep={keep}: {e}"));
+        }
+    };
+    println!("{:<28} {:<14} {:<6} kept", "mode", "input", "");
+    for keep in [false, true] {
+        for (name, _) in &inputs {
+            for ext in ["jpg", "png", "webp"] {
+                let output = tmp.path().join(format!("{name}.{keep}.{ext}"));
+                let mut cmd = obscura();
+                cmd.args(["anonymise", "-q", "--targets", "face"]).arg(in_dir.join(name)).arg("-o").arg(&output);
+                if keep {
+                    cmd.arg("--keep-metadata");
+                }
+                assert!(run(&mut cmd).status.success(), "{name} -> {ext}");
+                check(&format!("anonymise -o .{ext}"), name, &output, keep);
+            }
+            // stdout
+            let mut cmd = obscura();
+            cmd.args(["anonymise", "-q", "--targets", "face", "-"]).stdin(std::fs::File::open(in_dir.join(name)).unwrap());
+            if keep {
+                cmd.arg("--keep-metadata");
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success());
+            let piped = tmp.path().join(format!("{name}.{keep}.stdout"));
+            std::fs::write(&piped, &out.stdout).unwrap();
+            check("anonymise - (stdout)", name, &piped, keep);
+        }
+        // Batch over a folder.
+        let dst = tmp.path().join(format!("batch-{keep}"));
+        let mut cmd = obscura();
+        cmd.args(["batch", "-q", "--targets", "face"]).arg(&in_dir).arg(&dst);
+        if keep {
+            cmd.arg("--keep-metadata");
+        }
+        assert!(run(&mut cmd).status.success());
+        for (name, _) in &inputs {
+            check("batch (folder)", name, &dst.join(name), keep);
+        }
+    }
+    assert!(failures.is_empty(), "metadata survived:\n{}", failures.join("\n"));
+}
