@@ -904,3 +904,16 @@ fn malformed_policy_is_refused_naming_the_line() {
     assert!(err.contains("line 4") && err.contains("p.toml"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// A witness that cannot be created (here: its folder is a file) stops `retention` from
+/// starting rather than running without the truncation check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_that_cannot_be_written_is_refused_at_start() {
+    let db = Db::sqlite();
+    let blocker = db.dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"").unwrap();
+    let mut config = RetentionConfig::new(&db.url, Policy::parse(POLICY).unwrap(), secret());
+    config.audit_witness = Some(blocker.join("audit.witness"));
+    let opened = Retention::open(config).await;
+    assert!(matches!(opened, Err(RetentionError::Witness(_))), "{opened:?}");
+}
