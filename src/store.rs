@@ -457,8 +457,15 @@ fn list_folder(root: PathBuf) -> BoxStream<'static, Result<Entry, StoreError>> {
                                 continue;
                             }
                             (Ok(k), Some(_)) if !k.is_file() => Some(Problem::Skip("not a regular file".into())),
-                            // object_store stages writes as `NAME#N` and cannot address such names.
+                            // object_store stages writes as `NAME#N` and cannot address such
+                            // names: one beside its NAME is a write in progress (an in-place
+                            // batch writing into the folder it lists) and is not listed;
+                            // any other is reported.
                             (Ok(_), Some(n)) if n.split_once('#').is_some_and(|(_, d)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) => {
+                                let stem = n.split_once('#').map_or(n, |(stem, _)| stem);
+                                if dir.join(stem).is_file() {
+                                    continue;
+                                }
                                 Some(Problem::Skip("named like a partial write (NAME#digits), which the store reserves".into()))
                             }
                             _ => None,

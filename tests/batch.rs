@@ -240,6 +240,10 @@ fn odd_entries_in_a_folder_are_reported_and_never_stop_the_batch() {
     std::os::unix::fs::symlink("/etc", src.join("outside")).unwrap();
     std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xffname.jpg")), &photo).unwrap();
     std::fs::write(src.join("new\nline.jpg"), &photo).unwrap();
+    // A store's write in progress beside its object (an in-place run) is not an entry;
+    // a lone name of that shape is reported.
+    std::fs::write(src.join(format!("{}#12", keys[1])), &photo).unwrap();
+    std::fs::write(src.join("lonely.jpg#7"), &photo).unwrap();
     let report = tmp.path().join("report.jsonl");
     let out = run(batch(&src, &dst).arg("--report").arg(&report));
     assert_eq!(out.status.code(), Some(1), "two photos could not be read: exit 1, not 2");
@@ -252,6 +256,8 @@ fn odd_entries_in_a_folder_are_reported_and_never_stop_the_batch() {
     assert_eq!(status("outside").as_deref(), Some("skipped"), "links are not followed out of the source");
     assert_eq!(status("bad\u{fffd}name.jpg").as_deref(), Some("failed"));
     assert_eq!(status("new\nline.jpg").as_deref(), Some("failed"));
+    assert_eq!(status("lonely.jpg#7").as_deref(), Some("skipped"));
+    assert_eq!(status(&format!("{}#12", keys[1])), None, "{lines:?}");
     assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>(), "nothing else written, nothing from /etc");
     // Each failure is one line on stderr, the newline escaped.
     assert!(stderr(&out).contains("error: new\\nline.jpg:"), "{}", stderr(&out));
