@@ -227,3 +227,20 @@ fn temporary_files_of_a_killed_run_are_cleaned_up_by_the_next() {
     assert!(!stale.exists(), "a stale temporary file was left");
     assert_eq!(tree(&out_dir), ["a.jpg"]);
 }
+
+/// Padding between JPEG segments (some writers emit it; libjpeg skips it) is not an error.
+#[test]
+fn stray_bytes_between_jpeg_segments_are_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    // After SOI and the first segment.
+    let first_len = u16::from_be_bytes([jpeg[4], jpeg[5]]) as usize;
+    let cut = 4 + first_len;
+    let padded = [&jpeg[..cut], &[0u8; 4][..], &jpeg[cut..]].concat();
+    let input = tmp.path().join("padded.jpg");
+    std::fs::write(&input, padded).unwrap();
+    let output = tmp.path().join("out.jpg");
+    let out = run(anonymise().arg(&input).arg("-o").arg(&output));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &load_rgb(&output), ONE_FACE_BOX) > 15.0);
+}

@@ -299,12 +299,19 @@ async fn unreachable_store_is_retried_then_reported_overdue(db: Db) {
     assert_audit_clean(&r, &["hana"]).await;
 }
 
-async fn audit_verify_detects_tampering(db: Db) {
-    let (_dir, store) = folder_with(&["i/1.jpg", "i/2.jpg", "j/1.jpg"]);
-    let r = open(&db, POLICY).await;
+/// A catalog with a few audited events: two people's uploads, one person unsubscribed
+/// and the other erased.
+async fn with_history(db: &Db) -> (TempDir, Retention) {
+    let (dir, store) = folder_with(&["i/1.jpg", "i/2.jpg", "j/1.jpg"]);
+    let r = open(db, POLICY).await;
     r.register_many(&[upload("i1", "ivan", &store, "i/1.jpg", "photo"), upload("i2", "ivan", &store, "i/2.jpg", "photo"), upload("j1", "jo", &store, "j/1.jpg", "photo")]).await.unwrap();
     r.unsubscribe("ivan").await.unwrap();
     r.erase_subject("jo").await.unwrap();
+    (dir, r)
+}
+
+async fn audit_verify_detects_tampering(db: Db) {
+    let (_dir, r) = with_history(&db).await;
     let records = r.verify_audit().await.unwrap().records;
     assert!(records >= 7, "{records}");
 
@@ -329,11 +336,7 @@ async fn audit_verify_detects_tampering(db: Db) {
 /// at the new last record. The chain alone is still consistent; the witness outside the
 /// catalog is not fooled.
 async fn audit_verify_detects_truncation_by_the_database_owner(db: Db) {
-    let (_dir, store) = folder_with(&["t/1.jpg", "t/2.jpg", "u/1.jpg"]);
-    let r = open(&db, POLICY).await;
-    r.register_many(&[upload("t1", "tina", &store, "t/1.jpg", "photo"), upload("t2", "tina", &store, "t/2.jpg", "photo"), upload("u1", "uma", &store, "u/1.jpg", "photo")]).await.unwrap();
-    r.unsubscribe("tina").await.unwrap();
-    r.erase_subject("uma").await.unwrap();
+    let (_dir, r) = with_history(&db).await;
     let records = r.verify_audit().await.unwrap();
     assert!(records.intact() && records.records >= 6, "{records:?}");
     let pool = r.catalog().pool_for_tests();

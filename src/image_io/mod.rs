@@ -300,7 +300,8 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<(), &'static str> {
                     }
                 }
             }
-            _ => return Err("bytes between segments where a marker should be"),
+            // Stray bytes between segments (some writers pad): skipped, as libjpeg does.
+            _ => i += 1,
         }
     }
 }
