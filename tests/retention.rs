@@ -80,6 +80,7 @@ on_both_databases!(
     concurrent_registration_cannot_outlive_an_unsubscribe,
     audit_verify_detects_truncation_by_the_database_owner,
     a_forgotten_subject_leaves_no_trace_on_disk,
+    audit_verify_detects_a_catalog_rolled_back_to_an_older_copy,
     status_reports_expiries_no_scheduler_has_queued_as_overdue,
 );
 
@@ -695,20 +696,29 @@ fn the_export_command_refuses_a_folder_holding_another_export() {
 
 /// Putting back an older copy of the catalog (a backup, a snapshot) rolls the log back
 /// to a shorter, consistent chain; the witness catches it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn audit_verify_detects_a_catalog_rolled_back_to_an_older_copy() {
-    let db = Db::sqlite();
+async fn audit_verify_detects_a_catalog_rolled_back_to_an_older_copy(db: Db) {
     let (_dir, store) = folder_with(&["w/1.jpg", "w/2.jpg"]);
     let r = open(&db, POLICY).await;
     r.register(&upload("w1", "wes", &store, "w/1.jpg", "photo")).await.unwrap();
     r.erase_upload("w1").await.unwrap();
-    let backup = db.dir.path().join("backup.sqlite");
-    sqlx::query(&format!("VACUUM INTO '{}'", backup.display())).execute(r.catalog().pool_for_tests()).await.unwrap();
+    let backup = if db.url.starts_with("postgres") {
+        // A copy made from the database as a template (which needs it idle).
+        r.catalog().pool_for_tests().close().await;
+        let (server, name) = db.url.rsplit_once('/').unwrap();
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}_backup TEMPLATE {name}")).execute(&mut admin).await.unwrap();
+        format!("{server}/{name}_backup")
+    } else {
+        let path = db.dir.path().join("backup.sqlite");
+        sqlx::query(&format!("VACUUM INTO '{}'", path.display())).execute(r.catalog().pool_for_tests()).await.unwrap();
+        path.display().to_string()
+    };
+    let r = open(&db, POLICY).await;
     r.register(&upload("w2", "wes", &store, "w/2.jpg", "photo")).await.unwrap();
     r.unsubscribe("wes").await.unwrap();
     assert!(r.verify_audit().await.unwrap().intact());
     // The restored copy is intact on its own, but older than what the witness saw.
-    let restored = open_at(&backup.display().to_string(), &db, POLICY).await;
+    let restored = open_at(&backup, &db, POLICY).await;
     let verdict = restored.verify_audit().await.unwrap();
     assert!(!verdict.intact(), "a rolled-back catalog passed: {verdict:?}");
     assert!(verdict.problem.as_deref().unwrap().contains("rolled back"), "{verdict:?}");
