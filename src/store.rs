@@ -206,32 +206,15 @@ impl Store {
         Ok(self.prefix.parts().chain(rel.parts()).collect())
     }
 
-    fn key_of(&self, path: &Path) -> String {
-        let prefix_parts = self.prefix.parts().count();
-        path.parts().skip(prefix_parts).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/")
-    }
-
     /// Every entry under the location, streamed (S3 lists 1,000 keys per request), in no
     /// particular order. An odd entry never ends the listing: a key that no request can
     /// address, a name that is not UTF-8 or a symbolic link comes as an [`Entry`] with
     /// its [`Problem`]. Only a failure of the listing itself (an unreadable folder at the
     /// root, a failed request) is an error, after which the stream ends.
     pub fn list(&self) -> BoxStream<'static, Result<Entry, StoreError>> {
-        match (&self.local_root, &self.s3) {
-            (Some(root), _) => list_folder(root.clone()),
-            (None, Some(_)) => self.list_s3(),
-            (None, None) => {
-                // Neither a folder nor S3: object_store's own listing.
-                let this = self.clone();
-                let prefix = (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone());
-                self.inner
-                    .list(prefix.as_ref())
-                    .map(move |r| match r {
-                        Ok(meta) => Ok(Entry { key: this.key_of(&meta.location), size: meta.size, problem: None }),
-                        Err(cause) => Err(StoreError::Io { op: "list", key: this.location.clone(), cause }),
-                    })
-                    .boxed()
-            }
+        match &self.local_root {
+            Some(root) => list_folder(root.clone()),
+            None => self.list_s3(),
         }
     }
 
