@@ -25,7 +25,11 @@ type HmacSha256 = Hmac<Sha256>;
 /// The per-deployment secret (at least 32 bytes). Keep it out of the database: whoever
 /// has both can test guesses of subject ids against the log.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub struct Secret {
+    key: Vec<u8>,
+    /// The AES-SIV key for sealing store keys, derived once from `key`.
+    seal_key: [u8; 64],
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,7 +49,16 @@ pub enum SecretError {
 impl Secret {
     /// Wraps raw bytes (at least 32).
     pub fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
-        (bytes.len() >= 32).then_some(Self(bytes))
+        if bytes.len() < 32 {
+            return None;
+        }
+        let mut seal_key = [0u8; 64];
+        for (half, label) in seal_key.chunks_exact_mut(32).zip([b"obscura seal 1\0", b"obscura seal 2\0"]) {
+            let mut mac = HmacSha256::new_from_slice(&bytes).expect("HMAC takes keys of any length");
+            mac.update(label);
+            half.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        Some(Self { key: bytes, seal_key })
     }
 
     /// Reads a secret file.
@@ -82,7 +95,7 @@ impl Secret {
     }
 
     fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+        HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
     }
 
     /// The stand-in for a subject id in the audit log: HMAC-SHA256 of the id, hex. The
@@ -113,13 +126,7 @@ impl Secret {
 
     fn siv(&self) -> aes_siv::siv::Aes256Siv {
         use aes_siv::KeyInit;
-        let mut key = [0u8; 64];
-        for (half, label) in key.chunks_exact_mut(32).zip([b"obscura seal 1\0", b"obscura seal 2\0"]) {
-            let mut mac = self.mac();
-            mac.update(label);
-            half.copy_from_slice(&mac.finalize().into_bytes());
-        }
-        aes_siv::siv::Aes256Siv::new_from_slice(&key).expect("a 64-byte key")
+        aes_siv::siv::Aes256Siv::new_from_slice(&self.seal_key).expect("a 64-byte key")
     }
 
     /// The tag that makes a [`Witness`] file unforgeable without the secret.

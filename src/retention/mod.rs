@@ -402,9 +402,9 @@ impl Retention {
         // running at the same time either comes first (and this is refused) or waits and
         // then sees these uploads. Locked in sorted order, so two batches sharing people
         // cannot deadlock.
-        let subjects: std::collections::BTreeSet<&str> = uploads.iter().map(|u| u.subject.as_str()).collect();
-        for subject in subjects {
-            match Catalog::lock_subject(&mut tx, &self.secret().subject_hash(subject), now).await?.as_deref() {
+        let subjects: std::collections::BTreeMap<&str, String> = uploads.iter().map(|u| (u.subject.as_str(), self.secret().subject_hash(&u.subject))).collect();
+        for (subject, hash) in &subjects {
+            match Catalog::lock_subject(&mut tx, hash, now).await?.as_deref() {
                 None => return Err(RetentionError::Erased),
                 Some("subscribed") => {}
                 Some(_) => return Err(RetentionError::Unsubscribed(subject.to_string())),
@@ -413,7 +413,7 @@ impl Retention {
         for u in uploads {
             let row = Upload {
                 id: u.id.clone(),
-                subject_hash: Some(self.secret().subject_hash(&u.subject)),
+                subject_hash: Some(subjects[u.subject.as_str()].clone()),
                 key_names_subject: u.key.contains(u.subject.as_str()),
                 store: u.store.clone(),
                 key: Some(u.key.clone()),
