@@ -49,10 +49,22 @@ fn moto() -> Option<Moto> {
     Some(server)
 }
 
-/// `CreateBucket` (moto does not check signatures).
+/// `CreateBucket` (moto does not check signatures). A moto that has just opened its
+/// port may still drop the first connections while it starts (seen with several servers
+/// starting at once on 2 cores): those are retried for up to 30 s.
 fn create_bucket(endpoint: &str, bucket: &str) {
     let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap().status()
+        let started = Instant::now();
+        loop {
+            match reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await {
+                Ok(response) => return response.status(),
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("create bucket {bucket}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("create bucket {bucket}: {e}"),
+            }
+        }
     });
     assert!(status.is_success(), "create bucket {bucket}: {status}");
 }
