@@ -138,6 +138,12 @@ pub struct Upload {
 
 const UPLOAD_COLUMNS: &str = "u.id, u.subject_id, u.key_names_subject, u.store, u.key, u.class, u.uploaded_at, u.state, u.derived";
 
+/// The `derived` column of an upload row: a JSON array of (sealed) keys.
+fn derived_keys(row: &AnyRow) -> Result<Vec<String>, CatalogError> {
+    let text: String = row.try_get("derived").map_err(|e| CatalogError::Corrupt(format!("upload row: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))
+}
+
 /// A job claimed for execution, with its upload.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -343,7 +349,7 @@ impl Catalog {
             let (id, store): (String, String) = (row.try_get("id").map_err(get)?, row.try_get("store").map_err(get)?);
             let raw_subject: Option<String> = row.try_get("subject_id").map_err(get)?;
             let key: Option<String> = row.try_get("key").map_err(get)?;
-            let derived: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("derived").map_err(get)?).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))?;
+            let derived = derived_keys(row)?;
             let names = matches!((&raw_subject, &key), (Some(s), Some(k)) if !s.is_empty() && k.contains(s.as_str()));
             sqlx::query("UPDATE uploads SET subject_id = $2, key = $3, derived = $4, key_names_subject = $5 WHERE id = $1")
                 .bind(&id)
@@ -413,7 +419,7 @@ impl Catalog {
     fn upload_from(&self, row: &AnyRow) -> Result<Upload, CatalogError> {
         let get = |e| CatalogError::Corrupt(format!("upload row: {e}"));
         let store: String = row.try_get("store").map_err(get)?;
-        let derived: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("derived").map_err(get)?).map_err(|e| CatalogError::Corrupt(format!("derived keys: {e}")))?;
+        let derived = derived_keys(row)?;
         Ok(Upload {
             id: row.try_get("id").map_err(get)?,
             subject_hash: row.try_get("subject_id").map_err(get)?,
