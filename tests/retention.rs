@@ -706,7 +706,16 @@ async fn audit_verify_detects_a_catalog_rolled_back_to_an_older_copy(db: Db) {
         r.catalog().pool_for_tests().close().await;
         let (server, name) = db.url.rsplit_once('/').unwrap();
         let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}_backup TEMPLATE {name}")).execute(&mut admin).await.unwrap();
+        // A closed connection's backend may still be exiting on the server; wait for it
+        // (CI once saw "being accessed by other users" right after the close).
+        let mut tries = 0;
+        while let Err(e) = sqlx::query(&format!("CREATE DATABASE {name}_backup TEMPLATE {name}")).execute(&mut admin).await {
+            tries += 1;
+            assert!(tries < 100 && e.to_string().contains("being accessed by other users"), "{e}");
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                .bind(name).execute(&mut admin).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         format!("{server}/{name}_backup")
     } else {
         let path = db.dir.path().join("backup.sqlite");
