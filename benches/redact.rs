@@ -13,7 +13,8 @@ use obscura::detect::Class;
 use obscura::geometry::PixelRect;
 use obscura::image_io::Frame;
 use obscura::redact::backend::Redactor;
-use obscura::redact::gpu::{BatchImage, GpuRedactor};
+use obscura::redact::backend::BatchImage;
+use obscura::redact::gpu::GpuRedactor;
 use obscura::redact::math::hash;
 use obscura::redact::{Params, Region, Shape, Style};
 

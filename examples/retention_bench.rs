@@ -53,7 +53,7 @@ async fn main() {
     config.concurrency = a.concurrency;
     let r = Retention::open(config).await.unwrap();
     let store_loc = store.display().to_string();
-    let now = obscura::retention::catalog::now_ms();
+    let now = obscura::retention::now_ms();
 
     // Upload i belongs to subject i % subjects; subjects below `unsubscribe` leave.
     let t = Instant::now();
@@ -112,7 +112,7 @@ async fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "catalog": r.catalog().display(),
+            "catalog": r.catalog_display(),
             "uploads": a.uploads, "subjects": a.subjects, "unsubscribed": a.unsubscribe, "purged": run.purged,
             "register_s": register_s, "register_per_s": a.uploads as f64 / register_s,
             "plan_30d_s": plan_empty_s, "plan_30d_items": plan.purge + plan.anonymise,

@@ -30,7 +30,7 @@ pub fn anonymize(data: &[u8]) {
         .expect("anonymize accepted what decode refuses");
     let output = image_io::decode(&out.bytes, &ImageConfig::default()).expect("the output decodes");
     assert_eq!(output.format, input.format, "same format");
-    assert_eq!((output.frame.width, output.frame.height), (input.frame.width, input.frame.height), "same size");
+    assert_eq!((output.frame.width(), output.frame.height()), (input.frame.width(), input.frame.height()), "same size");
     if !out.report.regions.is_empty() {
         assert!(out.bytes != data, "regions were found but the input was passed through");
     }

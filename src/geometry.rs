@@ -129,6 +129,20 @@ pub fn nms<T: Scored>(mut items: Vec<T>, iou_threshold: f32) -> Vec<T> {
     kept
 }
 
+/// Fraction of `gt` (clipped to the image) that lies inside the union of `regions`.
+pub fn covered_fraction(gt: &BBox, regions: &[PixelRect], width: u32, height: u32) -> f32 {
+    let Some(g) = gt.to_pixels(width, height) else { return 0.0 };
+    let mut covered = 0u64;
+    for y in g.y..g.y + g.h {
+        for x in g.x..g.x + g.w {
+            if regions.iter().any(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h) {
+                covered += 1;
+            }
+        }
+    }
+    covered as f32 / (g.w as u64 * g.h as u64) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

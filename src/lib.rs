@@ -21,22 +21,39 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Modules: [`image_io`] (bytes ⇄ pixels, files), [`detect`] (models, ONNX Runtime),
-//! [`redact`] (what happens to pixels), [`pipeline`] (one image end to end), [`eval`]
-//! (scoring against annotated photos),
-//! [`geometry`] (box math), [`config`] (all settings).
+//! # Parts (Cargo features)
+//!
+//! With `default-features = false` the crate is the core pipeline and nothing else:
+//! [`image_io`] (bytes ⇄ pixels, metadata, atomic files), [`detect`] (models through ONNX
+//! Runtime), [`redact`] (what happens to pixels; the rayon CPU backend), [`pipeline`] (one
+//! image end to end: [`Anonymizer`]), [`config`] (every setting), [`geometry`] (box
+//! math), [`assets`] (finding ONNX Runtime and the models) and [`error`].
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `gpu` | the wgpu redaction backend (`redact::gpu`) |
+//! | `store` | folders and S3 as object stores (`store`) |
+//! | `batch` | resumable, sharded batch jobs over stores (`batch`; implies `store`) |
+//! | `retention` | catalog, policy, scheduler, erasure, audit (`retention`; implies `store`) |
+//! | `eval` | scoring against annotated photos, charts (`eval`) |
+//! | `cli` (default) | the `obscura` binary, with all of the above |
+//! | `cuda` | the CUDA execution provider for ONNX Runtime |
 
 pub mod assets;
+#[cfg(feature = "batch")]
 pub mod batch;
 pub mod config;
 pub mod detect;
 pub mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
 pub mod geometry;
 pub mod image_io;
 pub mod pipeline;
 pub mod redact;
+#[cfg(feature = "retention")]
 pub mod retention;
+#[cfg(feature = "store")]
 pub mod store;
 
 pub use config::Config;

@@ -2,19 +2,22 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::args::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The subcommand's own matches: they tell a flag the user gave from a shown default.
+    let (_, m) = matches.subcommand().expect("clap requires a subcommand");
     let runtime_dir = quiet_mesa(&cli);
     init_logging(&cli);
     let result = match &cli.command {
-        Command::Anonymise(args) => cli::anonymise::run(args, cli.quiet),
-        Command::Batch(args) => cli::batch::run(args, cli.quiet),
-        Command::Eval(args) => cli::eval::run(args),
-        Command::Retention(args) => cli::retention::run(args),
+        Command::Anonymise(args) => cli::anonymise::run(args, m, cli.quiet),
+        Command::Batch(args) => cli::batch::run(args, m, cli.quiet),
+        Command::Eval(args) => cli::eval::run(args, m),
+        Command::Retention(args) => cli::retention::run(args, m),
     };
     drop(runtime_dir);
     match result {

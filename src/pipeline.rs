@@ -9,10 +9,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::detect::{
-    Booster, Class, Detection, DetectError, Detector, FaceModel, ModelInfo, OrtRuntime, boost, centerface::CenterFace,
-    nanodet::NanoDet, retinaface::RetinaFace,
-};
+use crate::detect::{Class, Detection, DetectError, Detector, ModelInfo, boost};
 use crate::error::Error;
 use crate::image_io::{self, Decoded, Format, Frame};
 use crate::redact::backend::Redactor;
@@ -79,42 +76,19 @@ impl Anonymizer {
     /// Loads ONNX Runtime and a model per target class. Fails with a message that says
     /// what is missing and how to get it.
     pub fn new(config: Config) -> Result<Self, Error> {
-        let runtime = OrtRuntime::load(&config.runtime)?;
-        let mut targets = config.detect.targets.clone();
-        targets.sort();
-        targets.dedup();
-        let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
-        // Persons first: their regions are applied first, so a face inside a body still
-        // gets its own face-relative redaction on top.
-        if targets.contains(&Class::Person) {
-            detectors.push(Box::new(NanoDet::new(&runtime, &config.runtime, &config.detect.person)?));
-        }
-        if config.detect.boost.contains(&Booster::PersonFaces) && !targets.contains(&Class::Person) {
-            return Err(DetectError::InvalidConfig("the person-faces booster needs persons among the targets".into()).into());
-        }
-        if targets.contains(&Class::Face) {
-            if config.detect.face_models.is_empty() {
-                return Err(DetectError::InvalidConfig("faces are a target but no face model is chosen".into()).into());
-            }
-            let mut models = config.detect.face_models.clone();
-            models.sort();
-            models.dedup();
-            for model in models {
-                detectors.push(match model {
-                    FaceModel::Centerface | FaceModel::CenterfaceInt8 => {
-                        Box::new(CenterFace::new(&runtime, &config.runtime, &config.detect, model == FaceModel::CenterfaceInt8)?)
-                    }
-                    FaceModel::Retinaface => Box::new(RetinaFace::new(&runtime, &config.runtime, &config.detect)?),
-                });
-            }
-        }
+        config.validate()?;
+        let detectors = crate::detect::registry::build(&config)?;
         Self::with_detectors(config, detectors)
     }
 
     /// Builds an anonymiser around any detectors (other models, several fused); their
-    /// detections are concatenated in order. At least one is required: an anonymiser
-    /// that detects nothing would pass every photo through.
-    pub fn with_detectors(config: Config, detectors: Vec<Box<dyn Detector>>) -> Result<Self, Error> {
+    /// detections are concatenated, person detectors first (their boxes feed the
+    /// person-faces booster, and a face's redaction is applied over its body's), otherwise
+    /// in the order given. At least one is required: an anonymiser that detects nothing
+    /// would pass every photo through.
+    pub fn with_detectors(config: Config, mut detectors: Vec<Box<dyn Detector>>) -> Result<Self, Error> {
+        config.validate()?;
+        detectors.sort_by_key(|d| d.class() != Class::Person);
         if detectors.is_empty() {
             return Err(DetectError::InvalidConfig("no detector to run (targets or face models are empty); nothing would be redacted".into()).into());
         }
@@ -180,8 +154,8 @@ impl Anonymizer {
     pub fn plan(&self, frame: &Frame) -> Result<(Vec<Detection>, Vec<Region>), DetectError> {
         let detect = &self.inner.config.detect;
         let mut detections = Vec::new();
-        // Person detectors come first (see `new`), so their boxes are there for the
-        // person-faces booster.
+        // Person detectors come first (see `with_detectors`), so their boxes are there
+        // for the person-faces booster.
         for detector in &self.inner.detectors {
             let found = match detector.class() {
                 Class::Face => boost::detect(detector.as_ref(), frame, detect, &detections)?,

@@ -261,3 +261,82 @@ fn too_old_onnx_runtime_library_is_a_clear_error() {
     assert_eq!(err.lines().count(), 1);
     assert_eq!(files_in(tmp.path()), ["photo.jpg"]);
 }
+
+/// `--config FILE` is the library's `Config` as TOML; flags typed on the command line win
+/// over it, and a flag left out (whose default `--help` shows) never does.
+#[test]
+fn a_settings_file_is_layered_under_the_flags_typed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = copy_one_face(tmp.path(), "photo.jpg");
+    let config = tmp.path().join("obscura.toml");
+    std::fs::write(
+        &config,
+        "[detect]\ntargets = [\"face\"]\nthreshold = 0.3\n\n[redact]\nstyle = { kind = \"fill\", color = [255, 0, 255] }\npadding = 0.5\n",
+    )
+    .unwrap();
+    let report_of = |extra: &[&str], name: &str| {
+        let report = tmp.path().join(format!("{name}.json"));
+        let out = run(obscura()
+            .args(["anonymise", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg("--report")
+            .arg(&report)
+            .arg("-o")
+            .arg(tmp.path().join(format!("{name}.png")))
+            .arg(&photo));
+        assert!(out.status.success());
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        json["images"][0].clone()
+    };
+    // The file alone: its style, targets and padding, not the defaults --help shows.
+    let from_file = report_of(&[], "file");
+    let region = &from_file["regions"][0];
+    assert_eq!(region["style"]["kind"], "fill", "{from_file}");
+    assert_eq!(region["style"]["color"], serde_json::json!([255, 0, 255]));
+    assert_eq!(from_file["models"].as_array().unwrap().len(), 1, "targets = [face] from the file: no person model");
+    let output = load_rgb(&tmp.path().join("file.png"));
+    let centre = (ONE_FACE_BOX.x + ONE_FACE_BOX.w / 2, ONE_FACE_BOX.y + ONE_FACE_BOX.h / 2);
+    assert_eq!(output.get_pixel(centre.0, centre.1).0, [255, 0, 255], "filled with the file's colour");
+    // A typed flag overrides the file; the rest of the file still applies.
+    let typed = report_of(&["--style", "pixelate"], "typed");
+    assert_eq!(typed["regions"][0]["style"]["kind"], "pixelate", "{typed}");
+    assert_eq!(typed["models"].as_array().unwrap().len(), 1);
+    let (file_w, typed_w) = (from_file["regions"][0]["rect"]["w"].as_u64(), typed["regions"][0]["rect"]["w"].as_u64());
+    assert_eq!(file_w, typed_w, "padding 0.5 from the file either way");
+}
+
+#[test]
+fn an_invalid_settings_file_is_refused_naming_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = copy_one_face(tmp.path(), "photo.jpg");
+    for (text, expected) in [
+        ("[detect]\nthreshold = 1.5\n", "detect.threshold"),
+        ("[detect]\ntargets = []\n", "detect.targets"),
+        ("[redact]\nstyle = { kind = \"pixelate\", cells = 0 }\n", "redact.style"),
+        ("[detect]\nthreshhold = 0.3\n", "threshhold"),
+    ] {
+        let config = tmp.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = run(obscura().args(["anonymise", "--config"]).arg(&config).arg("--out-dir").arg(tmp.path().join("out")).arg(&photo));
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(stderr(&out).contains(expected), "{text}: {}", stderr(&out));
+        assert!(!tmp.path().join("out").exists(), "{text}: nothing written");
+    }
+    // The same check guards flags: a threshold above 1 is refused, not clamped.
+    let out = run(obscura().args(["anonymise", "--threshold", "7", "--out-dir"]).arg(tmp.path().join("out")).arg(&photo));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("detect.threshold"), "{}", stderr(&out));
+}
+
+/// `--help` shows the library's defaults (not a second copy of them).
+#[test]
+fn help_shows_the_library_defaults() {
+    let out = run(obscura().args(["anonymise", "--help"]));
+    let help = String::from_utf8_lossy(&out.stdout);
+    let defaults = obscura::Config::default();
+    assert!(help.contains(&format!("[default: {}]", defaults.detect.threshold)), "{help}");
+    assert!(help.contains("[default: face person]"), "{help}");
+    assert!(help.contains("[default: centerface-int8]"), "{help}");
+    assert!(help.contains("--config"), "{help}");
+}

@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use common::*;
-use obscura::eval::{Coverage, FaceSet, PERSON_GT, Planned, covered_fraction, plan_all, COVERED};
+use obscura::eval::{Coverage, FaceSet, PERSON_GT, Planned, plan_all, COVERED};
+use obscura::geometry::covered_fraction;
 use obscura::{Anonymizer, Config};
 
 fn fixture_path(name: &str) -> PathBuf {

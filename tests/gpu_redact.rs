@@ -7,7 +7,8 @@
 use obscura::detect::Class;
 use obscura::geometry::PixelRect;
 use obscura::image_io::Frame;
-use obscura::redact::gpu::{BatchImage, GpuRedactor};
+use obscura::redact::backend::BatchImage;
+use obscura::redact::gpu::GpuRedactor;
 use obscura::redact::{Params, Region, Shape, Style, cpu};
 
 mod common;
@@ -59,7 +60,7 @@ fn noise_frame(w: u32, h: u32, channels: u8, seed: u32) -> Frame {
 
 fn max_diff(a: &Frame, b: &Frame) -> (u8, usize) {
     let mut worst = (0u8, 0usize);
-    for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
+    for (i, (x, y)) in a.data().iter().zip(b.data()).enumerate() {
         let d = x.abs_diff(*y);
         if d > worst.0 {
             worst = (d, i);
@@ -130,7 +131,7 @@ fn check_batch(gpu: &GpuRedactor, images: &[(Frame, Vec<Region>, Params)]) -> Re
         let mut want = orig.clone();
         cpu::redact(&mut want, regions, params);
         let (d, at) = max_diff(&want, got);
-        prop_assert!(d <= 1, "image {i} ({}x{}x{}) differs by {d} at byte {at}; regions {regions:?}", orig.width, orig.height, orig.channels);
+        prop_assert!(d <= 1, "image {i} ({}x{}x{}) differs by {d} at byte {at}; regions {regions:?}", orig.width(), orig.height(), orig.channels());
     }
     Ok(())
 }

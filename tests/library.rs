@@ -37,7 +37,7 @@ fn anonymizes_bytes_and_reports_what_it_did() {
     assert!(out.report.regions.iter().any(|r| r.class == Class::Person), "the candidate's body");
     let face = obscura::geometry::BBox::from_xywh(116.0, 124.0, 150.0, 218.0);
     let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
-    assert!(obscura::eval::covered_fraction(&face, &rects, 1024, 707) >= 0.99);
+    assert!(obscura::geometry::covered_fraction(&face, &rects, 1024, 707) >= 0.99);
     let result = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
     assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &result, ONE_FACE_BOX) > 15.0);
 }
@@ -53,16 +53,16 @@ fn bad_bytes_give_an_error_and_no_image() {
 fn refuses_a_configuration_that_detects_nothing() {
     let mut c = config();
     c.detect.targets.clear();
-    assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+    assert!(matches!(Anonymizer::new(c), Err(Error::Config(e)) if e.field == "detect.targets"));
     // Faces asked for but no face model: persons alone would leave faces to chance.
     let mut c = config();
     c.detect.face_models.clear();
-    assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+    assert!(matches!(Anonymizer::new(c), Err(Error::Config(e)) if e.field == "detect.face_models"));
     // The person-faces booster without persons would silently do nothing.
     let mut c = config();
     c.detect.targets = vec![Class::Face];
     c.detect.boost = vec![obscura::detect::Booster::PersonFaces];
-    assert!(matches!(Anonymizer::new(c), Err(Error::Detect(_))));
+    assert!(matches!(Anonymizer::new(c), Err(Error::Config(e)) if e.field == "detect.boost"));
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn finds_small_faces_in_large_photos() {
         b.h as f32 * scale,
     );
     let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
-    let covered = obscura::eval::covered_fraction(&face, &rects, 5000, 3500);
+    let covered = obscura::geometry::covered_fraction(&face, &rects, 5000, 3500);
     assert!(covered >= 0.8, "face {face:?} covered {covered:.2} by {rects:?}");
 }
 
@@ -153,9 +153,56 @@ fn retinaface_alone_and_fused_with_centerface_find_the_face() {
         let used: Vec<&str> = out.report.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(used, names);
         let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
-        assert!(obscura::eval::covered_fraction(&face, &rects, 1024, 707) >= 0.99, "{names:?}");
+        assert!(obscura::geometry::covered_fraction(&face, &rects, 1024, 707) >= 0.99, "{names:?}");
         for name in names {
             assert!(out.report.detections.iter().any(|d| d.model == name && d.bbox.iou(&face) > 0.5), "{name} found it");
         }
     }
+}
+
+/// A detector that always reports one box of its class: an *input* to the ordering rule
+/// under test, not a stand-in for a model.
+struct Fixed(Class, obscura::detect::ModelInfo);
+
+impl obscura::detect::Detector for Fixed {
+    fn detect(&self, frame: &obscura::image_io::Frame) -> Result<Vec<obscura::detect::Detection>, obscura::detect::DetectError> {
+        let (w, h) = (frame.width() as f32, frame.height() as f32);
+        Ok(vec![obscura::detect::Detection {
+            class: self.0,
+            bbox: obscura::geometry::BBox::new(w * 0.25, h * 0.25, w * 0.5, h * 0.5),
+            score: obscura::geometry::Score(0.9),
+            landmarks: None,
+            model: self.1.name.clone(),
+        }])
+    }
+    fn model(&self) -> &obscura::detect::ModelInfo {
+        &self.1
+    }
+    fn class(&self) -> Class {
+        self.0
+    }
+}
+
+/// Persons run first whatever order detectors are given in (their boxes feed the
+/// person-faces booster, and a face's redaction goes over its body's): a rule of
+/// `with_detectors`, not a habit of `new`.
+#[test]
+fn person_detectors_run_before_face_detectors_whatever_the_order_given() {
+    let info = |name: &str| obscura::detect::ModelInfo { name: name.into(), path: "in-test".into(), sha256: String::new(), device: "cpu".into() };
+    let mut c = config();
+    c.redact.on = obscura::redact::backend::RedactOn::Cpu;
+    let detectors: Vec<Box<dyn obscura::detect::Detector>> =
+        vec![Box::new(Fixed(Class::Face, info("face-a"))), Box::new(Fixed(Class::Person, info("person"))), Box::new(Fixed(Class::Face, info("face-b")))];
+    let anonymizer = Anonymizer::with_detectors(c, detectors).unwrap();
+    let names: Vec<String> = anonymizer.models().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["person", "face-a", "face-b"], "persons first, faces in the order given");
+    let frame = obscura::image_io::Frame::new(64, 64, 3, vec![128; 64 * 64 * 3]);
+    let (detections, regions) = anonymizer.plan(&frame).unwrap();
+    assert_eq!(detections.iter().map(|d| d.class).collect::<Vec<_>>(), [Class::Person, Class::Face, Class::Face]);
+    assert_eq!(regions[0].class, Class::Person, "the body's region first, the face's over it");
+    // The same settings check as `new`: an invalid setting is refused here too.
+    let mut bad = config();
+    bad.redact.noise = f32::NAN;
+    let detectors: Vec<Box<dyn obscura::detect::Detector>> = vec![Box::new(Fixed(Class::Face, info("face")))];
+    assert!(matches!(Anonymizer::with_detectors(bad, detectors), Err(Error::Config(e)) if e.field == "redact.noise"));
 }

@@ -48,7 +48,7 @@ fn finds_the_person_in_a_coco_photo() {
     let best = out.report.detections.iter().map(|d| d.bbox.iou(&person)).fold(0.0, f32::max);
     assert!(best > 0.7, "best IoU {best}");
     let rects: Vec<_> = out.report.regions.iter().map(|r| r.rect).collect();
-    assert!(obscura::eval::covered_fraction(&person, &rects, out.report.width, out.report.height) >= 0.8);
+    assert!(obscura::geometry::covered_fraction(&person, &rects, out.report.width, out.report.height) >= 0.8);
 }
 
 #[test]

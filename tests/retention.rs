@@ -103,6 +103,14 @@ on_unsubscribe = "purge"
 grace = "7d"
 "#;
 
+/// The database owner's own connection, beside Obscura's: what someone who controls the
+/// database (or a test playing them) edits the tables with.
+async fn owner(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = if url.starts_with("postgres") { url.to_string() } else { format!("sqlite://{url}") };
+    sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("connecting as the database owner")
+}
+
 fn secret() -> Secret {
     Secret::from_bytes(b"test secret, 32 bytes at least..".to_vec()).unwrap()
 }
@@ -163,7 +171,7 @@ async fn unsubscribe_purges_every_object_before_returning(db: Db) {
         assert!(!dir.path().join(key).exists(), "{key} still there");
     }
     assert!(dir.path().join("bob/1.jpg").exists());
-    let a1 = r.catalog().upload("a1").await.unwrap().unwrap();
+    let a1 = r.upload("a1").await.unwrap().unwrap();
     assert_eq!((a1.state, a1.subject_hash.as_deref(), a1.key.as_deref()), (UploadState::Purged, None, None));
     // The subject itself is forgotten (only its keyed hash kept), and cannot come back.
     assert_eq!(r.subject_state("alice-7").await.unwrap(), None);
@@ -260,7 +268,7 @@ async fn bad_requests_get_clear_errors(db: Db) {
     // A batch with one bad upload registers none.
     let batch = r.register_many(&[upload("g1", "gina", &store, "g/1.jpg", "photo"), upload("f1", "gina", &store, "g/2.jpg", "photo")]).await;
     assert!(batch.is_err());
-    assert!(r.catalog().upload("g1").await.unwrap().is_none(), "half a batch was registered");
+    assert!(r.upload("g1").await.unwrap().is_none(), "half a batch was registered");
     assert_eq!(r.status().await.unwrap().uploads_active, 1);
 }
 
@@ -285,7 +293,7 @@ async fn unreachable_store_is_retried_then_reported_overdue(db: Db) {
     assert_eq!(summary.errors.len(), 1);
     assert!(!summary.errors[0].contains("hana"), "raw subject id in an error: {}", summary.errors[0]);
     // Nothing marked done that is not done.
-    let h1 = r.catalog().upload("h1").await.unwrap().unwrap();
+    let h1 = r.upload("h1").await.unwrap().unwrap();
     assert_eq!(h1.state, UploadState::Active);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = r.tick(&RunOptions::default()).await.unwrap();
@@ -317,7 +325,8 @@ async fn audit_verify_detects_tampering(db: Db) {
     assert!(records >= 7, "{records}");
 
     // The log refuses edits through SQL…
-    let edit = sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 2").execute(r.catalog().pool_for_tests()).await;
+    let pool = owner(&db.url).await;
+    let edit = sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 2").execute(&pool).await;
     assert!(edit.is_err(), "the audit table accepted an UPDATE");
     // …and someone who disables that guard is caught by verify.
     let (disable, enable) = if db.url.starts_with("postgres") {
@@ -325,9 +334,9 @@ async fn audit_verify_detects_tampering(db: Db) {
     } else {
         ("DROP TRIGGER audit_no_update", "SELECT 1")
     };
-    sqlx::query(disable).execute(r.catalog().pool_for_tests()).await.unwrap();
-    sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 3").execute(r.catalog().pool_for_tests()).await.unwrap();
-    sqlx::query(enable).execute(r.catalog().pool_for_tests()).await.unwrap();
+    sqlx::query(disable).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 3").execute(&pool).await.unwrap();
+    sqlx::query(enable).execute(&pool).await.unwrap();
     let verdict = r.verify_audit().await.unwrap();
     assert_eq!(verdict.broken_at, Some(3), "{verdict:?}");
     assert_eq!(verdict.records, 2);
@@ -340,7 +349,7 @@ async fn audit_verify_detects_truncation_by_the_database_owner(db: Db) {
     let (_dir, r) = with_history(&db).await;
     let records = r.verify_audit().await.unwrap();
     assert!(records.intact() && records.records >= 6, "{records:?}");
-    let pool = r.catalog().pool_for_tests();
+    let pool = &owner(&db.url).await;
     let disable = if db.url.starts_with("postgres") { "ALTER TABLE audit DISABLE TRIGGER audit_no_update" } else { "DROP TRIGGER audit_no_delete" };
     sqlx::query(disable).execute(pool).await.unwrap();
     let cut = |keep: i64| async move {
@@ -426,7 +435,7 @@ async fn a_forgotten_subject_leaves_no_trace_on_disk(db: Db) {
     assert_eq!(files_containing(dir.path(), needle), Vec::<PathBuf>::new(), "the store still names the person");
     assert!(dir.path().join("shared/bob.jpg").exists());
     if db.url.starts_with("postgres") {
-        let pool = r.catalog().pool_for_tests();
+        let pool = &owner(&db.url).await;
         sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
         let data: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetch_one(pool).await.unwrap();
         assert_eq!(files_containing(Path::new(&data), needle), Vec::<PathBuf>::new(), "PostgreSQL's files still hold the id");
@@ -447,7 +456,7 @@ async fn a_catalog_from_before_sealing_is_converted_on_open() {
     let db = Db::sqlite();
     let (dir, store) = folder_with(&["dora-legacy-77/1.jpg", "dora-legacy-77/1.thumb.jpg"]);
     let r = open(&db, POLICY).await;
-    let pool = r.catalog().pool_for_tests();
+    let pool = &owner(&db.url).await;
     // What version 1 wrote: the raw id and the key in the clear, and a failed job.
     for sql in [
         "UPDATE catalog_format SET version = 1".to_string(),
@@ -461,7 +470,7 @@ async fn a_catalog_from_before_sealing_is_converted_on_open() {
     let r = open(&db, POLICY).await;
     assert_eq!(files_containing(db.dir.path(), b"dora-legacy-77"), Vec::<PathBuf>::new(), "raw values left in the converted catalog");
     assert_eq!(r.subject_state("dora-legacy-77").await.unwrap().as_deref(), Some("subscribed"));
-    let d1 = r.catalog().upload("d1").await.unwrap().unwrap();
+    let d1 = r.upload("d1").await.unwrap().unwrap();
     assert_eq!((d1.key.as_deref(), d1.key_names_subject), (Some("dora-legacy-77/1.jpg"), true));
     assert_eq!(d1.derived, ["dora-legacy-77/1.thumb.jpg"]);
     assert_eq!(r.status().await.unwrap().failing[0].last_error, "delete <key>: timeout");
@@ -476,7 +485,7 @@ async fn status_reports_expiries_no_scheduler_has_queued_as_overdue(db: Db) {
     let (_dir, store) = folder_with(&["v/1.jpg", "v/2.jpg"]);
     let r = open(&db, &POLICY.replace("max_age = \"365d\"", "max_age = \"90d\"")).await;
     let day = 86_400_000;
-    let now = obscura::retention::catalog::now_ms();
+    let now = obscura::retention::now_ms();
     let mut old = upload("v1", "vera", &store, "v/1.jpg", "photo");
     old.uploaded_at = Some(now - 100 * day);
     let mut recent = upload("v2", "vera", &store, "v/2.jpg", "photo");
@@ -571,7 +580,7 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
     std::fs::write(dir.path().join("shared/plain.jpg"), &original).unwrap();
     std::fs::write(dir.path().join("kim-3/broken.jpg"), &original[..original.len() / 3]).unwrap();
     let r = open(&db, ANONYMISE).await;
-    let year_ago = obscura::retention::catalog::now_ms() - 365 * 86_400_000;
+    let year_ago = obscura::retention::now_ms() - 365 * 86_400_000;
     let mut beach = upload("k1", "kim-3", &store, "kim-3/beach.jpg", "photo");
     beach.uploaded_at = Some(year_ago);
     beach.derived = vec!["kim-3/thumb.jpg".into()];
@@ -580,20 +589,20 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
     let mut broken = upload("k3", "kim-3", &store, "kim-3/broken.jpg", "photo");
     broken.uploaded_at = Some(year_ago);
     let mut fresh = upload("k4", "kim-3", &store, "kim-3/new.jpg", "photo");
-    fresh.uploaded_at = Some(obscura::retention::catalog::now_ms());
+    fresh.uploaded_at = Some(obscura::retention::now_ms());
     r.register_many(&[beach, plain, broken, fresh]).await.unwrap();
 
     let run = r.tick(&RunOptions::default()).await.unwrap();
     assert_eq!((run.expiries_queued, run.anonymised, run.purged_instead), (3, 2, 1), "{run:?}");
 
     // The key named the person: moved to a random key; the original and thumbnail gone.
-    let k1 = r.catalog().upload("k1").await.unwrap().unwrap();
+    let k1 = r.upload("k1").await.unwrap().unwrap();
     assert_eq!((k1.state, k1.subject_hash.as_deref()), (UploadState::Anonymised, None));
     let new_key = k1.key.clone().unwrap();
     assert!(new_key.starts_with("anonymised/") && !new_key.contains("kim"), "{new_key}");
     assert!(!dir.path().join("kim-3/beach.jpg").exists() && !dir.path().join("kim-3/thumb.jpg").exists());
     // A key without the subject id is rewritten in place.
-    let k2 = r.catalog().upload("k2").await.unwrap().unwrap();
+    let k2 = r.upload("k2").await.unwrap().unwrap();
     assert_eq!((k2.state, k2.key.as_deref(), k2.subject_hash.as_deref()), (UploadState::Anonymised, Some("shared/plain.jpg"), None));
     // Faces filled solid: the annotated face's box is now (almost) one colour.
     for key in [new_key.as_str(), "shared/plain.jpg"] {
@@ -606,13 +615,13 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
     }
     // The corrupt image could not be anonymised: purged instead (fail closed), and logged.
     assert!(!dir.path().join("kim-3/broken.jpg").exists());
-    let k3 = r.catalog().upload("k3").await.unwrap().unwrap();
+    let k3 = r.upload("k3").await.unwrap().unwrap();
     assert_eq!(k3.state, UploadState::Purged);
     let log = r.audit(None, Some("k3"), 0, 10).await.unwrap();
     assert_eq!(log.last().unwrap().outcome, "purged_instead");
     assert!(log.last().unwrap().detail.contains("anonymisation failed"), "{}", log.last().unwrap().detail);
     // The fresh upload is kept.
-    assert_eq!(r.catalog().upload("k4").await.unwrap().unwrap().state, UploadState::Active);
+    assert_eq!(r.upload("k4").await.unwrap().unwrap().state, UploadState::Active);
     assert_audit_clean(&r, &["kim-3"]).await;
 }
 
@@ -628,7 +637,7 @@ async fn a_missing_model_makes_anonymise_jobs_wait_not_purge() {
     assert_eq!((summary.done, summary.pending), (0, 1), "{summary:?}");
     assert!(summary.errors[0].contains("no-such-model.onnx"), "{}", summary.errors[0]);
     assert!(dir.path().join("n/1.jpg").exists(), "the upload was purged although only the model was missing");
-    assert_eq!(r.catalog().upload("n1").await.unwrap().unwrap().state, UploadState::Active);
+    assert_eq!(r.upload("n1").await.unwrap().unwrap().state, UploadState::Active);
     // The scheduler refuses to start without it.
     let err = r.run(&RunOptions { until_idle: true, ..RunOptions::default() }, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, RetentionError::Anonymizer(_)), "{err}");
@@ -703,7 +712,7 @@ async fn audit_verify_detects_a_catalog_rolled_back_to_an_older_copy(db: Db) {
     r.erase_upload("w1").await.unwrap();
     let backup = if db.url.starts_with("postgres") {
         // A copy made from the database as a template (which needs it idle).
-        r.catalog().pool_for_tests().close().await;
+        drop(r);
         let (server, name) = db.url.rsplit_once('/').unwrap();
         let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
         // A closed connection's backend may still be exiting on the server; wait for it
@@ -719,7 +728,7 @@ async fn audit_verify_detects_a_catalog_rolled_back_to_an_older_copy(db: Db) {
         format!("{server}/{name}_backup")
     } else {
         let path = db.dir.path().join("backup.sqlite");
-        sqlx::query(&format!("VACUUM INTO '{}'", path.display())).execute(r.catalog().pool_for_tests()).await.unwrap();
+        sqlx::query(&format!("VACUUM INTO '{}'", path.display())).execute(&owner(&db.url).await).await.unwrap();
         path.display().to_string()
     };
     let r = open(&db, POLICY).await;
@@ -793,7 +802,7 @@ async fn check_every_job_done_once(catalog: &str, policy: &Path, secret_dir: &Pa
     assert_eq!((status.uploads_active, status.uploads_purged, status.uploads_anonymised, status.jobs_pending), (0, n as u64, n_anon as u64, 0), "{status:?}");
     let records = r.audit(None, None, 0, 10 * n as i64).await.unwrap();
     for i in 0..n_anon {
-        let u = r.catalog().upload(&format!("f{i}")).await.unwrap().unwrap();
+        let u = r.upload(&format!("f{i}")).await.unwrap().unwrap();
         assert_eq!((u.state, u.subject_hash.as_deref()), (UploadState::Anonymised, None));
         assert!(u.key.as_deref().unwrap().starts_with("anonymised/"), "{u:?}");
         let done: Vec<_> = records.iter().filter(|a| a.upload_id.as_deref() == Some(u.id.as_str()) && a.outcome != "failed").collect();
@@ -866,7 +875,7 @@ async fn sigterm_stops_the_scheduler_cleanly_between_batches() {
     assert!(left > 0, "finished before SIGTERM; the test needs more objects");
     // Stopped between batches: nothing leased, and what is done is recorded.
     let r = Retention::open(RetentionConfig::new(&catalog, Policy::load(&policy).unwrap(), Secret::load(&dir.path().join("secret")).unwrap())).await.unwrap();
-    let leased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL").fetch_one(r.catalog().pool_for_tests()).await.unwrap();
+    let leased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL").fetch_one(&owner(&catalog).await).await.unwrap();
     assert_eq!(leased, 0);
     let status = r.status().await.unwrap();
     assert_eq!(2 * status.uploads_active as usize, left, "catalog and store disagree: {status:?}");

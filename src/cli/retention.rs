@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{ArgMatches, Args, Subcommand};
 use obscura::detect::Device;
 use obscura::retention::{NewUpload, Policy, Retention, RetentionConfig, RunOptions, Secret};
 use obscura::store::{Store, StoreOptions};
+
+use super::settings::{SHOWN, choice, layer, load_config};
 
 #[derive(Args, Debug)]
 pub struct RetentionArgs {
@@ -28,10 +30,14 @@ pub struct RetentionArgs {
     #[arg(long, env = "OBSCURA_AUDIT_WITNESS")]
     pub audit_witness: Option<PathBuf>,
     /// Store retries after the first attempt.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value = SHOWN.retries.as_str())]
     pub retries: usize,
+    /// Settings for anonymise actions (the library's `Config` as TOML; models, runtime);
+    /// retention applies its strongest redaction on top.
+    #[arg(long, env = "OBSCURA_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where inference runs for anonymise actions.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    #[arg(long, value_parser = choice::<Device>(), default_value = SHOWN.device.as_str())]
     pub device: Device,
     /// Print JSON.
     #[arg(long, global = true)]
@@ -136,16 +142,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub until_idle: bool,
     /// Pause between passes when nothing is due.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = SHOWN.interval.as_str(), value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Actions at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value = SHOWN.concurrency.as_str())]
     pub concurrency: usize,
     /// How long a claimed job is reserved for this instance.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = SHOWN.lease.as_str(), value_parser = humantime::parse_duration)]
     pub lease: Duration,
-    /// First retry delay after a failed action (doubles per attempt, up to 1 h).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// First retry delay after a failed action (doubles per attempt, up to the library's
+    /// longest, 1 h).
+    #[arg(long, default_value = SHOWN.retry_after.as_str(), value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
 }
 
@@ -176,7 +183,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 /// Runs the subcommand; returns the process exit code.
-pub fn run(args: &RetentionArgs) -> Result<i32> {
+pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
     let policy = Policy::load(&args.policy)?;
     let secret = Secret::load_or_create(&args.secret_file)?;
     let mut config = RetentionConfig::new(&args.catalog, policy, secret);
@@ -186,7 +193,8 @@ pub fn run(args: &RetentionArgs) -> Result<i32> {
         PathBuf::from(path)
     }));
     config.store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
-    config.anonymizer.runtime.device = args.device;
+    config.anonymizer = load_config(args.config.as_deref())?;
+    layer(m, "device", &mut config.anonymizer.runtime.device, &args.device);
     if let RetentionCommand::Run(run) = &args.command {
         config.concurrency = run.concurrency.max(1);
         config.lease = run.lease;

@@ -10,7 +10,7 @@
 //! - [`Booster::Upscale`]: the image enlarged (at most 2×, at most to `max_side`), for
 //!   faces too small for the model at the original size. Images larger than `max_side`
 //!   are already seen at full resolution in tiles plus a downscaled whole (see
-//!   [`views`](super::views)), so this booster does nothing for them.
+//!   `views`), so this booster does nothing for them.
 //!
 //! Every pass maps its boxes and landmarks back to the image; the caller merges them with
 //! the plain pass by NMS.
@@ -23,7 +23,7 @@ use crate::geometry::{BBox, PixelRect, nms};
 use crate::image_io::Frame;
 
 /// A recall booster (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Booster {
     /// Faces searched again inside each person's upper half, enlarged (needs `person` in
@@ -33,6 +33,10 @@ pub enum Booster {
     Flip,
     /// The image enlarged (up to 2×, up to `max_side`) too.
     Upscale,
+}
+
+impl crate::config::Choice for Booster {
+    const ALL: &'static [Self] = &[Booster::PersonFaces, Booster::Flip, Booster::Upscale];
 }
 
 /// `detector` on `frame`, plus the passes of every booster in `config.boost` (each once),
@@ -200,6 +204,10 @@ mod tests {
                 model: "spot".into(),
             }])
         }
+        fn class(&self) -> Class {
+            Class::Face
+        }
+
         fn model(&self) -> &ModelInfo {
             &self.0
         }

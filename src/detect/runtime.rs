@@ -18,7 +18,7 @@ use crate::assets;
 pub const ORT_LIBRARY_NAME: &str = "libonnxruntime.so.1.32.0";
 
 /// Where inference runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU execution provider.
@@ -28,6 +28,10 @@ pub enum Device {
     /// CUDA when this build has it and it loads, else the CPU; the choice is logged.
     #[default]
     Auto,
+}
+
+impl crate::config::Choice for Device {
+    const ALL: &'static [Self] = &[Device::Auto, Device::Cpu, Device::Cuda];
 }
 
 /// ONNX Runtime settings.
@@ -95,11 +99,6 @@ impl OrtRuntime {
         let rt = OrtRuntime { env, library: requested };
         let _ = LOADED.set(rt.clone());
         Ok(rt)
-    }
-
-    /// The library file this runtime was loaded from.
-    pub fn library(&self) -> &Path {
-        &self.library
     }
 
     /// Creates one session for `model` on `device` (`Cpu` or `Cuda`, already resolved).

@@ -3,7 +3,7 @@
 //! `DIR/<class>/NNN.png` (each crop), plus `DIR/index.html` listing every crop with its
 //! photo, box and the share of the box that was redacted.
 //!
-//! A miss is a ground-truth box less than [`COVERED`](super::COVERED) inside the redacted
+//! A miss is a ground-truth box less than [`COVERED`] inside the redacted
 //! regions. Each crop shows the box in red and the redacted regions near it in blue, with
 //! context around it; the largest misses come first (they matter most for privacy).
 
@@ -13,7 +13,8 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage, imageops};
 
-use super::{COVERED, EvalError, FaceSet, Planned, covered_fraction};
+use super::{COVERED, EvalError, FaceSet, Planned};
+use crate::geometry::covered_fraction;
 use crate::geometry::{BBox, PixelRect};
 use crate::image_io::{Frame, ImageConfig};
 

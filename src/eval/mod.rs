@@ -15,7 +15,7 @@ pub mod chart;
 pub mod misses;
 
 use crate::Anonymizer;
-use crate::geometry::{BBox, PixelRect};
+use crate::geometry::{BBox, PixelRect, covered_fraction};
 
 /// Share of a ground-truth box that must be redacted for it to count as covered.
 pub const COVERED: f32 = 0.8;
@@ -166,20 +166,6 @@ fn read_csv(path: &Path) -> Result<(Vec<String>, Rows), EvalError> {
         rows.push((line, record.iter().map(str::to_string).collect()));
     }
     Ok((header, rows))
-}
-
-/// Fraction of `gt` (clipped to the image) that lies inside the union of `regions`.
-pub fn covered_fraction(gt: &BBox, regions: &[PixelRect], width: u32, height: u32) -> f32 {
-    let Some(g) = gt.to_pixels(width, height) else { return 0.0 };
-    let mut covered = 0u64;
-    for y in g.y..g.y + g.h {
-        for x in g.x..g.x + g.w {
-            if regions.iter().any(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h) {
-                covered += 1;
-            }
-        }
-    }
-    covered as f32 / (g.w as u64 * g.h as u64) as f32
 }
 
 /// Covered / total for one bucket of faces.

@@ -22,7 +22,7 @@ use exif::{Context, Field, In, Tag, Value};
 
 /// The EXIF tags `--keep-metadata` keeps: capture settings, date and time, camera and lens
 /// model, resolution and copyright. Each value must be a single ASCII string of at most
-/// [`MAX_ASCII`] bytes or at most [`MAX_NUMBERS`] numbers; anything else is dropped.
+/// `MAX_ASCII` (64) bytes or at most `MAX_NUMBERS` (4) numbers; anything else is dropped.
 pub const EXIF_ALLOWLIST: &[Tag] = &[
     Tag::Make,
     Tag::Model,

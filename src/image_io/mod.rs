@@ -17,13 +17,17 @@ pub use metadata::{EXIF_ALLOWLIST, sanitize_exif, sanitize_icc};
 pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, remove_stale_temps, safe_join, write_atomic};
 
 /// Decoded pixels: 8-bit RGB (3 channels) or RGBA (4), rows packed top to bottom.
+///
+/// Its size, channel count and data length always agree ([`Frame::new`] checks, and
+/// callers outside the crate can change pixels but not the shape), so every stage can
+/// index rows without re-checking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
-    pub width: u32,
-    pub height: u32,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
     /// 3 (RGB) or 4 (RGBA).
-    pub channels: u8,
-    pub data: Vec<u8>,
+    pub(crate) channels: u8,
+    pub(crate) data: Vec<u8>,
 }
 
 impl Frame {
@@ -32,6 +36,34 @@ impl Frame {
         assert!(channels == 3 || channels == 4, "a Frame has 3 or 4 channels");
         assert_eq!(data.len(), width as usize * height as usize * channels as usize, "Frame data length");
         Self { width, height, channels, data }
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// 3 (RGB) or 4 (RGBA).
+    pub fn channels(&self) -> u8 {
+        self.channels
+    }
+
+    /// The packed pixels.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The packed pixels, to change in place (the length is fixed).
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
+    /// The packed pixels, taken out.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
     }
 
     /// Bytes per row.

@@ -1,16 +1,18 @@
 //! Which backend redacts: the CPU reference or the GPU shader, chosen once per
 //! [`Anonymizer`](crate::Anonymizer).
 
+#[cfg(feature = "gpu")]
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::gpu::{BatchImage, GpuError, GpuRedactor};
+#[cfg(feature = "gpu")]
+use super::gpu::GpuRedactor;
 use super::{Params, Region, cpu};
 use crate::image_io::Frame;
 
 /// Where redaction runs (`--redact-on`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RedactOn {
     /// The rayon CPU path.
@@ -24,24 +26,53 @@ pub enum RedactOn {
     Auto,
 }
 
+impl crate::config::Choice for RedactOn {
+    const ALL: &'static [Self] = &[RedactOn::Auto, RedactOn::Cpu, RedactOn::Gpu];
+}
+
+/// Why redaction could not run (only the GPU backend can fail).
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    #[error("this build of Obscura has no GPU backend (Cargo feature `gpu`); redact on the CPU")]
+    NotBuilt,
+    #[error("no GPU adapter found (wgpu: {0}); install a Vulkan or GL driver, or redact on the CPU")]
+    NoAdapter(String),
+    #[error("GPU device request failed on {adapter}: {message}")]
+    Device { adapter: String, message: String },
+    #[error("GPU redaction failed: {0}")]
+    Failed(String),
+}
+
+/// One image of a GPU batch: its pixels (changed in place), regions and parameters.
+pub struct BatchImage<'a> {
+    pub frame: &'a mut Frame,
+    pub regions: &'a [Region],
+    pub params: Params,
+}
+
 /// A redaction backend, cheap to clone and shared by all callers.
 ///
 /// ```
 /// use obscura::redact::backend::{RedactOn, Redactor};
 /// let redactor = Redactor::new(RedactOn::Cpu)?;
 /// assert_eq!(redactor.name(), "cpu");
-/// # Ok::<(), obscura::redact::gpu::GpuError>(())
+/// # Ok::<(), obscura::redact::backend::RedactError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub enum Redactor {
     Cpu,
+    /// The wgpu shader (Cargo feature `gpu`).
+    #[cfg(feature = "gpu")]
     Gpu(Arc<GpuRedactor>),
 }
 
 impl Redactor {
-    pub fn new(on: RedactOn) -> Result<Self, GpuError> {
+    pub fn new(on: RedactOn) -> Result<Self, RedactError> {
         match on {
             RedactOn::Cpu => Ok(Redactor::Cpu),
+            #[cfg(not(feature = "gpu"))]
+            RedactOn::Gpu => Err(RedactError::NotBuilt),
+            #[cfg(feature = "gpu")]
             RedactOn::Gpu => {
                 let gpu = GpuRedactor::new()?;
                 tracing::info!(adapter = %gpu.adapter_info().name, backend = ?gpu.adapter_info().backend, "redacting on the GPU (forced)");
@@ -51,6 +82,13 @@ impl Redactor {
         }
     }
 
+    #[cfg(not(feature = "gpu"))]
+    fn auto() -> Self {
+        tracing::info!("redacting on the CPU: this build has no GPU backend");
+        Redactor::Cpu
+    }
+
+    #[cfg(feature = "gpu")]
     fn auto() -> Self {
         match GpuRedactor::find_adapter() {
             Err(e) => {
@@ -81,23 +119,25 @@ impl Redactor {
     pub fn name(&self) -> String {
         match self {
             Redactor::Cpu => "cpu".into(),
+            #[cfg(feature = "gpu")]
             Redactor::Gpu(gpu) => format!("gpu: {}", gpu.adapter_info().name),
         }
     }
 
     /// Redacts one image in place. On `Err` the frame may be partly redacted: discard it.
-    pub fn redact(&self, frame: &mut Frame, regions: &[Region], params: &Params) -> Result<(), GpuError> {
+    pub fn redact(&self, frame: &mut Frame, regions: &[Region], params: &Params) -> Result<(), RedactError> {
         match self {
             Redactor::Cpu => {
                 cpu::redact(frame, regions, params);
                 Ok(())
             }
+            #[cfg(feature = "gpu")]
             Redactor::Gpu(gpu) => gpu.redact(frame, regions, params),
         }
     }
 
     /// Redacts many images; on the GPU in as few submissions as the device allows.
-    pub fn redact_batch(&self, batch: &mut [BatchImage<'_>]) -> Result<(), GpuError> {
+    pub fn redact_batch(&self, batch: &mut [BatchImage<'_>]) -> Result<(), RedactError> {
         match self {
             Redactor::Cpu => {
                 for b in batch {
@@ -105,6 +145,7 @@ impl Redactor {
                 }
                 Ok(())
             }
+            #[cfg(feature = "gpu")]
             Redactor::Gpu(gpu) => gpu.redact_batch(batch),
         }
     }

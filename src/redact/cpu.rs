@@ -22,8 +22,8 @@ use crate::image_io::Frame;
 /// let region = Region { rect: PixelRect { x: 0, y: 0, w: 2, h: 2 }, class: Class::Face,
 ///                       style: Style::Fill { color: [0, 0, 0] }, shape: Shape::Rect };
 /// cpu::redact(&mut frame, &[region], &Params { feather: 0.0, noise: 0.0, seed: 1 });
-/// assert_eq!(&frame.data[..6], &[0; 6]);
-/// assert_eq!(frame.data[6], 200);
+/// assert_eq!(&frame.data()[..6], &[0; 6]);
+/// assert_eq!(frame.data()[6], 200);
 /// ```
 pub fn redact(frame: &mut Frame, regions: &[Region], params: &Params) {
     for (index, region) in regions.iter().enumerate() {

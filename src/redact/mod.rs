@@ -2,8 +2,8 @@
 //!
 //! Owns the redaction spec ([`Style`], [`Shape`], padding, soft edge, noise), the plan
 //! that turns detections into [`Region`]s, and the backends that apply it: [`cpu`]
-//! (rayon) is the reference implementation, [`gpu`] (wgpu, `shaders/redact.wgsl`) gives
-//! the same pixels within ±1 per channel, [`backend`] chooses between them. It knows
+//! (rayon) is the reference implementation, `gpu` (wgpu, `shaders/redact.wgsl`; Cargo
+//! feature `gpu`) gives the same pixels within ±1 per channel, [`backend`] chooses between them. It knows
 //! nothing of models or files.
 //!
 //! # Why the styles hold
@@ -28,6 +28,7 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod math;
 
@@ -61,7 +62,7 @@ impl Default for Style {
 }
 
 /// The outline of the redacted area inside a region's rectangle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Shape {
     /// The whole rectangle (default: covers hair and ears in the corners too).
@@ -69,6 +70,10 @@ pub enum Shape {
     Rect,
     /// The ellipse inscribed in the rectangle.
     Ellipse,
+}
+
+impl crate::config::Choice for Shape {
+    const ALL: &'static [Self] = &[Shape::Rect, Shape::Ellipse];
 }
 
 /// Redaction settings.

@@ -89,7 +89,8 @@ impl Stores {
     }
 
     pub fn get(&self, location: &str) -> Result<Store, StoreError> {
-        let mut open = self.open.lock().expect("store cache lock");
+        // A panic elsewhere while holding the lock leaves a usable cache of opened stores.
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(store) = open.get(location) {
             return Ok(store.clone());
         }

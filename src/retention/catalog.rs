@@ -446,12 +446,6 @@ impl Catalog {
         &self.pool
     }
 
-    /// The connection pool, for tests that tamper with the tables on purpose.
-    #[doc(hidden)]
-    pub fn pool_for_tests(&self) -> &AnyPool {
-        &self.pool
-    }
-
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, CatalogError> {
         self.pool.begin().await.map_err(q("begin"))
     }

@@ -2,9 +2,9 @@
 //! is kept and what happens on expiry and unsubscribe, a scheduler that purges or
 //! irreversibly anonymises what falls due, and a tamper-evident audit log.
 //!
-//! Owns: the catalog ([`catalog`]), the policy file ([`policy`]), store actions
+//! Owns: the catalog (`catalog`), the policy file ([`policy`]), store actions
 //! ([`actions`]), the job loop ([`scheduler`]) and the audit log's cryptography
-//! ([`audit`]). Does not own: pixels (the [`Anonymizer`](crate::Anonymizer)) or store
+//! ([`audit`]). Does not own: pixels (the [`Anonymizer`]) or store
 //! access ([`store`](crate::store)).
 //!
 //! ```no_run
@@ -22,7 +22,7 @@
 
 pub mod actions;
 pub mod audit;
-pub mod catalog;
+mod catalog;
 pub mod policy;
 pub mod scheduler;
 
@@ -33,13 +33,14 @@ use serde::Serialize;
 use sqlx::Row;
 
 pub use audit::{Secret, SecretError, Witness, WitnessError, WitnessedHead};
-pub use catalog::{AuditRecord, AuditVerdict, Catalog, CatalogError, Dialect, Reason, Upload, UploadState};
+pub use catalog::{AuditRecord, AuditVerdict, CatalogError, Reason, Upload, UploadState, now_ms};
+pub(crate) use catalog::Catalog;
 pub use policy::{Action, ClassRule, Policy, PolicyError};
 pub use scheduler::{RunOptions, RunSummary};
 
 use crate::store::{StoreError, StoreOptions};
 use crate::{Anonymizer, Config};
-use catalog::{AuditEntry, NewJob, Scope, now_ms};
+use catalog::{AuditEntry, NewJob, Scope};
 
 /// Why a retention call failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,15 @@ pub struct RetentionConfig {
 }
 
 impl RetentionConfig {
+    /// How long a claimed job is reserved by default.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
+    /// First retry delay by default.
+    pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(30);
+    /// Longest retry delay by default.
+    pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
+    /// Actions at once by default.
+    pub const DEFAULT_CONCURRENCY: usize = 8;
+
     pub fn new(catalog: &str, policy: Policy, secret: Secret) -> Self {
         let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
         Self {
@@ -119,10 +129,10 @@ impl RetentionConfig {
             store_options: StoreOptions::default(),
             anonymizer: Config::default(),
             instance: format!("{host}:{}", std::process::id()),
-            lease: Duration::from_secs(300),
-            retry_base: Duration::from_secs(30),
-            retry_max: Duration::from_secs(3600),
-            concurrency: 8,
+            lease: Self::DEFAULT_LEASE,
+            retry_base: Self::DEFAULT_RETRY_BASE,
+            retry_max: Self::DEFAULT_RETRY_MAX,
+            concurrency: Self::DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -347,8 +357,19 @@ impl Retention {
             .await
     }
 
-    pub fn catalog(&self) -> &Catalog {
+    pub(crate) fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// The catalog's URL, password removed (for logs and reports).
+    pub fn catalog_display(&self) -> &str {
+        self.inner.catalog.display()
+    }
+
+    /// One upload's catalog row (state, class, times), or `None` if it is not catalogued
+    /// (never registered, or purged and forgotten).
+    pub async fn upload(&self, id: &str) -> Result<Option<Upload>, RetentionError> {
+        Ok(self.catalog().upload(id).await?)
     }
 
     /// `Some("subscribed" | "unsubscribed")` for a known subject, `None` for an unknown

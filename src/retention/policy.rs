@@ -47,11 +47,6 @@ impl Action {
             _ => None,
         }
     }
-
-    /// The stronger of two actions: purging leaves less than anonymising.
-    pub fn strongest(self, other: Action) -> Action {
-        if self == Action::Purge || other == Action::Purge { Action::Purge } else { Action::Anonymise }
-    }
 }
 
 /// The rule for one class of upload.

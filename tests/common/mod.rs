@@ -33,7 +33,7 @@ pub fn in_ci() -> bool {
 
 /// The `obscura` binary with logs quiet unless a test asks.
 pub fn obscura() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_obscura"));
+    let mut c = Command::new(option_env!("CARGO_BIN_EXE_obscura").expect("the obscura binary is built with the `cli` feature"));
     c.env_remove("OBSCURA_ORT_LIB").env_remove("ORT_DYLIB_PATH").env_remove("OBSCURA_LOG");
     c
 }

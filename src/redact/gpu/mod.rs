@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use self::pack::{Chunk, ChunkLimits, ImageRef, Pass, Task};
+use super::backend::{BatchImage, RedactError};
 use super::{Params, Region};
 use crate::image_io::Frame;
 
@@ -24,31 +25,13 @@ const SHADER: &str = include_str!("../../../shaders/redact.wgsl");
 /// this size bound the GPU memory a redactor holds.
 const MAX_BINDING_BYTES: u64 = 128 << 20;
 
-/// Why the GPU backend could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    #[error("no GPU adapter found (wgpu: {0}); install a Vulkan or GL driver, or redact on the CPU")]
-    NoAdapter(String),
-    #[error("GPU device request failed on {adapter}: {message}")]
-    Device { adapter: String, message: String },
-    #[error("GPU redaction failed: {0}")]
-    Failed(String),
-}
-
-/// One image of a GPU batch: its pixels (changed in place), regions and parameters.
-pub struct BatchImage<'a> {
-    pub frame: &'a mut Frame,
-    pub regions: &'a [Region],
-    pub params: Params,
-}
-
 /// A wgpu device with the redaction pipelines; `Send + Sync`, calls are serialised.
 ///
 /// ```no_run
 /// use obscura::redact::gpu::GpuRedactor;
 /// let gpu = GpuRedactor::new()?;
 /// println!("redacting on {} ({:?})", gpu.adapter_info().name, gpu.adapter_info().device_type);
-/// # Ok::<(), obscura::redact::gpu::GpuError>(())
+/// # Ok::<(), obscura::redact::backend::RedactError>(())
 /// ```
 pub struct GpuRedactor {
     device: wgpu::Device,
@@ -72,23 +55,23 @@ impl std::fmt::Debug for GpuRedactor {
 
 impl GpuRedactor {
     /// Opens the preferred adapter (a discrete GPU before an integrated or software one).
-    pub fn new() -> Result<Self, GpuError> {
+    pub fn new() -> Result<Self, RedactError> {
         Self::with_adapter(Self::find_adapter()?)
     }
 
     /// The adapter [`GpuRedactor::new`] would use (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
     /// the other wgpu environment variables apply).
-    pub fn find_adapter() -> Result<wgpu::Adapter, GpuError> {
+    pub fn find_adapter() -> Result<wgpu::Adapter, RedactError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         }))
-        .map_err(|e| GpuError::NoAdapter(e.to_string()))
+        .map_err(|e| RedactError::NoAdapter(e.to_string()))
     }
 
     /// Opens a device on `adapter` and builds the pipelines.
-    pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Self, GpuError> {
+    pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Self, RedactError> {
         let info = adapter.get_info();
         let supported = adapter.limits();
         let binding = supported.max_storage_buffer_binding_size.min(supported.max_buffer_size).min(MAX_BINDING_BYTES);
@@ -105,7 +88,7 @@ impl GpuRedactor {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| GpuError::Device { adapter: info.name.clone(), message: e.to_string() })?;
+        .map_err(|e| RedactError::Device { adapter: info.name.clone(), message: e.to_string() })?;
         // Errors are collected and turned into `Err` at the next check (never a panic).
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -184,16 +167,12 @@ impl GpuRedactor {
 
     /// True for software adapters (lavapipe, llvmpipe, WARP): they run the shaders on the
     /// CPU, no faster than the CPU backend.
-    pub fn is_software(&self) -> bool {
-        Self::is_software_adapter(&self.info)
-    }
-
-    /// [`GpuRedactor::is_software`] for an adapter not opened yet.
     pub fn is_software_adapter(info: &wgpu::AdapterInfo) -> bool {
         info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// Caps the chunk size below the device limits (tests use this to exercise splitting).
+    #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub fn set_chunk_limits(&mut self, max_binding_bytes: u64, max_groups_per_dim: u32) {
         self.limits = ChunkLimits {
@@ -203,13 +182,13 @@ impl GpuRedactor {
     }
 
     /// Redacts one image in place.
-    pub fn redact(&self, frame: &mut Frame, regions: &[Region], params: &Params) -> Result<(), GpuError> {
+    pub fn redact(&self, frame: &mut Frame, regions: &[Region], params: &Params) -> Result<(), RedactError> {
         self.redact_batch(&mut [BatchImage { frame, regions, params: *params }])
     }
 
     /// Redacts many images in as few submissions as the device limits allow. On `Err` the
     /// frames may be partly redacted and must be discarded.
-    pub fn redact_batch(&self, batch: &mut [BatchImage<'_>]) -> Result<(), GpuError> {
+    pub fn redact_batch(&self, batch: &mut [BatchImage<'_>]) -> Result<(), RedactError> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.run(&mut slots, batch);
         if result.is_err() {
@@ -226,7 +205,7 @@ impl GpuRedactor {
         result
     }
 
-    fn run(&self, slots: &mut [Slot; 2], batch: &mut [BatchImage<'_>]) -> Result<(), GpuError> {
+    fn run(&self, slots: &mut [Slot; 2], batch: &mut [BatchImage<'_>]) -> Result<(), RedactError> {
         let refs: Vec<ImageRef> = batch.iter().map(|b| ImageRef::new(b.frame, b.regions, b.params)).collect();
         for round in pack::rounds(&refs, &self.limits) {
             let mut jobs = Vec::new();
@@ -271,9 +250,9 @@ impl GpuRedactor {
         self.check()
     }
 
-    fn check(&self) -> Result<(), GpuError> {
+    fn check(&self) -> Result<(), RedactError> {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errors.is_empty() { Ok(()) } else { Err(GpuError::Failed(std::mem::take(&mut *errors).join("; "))) }
+        if errors.is_empty() { Ok(()) } else { Err(RedactError::Failed(std::mem::take(&mut *errors).join("; "))) }
     }
 
     fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -330,7 +309,7 @@ impl GpuRedactor {
 
     /// Uploads a chunk's patches and work, records its dispatches and the read-back copy,
     /// submits, and asks for the read-back mapping.
-    fn submit(&self, slot: &mut Slot, chunk: Chunk, batch: &[BatchImage<'_>]) -> Result<(), GpuError> {
+    fn submit(&self, slot: &mut Slot, chunk: Chunk, batch: &[BatchImage<'_>]) -> Result<(), RedactError> {
         let pixel_bytes = chunk.pixel_count * 4;
         let uniform_bytes = chunk.dispatches.len() as u64 * self.uniform_align;
         self.reserve(slot, pixel_bytes, (chunk.scratch_floats * 4).max(16), chunk.words.len() as u64 * 4, uniform_bytes.max(16));
@@ -389,21 +368,21 @@ impl GpuRedactor {
 
     /// Waits for the slot's submission and writes its regions into the frames, or into
     /// `held` to be written later.
-    fn finish(&self, slot: &mut Slot, batch: &mut [BatchImage<'_>], mut held: Option<&mut Vec<Held>>) -> Result<(), GpuError> {
+    fn finish(&self, slot: &mut Slot, batch: &mut [BatchImage<'_>], mut held: Option<&mut Vec<Held>>) -> Result<(), RedactError> {
         let Pending { chunk, index, mapped } = slot.pending.take().expect("finish is called on a pending slot");
         self.device
             .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
-            .map_err(|e| GpuError::Failed(format!("waiting for the GPU: {e}")))?;
+            .map_err(|e| RedactError::Failed(format!("waiting for the GPU: {e}")))?;
         self.check()?;
         mapped
             .recv()
-            .map_err(|_| GpuError::Failed("read-back mapping was dropped".into()))?
-            .map_err(|e| GpuError::Failed(format!("read-back mapping failed: {e}")))?;
+            .map_err(|_| RedactError::Failed("read-back mapping was dropped".into()))?
+            .map_err(|e| RedactError::Failed(format!("read-back mapping failed: {e}")))?;
         let readback = slot.readback.as_ref().expect("reserved");
         {
             let view = readback
                 .get_mapped_range(0..chunk.pixel_count * 4)
-                .map_err(|e| GpuError::Failed(format!("read-back mapping failed: {e}")))?;
+                .map_err(|e| RedactError::Failed(format!("read-back mapping failed: {e}")))?;
             let data: &[u8] = &view;
             for (job, &offset) in chunk.jobs.iter().zip(&chunk.patch_offsets) {
                 let frame = &mut *batch[job.image].frame;
