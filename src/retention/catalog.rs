@@ -21,10 +21,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Executor, FromRow, Row, Transaction};
 
 use super::audit::{AuditFields, Secret, WitnessedHead};
 use super::policy::Action;
+use super::{Failing, Planned};
 
 /// Why the catalog failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,73 @@ pub(crate) fn q(what: &'static str) -> impl Fn(sqlx::Error) -> CatalogError + Co
 pub enum Dialect {
     Sqlite,
     Postgres,
+}
+
+/// An action as the catalog stores it.
+fn parse_action(text: &str) -> Result<Action, CatalogError> {
+    Action::parse(text).ok_or_else(|| CatalogError::Corrupt(format!("job action {text:?}")))
+}
+
+/// The queue's counts `status` reports (see [`Catalog::queue_counts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct QueueCounts {
+    pub uploads_active: u64,
+    pub uploads_anonymised: u64,
+    pub uploads_purged: u64,
+    pub subjects_subscribed: u64,
+    pub subjects_unsubscribed: u64,
+    pub jobs_pending: u64,
+    pub jobs_held: u64,
+    pub jobs_due: u64,
+    pub overdue: u64,
+    pub oldest_due_at: Option<i64>,
+}
+
+/// A queued job as `plan` lists it (from [`Catalog::queued_items`]'s columns).
+impl<'r> FromRow<'r, AnyRow> for Planned {
+    fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
+        let corrupt = |e: CatalogError| sqlx::Error::Decode(e.into());
+        Ok(Planned {
+            upload: row.try_get("id")?,
+            subject_hash: row.try_get("subject_id")?,
+            class: row.try_get("class")?,
+            action: parse_action(&row.try_get::<String, _>("action")?).map_err(corrupt)?,
+            reason: Reason::parse(&row.try_get::<String, _>("reason")?).map_err(corrupt)?,
+            at: row.try_get("next_try_at")?,
+            held: row.try_get::<String, _>("state")? == "held",
+        })
+    }
+}
+
+/// A job being retried (from [`Catalog::failing`]'s columns).
+impl<'r> FromRow<'r, AnyRow> for Failing {
+    fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Failing {
+            upload: row.try_get("upload_id")?,
+            action: row.try_get("action")?,
+            attempts: row.try_get("attempts")?,
+            due_at: row.try_get("due_at")?,
+            next_try_at: row.try_get("next_try_at")?,
+            last_error: row.try_get::<Option<String>, _>("last_error")?.unwrap_or_default(),
+        })
+    }
+}
+
+impl<'r> FromRow<'r, AnyRow> for AuditRecord {
+    fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(AuditRecord {
+            seq: row.try_get("seq")?,
+            at: row.try_get("at")?,
+            event: row.try_get("event")?,
+            subject_hash: row.try_get("subject_hash")?,
+            upload_id: row.try_get("upload_id")?,
+            rule: row.try_get("rule")?,
+            outcome: row.try_get("outcome")?,
+            detail: row.try_get("detail")?,
+            prev: row.try_get("prev")?,
+            mac: row.try_get("mac")?,
+        })
+    }
 }
 
 /// Unix milliseconds now.
@@ -173,10 +241,9 @@ pub struct NewJob<'a> {
     pub held: bool,
 }
 
-/// Which jobs a claim may take.
+/// One subject's (by keyed hash) or one upload's jobs: what an event claims and counts.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope<'a> {
-    All,
     Subject(&'a str),
     Upload(&'a str),
 }
@@ -442,10 +509,6 @@ impl Catalog {
         &self.display
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, CatalogError> {
         self.pool.begin().await.map_err(q("begin"))
     }
@@ -673,10 +736,10 @@ impl Catalog {
         Ok(r.rows_affected())
     }
 
-    /// Claims up to `limit` runnable jobs in `scope` for `lease_for`, under a fresh claim
-    /// id derived from `owner`. On PostgreSQL, rows another instance is claiming are
-    /// skipped (`FOR UPDATE SKIP LOCKED`), so no job is claimed twice.
-    pub async fn claim(&self, owner: &str, scope: Scope<'_>, limit: i64, lease_for: Duration) -> Result<Vec<Job>, CatalogError> {
+    /// Claims up to `limit` runnable jobs in `scope` (`None`: any job) for `lease_for`,
+    /// under a fresh claim id derived from `owner`. On PostgreSQL, rows another instance
+    /// is claiming are skipped (`FOR UPDATE SKIP LOCKED`), so no job is claimed twice.
+    pub async fn claim(&self, owner: &str, scope: Option<Scope<'_>>, limit: i64, lease_for: Duration) -> Result<Vec<Job>, CatalogError> {
         let now = now_ms();
         let lease = format!("{owner}:{}", unique_suffix());
         let lock = match self.dialect {
@@ -686,9 +749,9 @@ impl Catalog {
         // Scoped claims (an event's own jobs) start from the subject's or upload's rows:
         // `CROSS JOIN` makes SQLite loop over `u` first instead of over every due job.
         let candidates = match scope {
-            Scope::All => "SELECT j.id FROM jobs j WHERE",
-            Scope::Subject(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.subject_id = $5 AND j.upload_id = u.id AND",
-            Scope::Upload(_) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.id = $5 AND j.upload_id = u.id AND",
+            None => "SELECT j.id FROM jobs j WHERE",
+            Some(Scope::Subject(_)) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.subject_id = $5 AND j.upload_id = u.id AND",
+            Some(Scope::Upload(_)) => "SELECT j.id FROM uploads u CROSS JOIN jobs j WHERE u.id = $5 AND j.upload_id = u.id AND",
         };
         let sql = format!(
             "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN (
@@ -698,9 +761,8 @@ impl Catalog {
              RETURNING id"
         );
         let mut query = sqlx::query(&sql).bind(&lease).bind(now + ms(lease_for)).bind(now).bind(limit);
-        match scope {
-            Scope::All => {}
-            Scope::Subject(s) | Scope::Upload(s) => query = query.bind(s),
+        if let Some(Scope::Subject(s) | Scope::Upload(s)) = scope {
+            query = query.bind(s);
         }
         let ids: Vec<i64> = query.fetch_all(&self.pool).await.map_err(q("claiming jobs"))?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>().map_err(q("claiming jobs"))?;
         if ids.is_empty() {
@@ -722,7 +784,7 @@ impl Catalog {
                 let action: String = row.try_get("action").map_err(get)?;
                 Ok(Job {
                     id: row.try_get("job_id").map_err(get)?,
-                    action: Action::parse(&action).ok_or_else(|| CatalogError::Corrupt(format!("job action {action:?}")))?,
+                    action: parse_action(&action)?,
                     reason: Reason::parse(&row.try_get::<String, _>("reason").map_err(get)?)?,
                     rule: row.try_get("rule").map_err(get)?,
                     due_at: row.try_get("due_at").map_err(get)?,
@@ -830,6 +892,122 @@ impl Catalog {
         Ok(())
     }
 
+    // ---- reports: what plan, status and events show ---------------------------------
+
+    /// Subjects that unsubscribed and that no upload names any more (at most `limit`),
+    /// by keyed hash: the ones the catalog can forget.
+    pub(crate) async fn finished_subjects(&self, limit: i64) -> Result<Vec<String>, CatalogError> {
+        sqlx::query_scalar(
+            "SELECT s.id FROM subjects s WHERE s.state = 'unsubscribed'
+             AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.subject_id = s.id) LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("finding finished subjects"))
+    }
+
+    /// Open (not done) jobs of one subject or upload: `(pending, held)`.
+    pub(crate) async fn open_jobs(&self, scope: Scope<'_>) -> Result<(u64, u64), CatalogError> {
+        let (sql, id) = match scope {
+            Scope::Subject(s) => ("SELECT j.state, COUNT(*) AS n FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE u.subject_id = $1 AND j.state <> 'done' GROUP BY j.state", s),
+            Scope::Upload(u) => ("SELECT state, COUNT(*) AS n FROM jobs WHERE upload_id = $1 AND state <> 'done' GROUP BY state", u),
+        };
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql).bind(id).fetch_all(&self.pool).await.map_err(q("counting jobs"))?;
+        let held = rows.iter().filter(|(state, _)| state == "held").map(|(_, n)| *n as u64).sum();
+        let all: u64 = rows.iter().map(|(_, n)| *n as u64).sum();
+        Ok((all - held, held))
+    }
+
+    /// Open jobs due by `until`, counted by action: `(action, held, count)`.
+    pub(crate) async fn queued_counts(&self, until: i64) -> Result<Vec<(Action, bool, u64)>, CatalogError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT action, state, COUNT(*) AS n FROM jobs WHERE state <> 'done' AND next_try_at <= $1 GROUP BY action, state")
+                .bind(until)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("planning"))?;
+        rows.into_iter().map(|(action, state, n)| Ok((parse_action(&action)?, state == "held", n as u64))).collect()
+    }
+
+    /// The first `limit` open jobs due by `until`, in time order.
+    pub(crate) async fn queued_items(&self, until: i64, limit: usize) -> Result<Vec<Planned>, CatalogError> {
+        sqlx::query_as(
+            "SELECT u.id, u.subject_id, u.class, j.action, j.reason, j.next_try_at, j.state FROM jobs j JOIN uploads u ON u.id = j.upload_id
+             WHERE j.state <> 'done' AND j.next_try_at <= $1 ORDER BY j.next_try_at, j.id LIMIT $2",
+        )
+        .bind(until)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("planning"))
+    }
+
+    /// The first `limit` expiries of `class` no scheduler pass has queued yet (active
+    /// uploads at or before `cutoff` with no open job): `(upload id, subject hash, uploaded_at)`.
+    pub(crate) async fn unqueued_items(&self, class: &str, cutoff: i64, limit: usize) -> Result<Vec<(String, Option<String>, i64)>, CatalogError> {
+        sqlx::query_as(
+            "SELECT u.id, u.subject_id, u.uploaded_at FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done') ORDER BY u.uploaded_at LIMIT $3",
+        )
+        .bind(class)
+        .bind(cutoff)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("planning"))
+    }
+
+    /// The queue's counts for `status` at `now`, with `deadline` ms of grace before a job
+    /// is overdue. Expiries not queued yet are the caller's to add (they need the policy).
+    pub(crate) async fn queue_counts(&self, now: i64, deadline: i64) -> Result<QueueCounts, CatalogError> {
+        let err = q("status");
+        let mut counts = QueueCounts::default();
+        let uploads: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetch_all(&self.pool).await.map_err(err)?;
+        for (state, n) in uploads {
+            match state.as_str() {
+                "active" => counts.uploads_active = n as u64,
+                "anonymised" => counts.uploads_anonymised = n as u64,
+                _ => counts.uploads_purged += n as u64,
+            }
+        }
+        let subjects: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) AS n FROM subjects GROUP BY state").fetch_all(&self.pool).await.map_err(err)?;
+        for (state, n) in subjects {
+            match state.as_str() {
+                "subscribed" => counts.subjects_subscribed = n as u64,
+                _ => counts.subjects_unsubscribed += n as u64,
+            }
+        }
+        let (pending, due, overdue, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*) AS pending,
+                    SUM(CASE WHEN next_try_at <= $1 THEN 1 ELSE 0 END) AS due,
+                    SUM(CASE WHEN due_at + $2 < $1 THEN 1 ELSE 0 END) AS overdue,
+                    MIN(due_at) AS oldest
+             FROM jobs WHERE state = 'pending'",
+        )
+        .bind(now)
+        .bind(deadline)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
+        (counts.jobs_pending, counts.jobs_due, counts.overdue, counts.oldest_due_at) = (pending as u64, due.unwrap_or(0) as u64, overdue.unwrap_or(0) as u64, oldest);
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'held'").fetch_one(&self.pool).await.map_err(err)?;
+        counts.jobs_held = held as u64;
+        Ok(counts)
+    }
+
+    /// The first `limit` jobs that failed at least once and wait for a retry, oldest due first.
+    pub(crate) async fn failing(&self, limit: i64) -> Result<Vec<Failing>, CatalogError> {
+        sqlx::query_as(
+            "SELECT upload_id, action, attempts, due_at, next_try_at, last_error FROM jobs
+             WHERE state = 'pending' AND attempts > 0 ORDER BY due_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("status"))
+    }
+
     // ---- audit ----------------------------------------------------------------------
 
     /// Appends a record to the audit log inside `tx`. Call it last in a transaction: on
@@ -881,7 +1059,7 @@ impl Catalog {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, CatalogError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac FROM audit
              WHERE seq > $1 AND ($2 IS NULL OR subject_hash = $2) AND ($3 IS NULL OR upload_id = $3)
              ORDER BY seq LIMIT $4",
@@ -893,23 +1071,7 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await
         .map_err(q("reading audit log"))?;
-        rows.iter()
-            .map(|row| {
-                let get = |e| CatalogError::Corrupt(format!("audit row: {e}"));
-                Ok(AuditRecord {
-                    seq: row.try_get("seq").map_err(get)?,
-                    at: row.try_get("at").map_err(get)?,
-                    event: row.try_get("event").map_err(get)?,
-                    subject_hash: row.try_get("subject_hash").map_err(get)?,
-                    upload_id: row.try_get("upload_id").map_err(get)?,
-                    rule: row.try_get("rule").map_err(get)?,
-                    outcome: row.try_get("outcome").map_err(get)?,
-                    detail: row.try_get("detail").map_err(get)?,
-                    prev: row.try_get("prev").map_err(get)?,
-                    mac: row.try_get("mac").map_err(get)?,
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// The log head: last sequence number and MAC.

@@ -30,13 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::Row;
 
 pub use audit::{Secret, SecretError, Witness, WitnessError, WitnessedHead};
 pub use catalog::{AuditRecord, AuditVerdict, CatalogError, Reason, Upload, UploadState, now_ms};
 pub(crate) use catalog::Catalog;
 pub use policy::{Action, ClassRule, Policy, PolicyError};
 pub use scheduler::{RunOptions, RunSummary};
+use scheduler::JobOutcome;
 
 use crate::store::{StoreError, StoreOptions};
 use crate::{Anonymizer, Config};
@@ -506,13 +506,7 @@ impl Retention {
     pub(crate) async fn forget_finished_subjects(&self, only: Option<&str>) -> Result<u64, RetentionError> {
         let ids: Vec<String> = match only {
             Some(s) => vec![s.to_string()],
-            None => sqlx::query_scalar(
-                "SELECT s.id FROM subjects s WHERE s.state = 'unsubscribed'
-                 AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.subject_id = s.id) LIMIT 10000",
-            )
-            .fetch_all(self.catalog().pool())
-            .await
-            .map_err(catalog::q("finding finished subjects"))?,
+            None => self.catalog().finished_subjects(10_000).await?,
         };
         let mut forgotten = 0;
         for hash in ids {
@@ -598,15 +592,15 @@ impl Retention {
     async fn run_now(&self, scope: Scope<'_>, summary: &mut EventSummary) -> Result<(), RetentionError> {
         let owner = format!("inline:{}", self.inner.config.instance);
         loop {
-            let jobs = self.catalog().claim(&owner, scope, 256, self.inner.config.lease).await?;
+            let jobs = self.catalog().claim(&owner, Some(scope), 256, self.inner.config.lease).await?;
             if jobs.is_empty() {
                 return Ok(());
             }
-            for result in scheduler::execute_all(self, jobs).await {
-                match result {
-                    Ok(true) => summary.done += 1,
-                    Ok(false) => {}
-                    Err(e) => summary.errors.push(e),
+            for outcome in scheduler::execute_all(self, jobs).await {
+                match outcome {
+                    JobOutcome::Done(_) => summary.done += 1,
+                    JobOutcome::Released => {}
+                    failed @ (JobOutcome::Failed { .. } | JobOutcome::Unrecorded { .. }) => summary.errors.push(failed.to_string()),
                 }
             }
             if !summary.errors.is_empty() {
@@ -616,20 +610,9 @@ impl Retention {
     }
 
     async fn count_open(&self, scope: Scope<'_>, summary: &mut EventSummary) -> Result<(), RetentionError> {
-        let (sql, id) = match scope {
-            Scope::Subject(s) => ("SELECT j.state, COUNT(*) AS n FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE u.subject_id = $1 AND j.state <> 'done' GROUP BY j.state", s),
-            Scope::Upload(u) => ("SELECT state, COUNT(*) AS n FROM jobs WHERE upload_id = $1 AND state <> 'done' GROUP BY state", u),
-            Scope::All => unreachable!("events are scoped"),
-        };
-        let rows = sqlx::query(sql).bind(id).fetch_all(self.catalog().pool()).await.map_err(catalog::q("counting jobs"))?;
-        for row in rows {
-            let state: String = row.try_get("state").map_err(catalog::q("counting jobs"))?;
-            let n: i64 = row.try_get("n").map_err(catalog::q("counting jobs"))?;
-            match state.as_str() {
-                "held" => summary.held += n as u64,
-                _ => summary.pending += n as u64,
-            }
-        }
+        let (pending, held) = self.catalog().open_jobs(scope).await?;
+        summary.pending += pending;
+        summary.held += held;
         Ok(())
     }
 
@@ -683,65 +666,25 @@ impl Retention {
         let now = now_ms();
         let until = now.saturating_add(catalog::ms(horizon));
         let mut plan = Plan::default();
-        let err = catalog::q("planning");
-        // Counts over queued jobs.
-        let rows = sqlx::query("SELECT action, state, COUNT(*) AS n FROM jobs WHERE state <> 'done' AND next_try_at <= $1 GROUP BY action, state")
-            .bind(until)
-            .fetch_all(self.catalog().pool())
-            .await
-            .map_err(err)?;
-        for row in rows {
-            let (action, state, n): (String, String, i64) = (row.try_get("action").map_err(err)?, row.try_get("state").map_err(err)?, row.try_get("n").map_err(err)?);
-            plan.add(&action, state == "held", n as u64);
+        for (action, held, n) in self.catalog().queued_counts(until).await? {
+            plan.add(action, held, n);
         }
-        let mut items = Vec::new();
-        let rows = sqlx::query(
-            "SELECT u.id, u.subject_id, u.class, j.action, j.reason, j.next_try_at, j.state FROM jobs j JOIN uploads u ON u.id = j.upload_id
-             WHERE j.state <> 'done' AND j.next_try_at <= $1 ORDER BY j.next_try_at, j.id LIMIT $2",
-        )
-        .bind(until)
-        .bind(limit as i64)
-        .fetch_all(self.catalog().pool())
-        .await
-        .map_err(err)?;
-        for row in rows {
-            let action: String = row.try_get("action").map_err(err)?;
-            let reason: String = row.try_get("reason").map_err(err)?;
-            items.push(Planned {
-                upload: row.try_get("id").map_err(err)?,
-                subject_hash: row.try_get("subject_id").map_err(err)?,
-                class: row.try_get("class").map_err(err)?,
-                action: Action::parse(&action).ok_or_else(|| CatalogError::Corrupt(action.clone()))?,
-                reason: Reason::parse(&reason)?,
-                at: row.try_get("next_try_at").map_err(err)?,
-                held: row.try_get::<String, _>("state").map_err(err)? == "held",
-            });
-        }
+        let mut items = self.catalog().queued_items(until, limit).await?;
         // Expiries not queued yet.
         for (class, rule) in &self.policy().classes {
             let Some(max_age) = rule.max_age else { continue };
             let age = catalog::ms(max_age);
             let cutoff = until.saturating_sub(age);
             let (n, _) = self.catalog().unqueued_expiries(class, cutoff).await?;
-            plan.add(rule.on_expiry.as_str(), rule.legal_hold, n);
-            let rows = sqlx::query(
-                "SELECT u.id, u.subject_id, u.uploaded_at FROM uploads u WHERE u.class = $1 AND u.state = 'active' AND u.uploaded_at <= $2
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done') ORDER BY u.uploaded_at LIMIT $3",
-            )
-            .bind(class)
-            .bind(cutoff)
-            .bind(limit as i64)
-            .fetch_all(self.catalog().pool())
-            .await
-            .map_err(err)?;
-            for row in rows {
+            plan.add(rule.on_expiry, rule.legal_hold, n);
+            for (upload, subject_hash, uploaded_at) in self.catalog().unqueued_items(class, cutoff, limit).await? {
                 items.push(Planned {
-                    upload: row.try_get("id").map_err(err)?,
-                    subject_hash: row.try_get("subject_id").map_err(err)?,
+                    upload,
+                    subject_hash,
                     class: class.clone(),
                     action: rule.on_expiry,
                     reason: Reason::Expiry,
-                    at: row.try_get::<i64, _>("uploaded_at").map_err(err)? + age,
+                    at: uploaded_at + age,
                     held: rule.legal_hold,
                 });
             }
@@ -755,41 +698,21 @@ impl Retention {
     /// Counts, the overdue report and the jobs being retried.
     pub async fn status(&self) -> Result<Status, RetentionError> {
         let now = now_ms();
-        let err = catalog::q("status");
-        let pool = self.catalog().pool();
-        let mut status = Status::default();
-        for row in sqlx::query("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetch_all(pool).await.map_err(err)? {
-            let n = row.try_get::<i64, _>("n").map_err(err)? as u64;
-            match row.try_get::<String, _>("state").map_err(err)?.as_str() {
-                "active" => status.uploads_active = n,
-                "anonymised" => status.uploads_anonymised = n,
-                _ => status.uploads_purged = n,
-            }
-        }
-        for row in sqlx::query("SELECT state, COUNT(*) AS n FROM subjects GROUP BY state").fetch_all(pool).await.map_err(err)? {
-            let n = row.try_get::<i64, _>("n").map_err(err)? as u64;
-            match row.try_get::<String, _>("state").map_err(err)?.as_str() {
-                "subscribed" => status.subjects_subscribed = n,
-                _ => status.subjects_unsubscribed = n,
-            }
-        }
         let deadline = catalog::ms(self.policy().deadline);
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS pending,
-                    SUM(CASE WHEN next_try_at <= $1 THEN 1 ELSE 0 END) AS due,
-                    SUM(CASE WHEN due_at + $2 < $1 THEN 1 ELSE 0 END) AS overdue,
-                    MIN(due_at) AS oldest
-             FROM jobs WHERE state = 'pending'",
-        )
-        .bind(now)
-        .bind(deadline)
-        .fetch_one(pool)
-        .await
-        .map_err(err)?;
-        status.jobs_pending = row.try_get::<i64, _>("pending").map_err(err)? as u64;
-        status.jobs_due = row.try_get::<Option<i64>, _>("due").map_err(err)?.unwrap_or(0) as u64;
-        status.overdue = row.try_get::<Option<i64>, _>("overdue").map_err(err)?.unwrap_or(0) as u64;
-        status.oldest_due_at = row.try_get("oldest").map_err(err)?;
+        let c = self.catalog().queue_counts(now, deadline).await?;
+        let mut status = Status {
+            uploads_active: c.uploads_active,
+            uploads_anonymised: c.uploads_anonymised,
+            uploads_purged: c.uploads_purged,
+            subjects_subscribed: c.subjects_subscribed,
+            subjects_unsubscribed: c.subjects_unsubscribed,
+            jobs_pending: c.jobs_pending,
+            jobs_held: c.jobs_held,
+            jobs_due: c.jobs_due,
+            overdue: c.overdue,
+            oldest_due_at: c.oldest_due_at,
+            ..Status::default()
+        };
         // Expiries not queued yet (no scheduler pass since they fell due) are as due as
         // queued ones: the policy, not the queue, says when an upload must go.
         for (class, rule) in &self.policy().classes {
@@ -806,24 +729,7 @@ impl Retention {
                 status.oldest_due_at = Some(status.oldest_due_at.map_or(at, |o| o.min(at)));
             }
         }
-        status.jobs_held = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'held'").fetch_one(pool).await.map_err(err)? as u64;
-        for row in sqlx::query(
-            "SELECT upload_id, action, attempts, due_at, next_try_at, last_error FROM jobs
-             WHERE state = 'pending' AND attempts > 0 ORDER BY due_at LIMIT 20",
-        )
-        .fetch_all(pool)
-        .await
-        .map_err(err)?
-        {
-            status.failing.push(Failing {
-                upload: row.try_get("upload_id").map_err(err)?,
-                action: row.try_get("action").map_err(err)?,
-                attempts: row.try_get("attempts").map_err(err)?,
-                due_at: row.try_get("due_at").map_err(err)?,
-                next_try_at: row.try_get("next_try_at").map_err(err)?,
-                last_error: row.try_get::<Option<String>, _>("last_error").map_err(err)?.unwrap_or_default(),
-            });
-        }
+        status.failing = self.catalog().failing(20).await?;
         Ok(status)
     }
 
@@ -850,13 +756,11 @@ impl Retention {
 }
 
 impl Plan {
-    fn add(&mut self, action: &str, held: bool, n: u64) {
-        if held {
-            self.held += n;
-        } else if action == "purge" {
-            self.purge += n;
-        } else {
-            self.anonymise += n;
+    fn add(&mut self, action: Action, held: bool, n: u64) {
+        match (held, action) {
+            (true, _) => self.held += n,
+            (false, Action::Purge) => self.purge += n,
+            (false, Action::Anonymise) => self.anonymise += n,
         }
     }
 }

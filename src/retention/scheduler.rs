@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::actions::{self, ActionError, Done};
-use super::catalog::{AuditEntry, Catalog, Dialect, Job, NewJob, Scope, now_ms};
+use super::catalog::{AuditEntry, Catalog, Dialect, Job, NewJob, now_ms};
 use super::{Action, Retention, RetentionError};
 
 /// How `run` behaves.
@@ -130,7 +130,7 @@ impl Retention {
                 tick.stopped = true;
                 return Ok(tick);
             }
-            let jobs = self.catalog().claim(&owner, Scope::All, options.batch, self.config().lease).await?;
+            let jobs = self.catalog().claim(&owner, None, options.batch, self.config().lease).await?;
             if jobs.is_empty() {
                 self.forget_finished_subjects(None).await?;
                 return Ok(tick);
@@ -157,17 +157,42 @@ impl RunSummary {
     }
 }
 
+/// What running one claimed job came to.
+#[derive(Debug)]
+pub(crate) enum JobOutcome {
+    /// Carried out, and recorded with its audit record.
+    Done(Done),
+    /// Changed hands or kind meanwhile: nothing recorded; it runs again as what it is now.
+    Released,
+    /// The action failed: recorded, audited and queued for a retry. `message` names no
+    /// store key.
+    Failed { upload: String, message: String },
+    /// The action may have happened but its result could not be recorded: the lease
+    /// expires and the job runs again, which the actions allow.
+    Unrecorded { upload: String, error: RetentionError },
+}
+
+impl std::fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobOutcome::Done(done) => write!(f, "{}", done.outcome()),
+            JobOutcome::Released => write!(f, "released"),
+            JobOutcome::Failed { upload, message } => write!(f, "upload {upload}: {message}"),
+            JobOutcome::Unrecorded { upload, error } => write!(f, "upload {upload}: recording the result: {error}"),
+        }
+    }
+}
+
 async fn execute_counted(retention: &Retention, jobs: Vec<Job>) -> RunSummary {
     let mut summary = RunSummary::default();
-    let results = futures::stream::iter(jobs).map(|job| run_job(retention, job)).buffer_unordered(retention.config().concurrency.max(1)).collect::<Vec<_>>().await;
-    for r in results {
-        match r {
-            Ok(Some(Done::Purged { .. })) => summary.purged += 1,
-            Ok(Some(Done::Anonymised { .. })) => summary.anonymised += 1,
-            Ok(Some(Done::PurgedInstead { .. })) => summary.purged_instead += 1,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!("{e}");
+    for outcome in execute_all(retention, jobs).await {
+        match outcome {
+            JobOutcome::Done(Done::Purged { .. }) => summary.purged += 1,
+            JobOutcome::Done(Done::Anonymised { .. }) => summary.anonymised += 1,
+            JobOutcome::Done(Done::PurgedInstead { .. }) => summary.purged_instead += 1,
+            JobOutcome::Released => {}
+            failed @ (JobOutcome::Failed { .. } | JobOutcome::Unrecorded { .. }) => {
+                tracing::warn!("{failed}");
                 summary.failed_attempts += 1;
             }
         }
@@ -175,19 +200,13 @@ async fn execute_counted(retention: &Retention, jobs: Vec<Job>) -> RunSummary {
     summary
 }
 
-/// Runs claimed jobs; per job `Ok(true)` done, `Ok(false)` given up to someone else,
-/// `Err(message)` failed (queued for a retry).
-pub(crate) async fn execute_all(retention: &Retention, jobs: Vec<Job>) -> Vec<Result<bool, String>> {
-    futures::stream::iter(jobs)
-        .map(|job| async move { run_job(retention, job).await.map(|d| d.is_some()) })
-        .buffer_unordered(retention.config().concurrency.max(1))
-        .collect()
-        .await
+/// Runs claimed jobs, `concurrency` at a time, and says what each came to.
+pub(crate) async fn execute_all(retention: &Retention, jobs: Vec<Job>) -> Vec<JobOutcome> {
+    futures::stream::iter(jobs).map(|job| run_job(retention, job)).buffer_unordered(retention.config().concurrency.max(1)).collect().await
 }
 
 /// Executes one job and records the outcome (or the failure) with its audit record.
-/// `Ok(None)`: the job changed hands or kind meanwhile; nothing recorded.
-async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String> {
+async fn run_job(retention: &Retention, job: Job) -> JobOutcome {
     let result = act(retention, &job).await;
     let subject_hash = job.upload.subject_hash.clone();
     let now = now_ms();
@@ -245,13 +264,11 @@ async fn run_job(retention: &Retention, job: Job) -> Result<Option<Done>, String
     };
     match record.await {
         Ok(Some(())) => match result {
-            Ok(done) => Ok(Some(done)),
-            Err(_) => Err(format!("upload {}: {}", job.upload.id, error.unwrap_or_default())),
+            Ok(done) => JobOutcome::Done(done),
+            Err(_) => JobOutcome::Failed { upload: job.upload.id, message: error.unwrap_or_default() },
         },
-        Ok(None) => Ok(None),
-        // The action may have happened but is not recorded: the lease expires and the
-        // job runs again, which the actions allow.
-        Err(e) => Err(format!("upload {}: recording the result: {e}", job.upload.id)),
+        Ok(None) => JobOutcome::Released,
+        Err(error) => JobOutcome::Unrecorded { upload: job.upload.id, error },
     }
 }
 
