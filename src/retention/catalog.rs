@@ -25,7 +25,7 @@ use sqlx::{Any, AnyPool, Executor, FromRow, Row, Transaction};
 
 use super::audit::{AuditFields, Secret, WitnessedHead};
 use super::policy::Action;
-use super::{Failing, Planned};
+use super::{Failing, Planned, Status};
 
 /// Why the catalog failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,22 +55,7 @@ fn parse_action(text: &str) -> Result<Action, CatalogError> {
     Action::parse(text).ok_or_else(|| CatalogError::Corrupt(format!("job action {text:?}")))
 }
 
-/// The queue's counts `status` reports (see [`Catalog::queue_counts`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct QueueCounts {
-    pub uploads_active: u64,
-    pub uploads_anonymised: u64,
-    pub uploads_purged: u64,
-    pub subjects_subscribed: u64,
-    pub subjects_unsubscribed: u64,
-    pub jobs_pending: u64,
-    pub jobs_held: u64,
-    pub jobs_due: u64,
-    pub overdue: u64,
-    pub oldest_due_at: Option<i64>,
-}
-
-/// A queued job as `plan` lists it (from [`Catalog::queued_items`]'s columns).
+/// A queued job as `plan` lists it (from `Catalog::queued_items`'s columns).
 impl<'r> FromRow<'r, AnyRow> for Planned {
     fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
         let corrupt = |e: CatalogError| sqlx::Error::Decode(e.into());
@@ -86,7 +71,7 @@ impl<'r> FromRow<'r, AnyRow> for Planned {
     }
 }
 
-/// A job being retried (from [`Catalog::failing`]'s columns).
+/// A job being retried (from `Catalog::failing`'s columns).
 impl<'r> FromRow<'r, AnyRow> for Failing {
     fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Failing {
@@ -958,11 +943,12 @@ impl Catalog {
         .map_err(q("planning"))
     }
 
-    /// The queue's counts for `status` at `now`, with `deadline` ms of grace before a job
-    /// is overdue. Expiries not queued yet are the caller's to add (they need the policy).
-    pub(crate) async fn queue_counts(&self, now: i64, deadline: i64) -> Result<QueueCounts, CatalogError> {
+    /// The catalog's part of `status` at `now`, with `deadline` ms of grace before a job
+    /// is overdue: the counts of uploads, subjects and queued jobs. Expiries not queued yet
+    /// and the failing jobs are the caller's to add (the first need the policy).
+    pub(crate) async fn queue_status(&self, now: i64, deadline: i64) -> Result<Status, CatalogError> {
         let err = q("status");
-        let mut counts = QueueCounts::default();
+        let mut counts = Status::default();
         let uploads: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetch_all(&self.pool).await.map_err(err)?;
         for (state, n) in uploads {
             match state.as_str() {

@@ -699,20 +699,7 @@ impl Retention {
     pub async fn status(&self) -> Result<Status, RetentionError> {
         let now = now_ms();
         let deadline = catalog::ms(self.policy().deadline);
-        let c = self.catalog().queue_counts(now, deadline).await?;
-        let mut status = Status {
-            uploads_active: c.uploads_active,
-            uploads_anonymised: c.uploads_anonymised,
-            uploads_purged: c.uploads_purged,
-            subjects_subscribed: c.subjects_subscribed,
-            subjects_unsubscribed: c.subjects_unsubscribed,
-            jobs_pending: c.jobs_pending,
-            jobs_held: c.jobs_held,
-            jobs_due: c.jobs_due,
-            overdue: c.overdue,
-            oldest_due_at: c.oldest_due_at,
-            ..Status::default()
-        };
+        let mut status = self.catalog().queue_status(now, deadline).await?;
         // Expiries not queued yet (no scheduler pass since they fell due) are as due as
         // queued ones: the policy, not the queue, says when an upload must go.
         for (class, rule) in &self.policy().classes {

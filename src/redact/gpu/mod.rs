@@ -1,16 +1,16 @@
 //! The GPU backend (wgpu compute, `shaders/redact.wgsl`): same pixels as [`cpu`](super::cpu)
 //! (within ±1 per channel: float rounding differs), many images per submission.
 //!
-//! One [`GpuRedactor`] owns a device, a queue and the two pipelines, created once. A batch
-//! is planned by [`pack`] into chunks; each chunk's patches (the regions plus the halo a
-//! blur reads) are uploaded in one write, processed in two dispatches per layer for all
-//! images at once, and read back; only the regions are written into the frames. Two sets
+//! One [`GpuRedactor`] owns a device, a queue and the three pipelines (`gather`, `reduce`,
+//! `apply`), created once. A batch is planned by `pack` into chunks; each chunk's patches
+//! (the regions plus the halo a blur reads) are uploaded in one write, processed in three
+//! dispatches per layer for all images at once, and read back; only the regions are written into the frames. Two sets
 //! of buffers alternate, so one chunk computes while the next is packed and uploaded and
 //! the previous is written back; buffers are kept and grown, never re-created per call.
 //! Chunks are sized from the device's limits, so large images and regions are split,
 //! never refused.
 
-pub mod pack;
+pub(crate) mod pack;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};

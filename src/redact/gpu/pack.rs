@@ -7,7 +7,8 @@
 //!   its read areas), and clusters never see each other's writes.
 //! - Inside a cluster each region gets a **layer**: one more than the latest earlier
 //!   region it depends on (it reads what that one writes, or writes what it reads). One
-//!   layer of all clusters of all images runs as two dispatches (`gather`, `apply`).
+//!   layer of all clusters of all images runs as three dispatches (`gather`, `reduce`,
+//!   `apply`).
 //! - A cluster too large for one buffer is done region by region in **rounds**, each
 //!   region cut into tiles that fit (with their halo). The rare region whose smallest
 //!   tile still does not fit (a single pixelation block or blur halo beyond the device's
