@@ -1,6 +1,8 @@
-//! All settings in one place. The defaults are documented on each field of the parts;
-//! the CLI maps its flags onto this, a library user builds it directly, and it
-//! deserialises from TOML or JSON.
+//! All settings in one place: [`Config`] (the defaults are documented on each field of
+//! the parts), the one check of them all ([`Config::validate`], which every constructor
+//! calls), and [`Choice`], the named values of the settings enums. A library user builds
+//! a `Config` directly or deserialises it (TOML, JSON); the CLI layers its flags over it.
+//! It owns no behaviour: what a setting does lives in the part it configures.
 
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +113,7 @@ fn check_style(field: &'static str, style: &Style) -> Result<(), ConfigError> {
 /// assert_eq!(FaceModel::from_name("retinaface"), Some(FaceModel::Retinaface));
 /// assert!(FaceModel::ALL.contains(&FaceModel::Centerface));
 /// ```
-pub trait Choice: Copy + PartialEq + Serialize + serde::de::DeserializeOwned + 'static {
+pub trait Choice: sealed::Sealed + Copy + PartialEq + Serialize + serde::de::DeserializeOwned + 'static {
     /// Every value, in the order front ends list them.
     const ALL: &'static [Self];
 
@@ -127,6 +129,17 @@ pub trait Choice: Copy + PartialEq + Serialize + serde::de::DeserializeOwned + '
     fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|v| v.name() == name)
     }
+}
+
+/// Only this crate's enums are [`Choice`]s (their names are serde strings by construction).
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::detect::Class {}
+    impl Sealed for crate::detect::FaceModel {}
+    impl Sealed for crate::detect::Booster {}
+    impl Sealed for crate::detect::Device {}
+    impl Sealed for crate::redact::Shape {}
+    impl Sealed for crate::redact::backend::RedactOn {}
 }
 
 #[cfg(test)]
@@ -159,7 +172,24 @@ mod tests {
         names_are_serde_names::<Device>();
         names_are_serde_names::<RedactOn>();
         names_are_serde_names::<Shape>();
-        assert_eq!(FaceModel::ALL.len(), 3);
         assert_eq!(Booster::PersonFaces.name(), "person-faces");
+    }
+
+    /// `ALL` lists every value: a new variant makes these exhaustive matches fail to
+    /// compile until it is given a place here, and then the test until `ALL` has it too.
+    #[test]
+    fn every_choice_lists_every_variant() {
+        fn check<T: Choice + std::fmt::Debug>(position: impl Fn(T) -> usize, count: usize) {
+            assert_eq!(T::ALL.len(), count, "{:?}", T::ALL);
+            for (i, v) in T::ALL.iter().enumerate() {
+                assert_eq!(position(*v), i, "{v:?}");
+            }
+        }
+        check(|v: Class| match v { Class::Face => 0, Class::Person => 1 }, 2);
+        check(|v: FaceModel| match v { FaceModel::CenterfaceInt8 => 0, FaceModel::Centerface => 1, FaceModel::Retinaface => 2 }, 3);
+        check(|v: Booster| match v { Booster::PersonFaces => 0, Booster::Flip => 1, Booster::Upscale => 2 }, 3);
+        check(|v: Device| match v { Device::Auto => 0, Device::Cpu => 1, Device::Cuda => 2 }, 3);
+        check(|v: RedactOn| match v { RedactOn::Auto => 0, RedactOn::Cpu => 1, RedactOn::Gpu => 2 }, 3);
+        check(|v: Shape| match v { Shape::Rect => 0, Shape::Ellipse => 1 }, 2);
     }
 }

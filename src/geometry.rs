@@ -1,5 +1,6 @@
-//! Box math shared by the detectors and the redaction planner: boxes in pixel space,
-//! intersection-over-union, greedy non-maximum suppression, padding and clipping.
+//! Box math shared by the detectors, the redaction planner and scoring: boxes in pixel
+//! space, intersection-over-union, greedy non-maximum suppression, padding and clipping,
+//! and how much of a box a set of regions covers. No image data, no models.
 //!
 //! Two box types keep the spaces apart: [`BBox`] is a floating-point box in the pixel
 //! space of one image (`x2`, `y2` exclusive), [`PixelRect`] an integer rectangle that is

@@ -129,6 +129,25 @@ fn all_metadata_is_dropped_by_default() {
     }
 }
 
+/// A settings file may keep metadata; `--keep-metadata=false` on the command line still
+/// strips it all for this call (a flag can turn a file's setting off, not only on).
+#[test]
+fn keep_metadata_false_overrides_a_settings_file_that_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _) = tagged_photo(tmp.path());
+    let config = tmp.path().join("keep.toml");
+    std::fs::write(&config, "[image]\nkeep_metadata = true\n").unwrap();
+    let kept = tmp.path().join("kept.jpg");
+    assert!(run(obscura().args(["anonymise", "-q", "--config"]).arg(&config).arg(&input).arg("-o").arg(&kept)).status.success());
+    assert!(contains(&std::fs::read(&kept).unwrap(), b"ObscuraTestCam"), "the file's keep_metadata applies (Make is allowlisted)");
+    let stripped = tmp.path().join("stripped.jpg");
+    let out = run(obscura().args(["anonymise", "-q", "--config"]).arg(&config).arg("--keep-metadata=false").arg(&input).arg("-o").arg(&stripped));
+    assert!(out.status.success());
+    let bytes = std::fs::read(&stripped).unwrap();
+    assert!(!segment_markers(&bytes).contains(&0xE1), "no EXIF segment");
+    assert!(!contains(&bytes, b"ObscuraTestCam"));
+}
+
 /// An ICC profile a hostile (or careless) camera could write: real colorimetry plus a
 /// private tag carrying `payload`.
 fn icc_with_payload(payload: &[u8]) -> Vec<u8> {

@@ -102,7 +102,7 @@ pub fn run(args: &AnonymiseArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
 
-/// A bar on stderr for several images when stderr is a terminal; hidden otherwise.
+/// Anonymises one job's input and writes its output; never writes on failure.
 fn run_job(anonymizer: &Anonymizer, job: &Job, cleaned: &CleanedDirs) -> ImageReport {
     let (output, result) = match &job.dest {
         Err(e) => (None, Err(anyhow::anyhow!("{e}"))),

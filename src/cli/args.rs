@@ -190,13 +190,14 @@ pub struct RedactionArgs {
     /// Growth of each side of a face box, as a fraction of the box.
     #[arg(long, default_value = SHOWN.padding.as_str())]
     pub padding: f32,
-    /// Keep the ICC profile and EXIF (minus thumbnail and orientation). Off by default:
-    /// outputs carry no metadata.
-    #[arg(long)]
-    pub keep_metadata: bool,
-    /// Draw the detector's boxes on the output (debugging).
-    #[arg(long)]
-    pub draw_boxes: bool,
+    /// Keep an allowlist of small EXIF values and the ICC colorimetry (see README). Off by
+    /// default: outputs carry no metadata. `--keep-metadata=false` turns off a settings
+    /// file's `image.keep_metadata`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub keep_metadata: Option<bool>,
+    /// Draw the detector's boxes on the output (debugging; `=false` turns off a settings file's).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub draw_boxes: Option<bool>,
     /// Where redaction runs: cpu, gpu (wgpu shader, any adapter; an error if none), or
     /// auto (the GPU only when it is a real GPU, not a software one like lavapipe).
     #[arg(long, value_parser = choice::<RedactOn>(), default_value = SHOWN.redact_on.as_str())]
@@ -255,8 +256,12 @@ impl RedactionArgs {
         layer(m, "padding", &mut c.redact.padding, &self.padding);
         layer(m, "redact_on", &mut c.redact.on, &self.redact_on);
         layer(m, "jpeg_quality", &mut c.image.jpeg_quality, &self.jpeg_quality);
-        c.redact.draw_boxes |= self.draw_boxes;
-        c.image.keep_metadata |= self.keep_metadata;
+        if let Some(draw) = self.draw_boxes {
+            c.redact.draw_boxes = draw;
+        }
+        if let Some(keep) = self.keep_metadata {
+            c.image.keep_metadata = keep;
+        }
         if self.seed.is_some() {
             c.redact.seed = self.seed;
         }

@@ -19,7 +19,9 @@ pub fn run(args: &BatchArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
     let store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
     let filter = Filter::new(&args.include, &args.exclude, args.shard).context("--include/--exclude")?;
     let mut config = args.redaction.config(parallel, m)?;
-    config.max_concurrency = parallel;
+    if config.max_concurrency == 0 {
+        config.max_concurrency = parallel;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let src = Store::open_existing(&args.src, &store_options)?;

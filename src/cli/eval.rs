@@ -47,7 +47,9 @@ pub fn run(args: &EvalArgs, m: &ArgMatches) -> Result<i32> {
     let jobs = parallelism(args.jobs);
     // Scoring plans regions and never redacts: no GPU to probe.
     config.redact.on = obscura::redact::backend::RedactOn::Cpu;
-    config.runtime.sessions = jobs; // threads per session derived from the cores
+    if config.runtime.sessions == 0 {
+        config.runtime.sessions = jobs; // threads per session derived from the cores
+    }
     let anonymizer = Anonymizer::new(config)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     let started = Instant::now();

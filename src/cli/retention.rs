@@ -151,7 +151,7 @@ pub struct RunArgs {
     #[arg(long, default_value = SHOWN.lease.as_str(), value_parser = humantime::parse_duration)]
     pub lease: Duration,
     /// First retry delay after a failed action (doubles per attempt, up to the library's
-    /// longest, 1 h).
+    /// longest delay).
     #[arg(long, default_value = SHOWN.retry_after.as_str(), value_parser = humantime::parse_duration)]
     pub retry_after: Duration,
 }

@@ -46,7 +46,8 @@ fn parse(text: &str) -> Result<Vec<ModelEntry>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Some(id) = line.strip_prefix("[model.").and_then(|l| l.strip_suffix(']')) {
+        let header = line.split('#').next().unwrap_or_default().trim_end();
+        if let Some(id) = header.strip_prefix("[model.").and_then(|l| l.strip_suffix(']')) {
             finish(current.take(), &mut entries)?;
             current = Some((id.to_string(), Vec::new()));
             continue;
@@ -89,6 +90,36 @@ mod tests {
             assert_eq!(t["name"].as_str(), Some(e.name.as_str()));
             assert_eq!(t["file"].as_str(), Some(e.file.as_str()));
             assert_eq!(t["sha256"].as_str(), Some(e.sha256.as_str()));
+        }
+    }
+
+    /// `scripts/setup` reads the manifest with its own small reader (awk): on the real
+    /// file and on a variant with CRLF line ends, no spaces around `=` and comments, it
+    /// finds what the Rust reader finds.
+    #[test]
+    fn the_setup_script_reads_the_manifest_as_the_loader_does() {
+        let setup = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup")).unwrap();
+        let start = setup.find("model_field() {").expect("scripts/setup defines model_field");
+        let end = start + setup[start..].find("\n}\n").expect("model_field ends") + 3;
+        let function = &setup[start..end];
+        let variant = MANIFEST.replace(" = ", "=").replace('\n', " # note\r\n").replace("]\r\n", "]  \r\n");
+        for text in [MANIFEST.to_string(), variant] {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir(root.path().join("models")).unwrap();
+            std::fs::write(root.path().join("models/models.toml"), &text).unwrap();
+            for e in parse(&text).unwrap() {
+                for (key, value) in [("name", &e.name), ("file", &e.file), ("sha256", &e.sha256)] {
+                    let out = std::process::Command::new("bash")
+                        .arg("-c")
+                        .arg(format!("{function}\nmodel_field \"$1\" \"$2\""))
+                        .args(["model_field", &e.id, key])
+                        .env("ROOT", root.path())
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{}: {}", e.id, String::from_utf8_lossy(&out.stderr));
+                    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), value.as_str(), "[model.{}] {key}", e.id);
+                }
+            }
         }
     }
 

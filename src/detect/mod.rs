@@ -1,16 +1,19 @@
 //! Detection: finding faces and persons in a [`Frame`].
 //!
 //! Owns the ONNX Runtime environment and session pool ([`runtime`]), each model family's
-//! pre-processing and output decoding (one file per family, e.g. [`centerface`]), the
-//! plan of views (full frame, downscaled frame, tiles) that keeps small faces detectable in
-//! large photos (`views`), and the optional recall boosters ([`boost`]). It does not decide what gets redacted; that is `redact`.
+//! pre-processing and output decoding (one file per family: `centerface`, `retinaface`,
+//! [`nanodet`]), which of them the settings ask for (`registry`), the model files'
+//! names and pinned checksums (`manifest`, from `models/models.toml`), the plan of views
+//! (full frame, downscaled frame, tiles) that keeps small faces detectable in large photos
+//! (`views`), and the optional recall boosters ([`boost`]). It does not decide what gets
+//! redacted (that is `redact`), nor check settings (that is [`Config::validate`](crate::Config::validate)).
 
 pub mod boost;
-pub mod centerface;
+pub(crate) mod centerface;
 mod manifest;
 pub mod nanodet;
 pub(crate) mod registry;
-pub mod retinaface;
+pub(crate) mod retinaface;
 pub mod runtime;
 pub(crate) mod views;
 
@@ -158,7 +161,7 @@ pub struct DetectConfig {
     pub boost: Vec<Booster>,
     /// Person detector settings (used when `targets` has `Person`).
     pub person: PersonConfig,
-    /// Which face models run (default CenterFace); with several, their detections are
+    /// Which face models run (default CenterFace INT8); with several, their detections are
     /// all redacted (a face either model finds is covered).
     pub face_models: Vec<FaceModel>,
     /// RetinaFace settings (used when `face_models` has `RetinaFace`).

@@ -1,5 +1,8 @@
 //! Which backend redacts: the CPU reference or the GPU shader, chosen once per
-//! [`Anonymizer`](crate::Anonymizer).
+//! [`Anonymizer`](crate::Anonymizer), and the types both share ([`RedactError`],
+//! [`BatchImage`]). Without the `gpu` feature only the CPU backend exists: `Auto` means
+//! the CPU and `Gpu` is [`RedactError::NotBuilt`]. The pixels themselves are `cpu`'s and
+//! `gpu`'s.
 
 #[cfg(feature = "gpu")]
 use std::sync::Arc;
@@ -59,6 +62,7 @@ pub struct BatchImage<'a> {
 /// # Ok::<(), obscura::redact::backend::RedactError>(())
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Redactor {
     Cpu,
     /// The wgpu shader (Cargo feature `gpu`).

@@ -53,6 +53,8 @@ pub enum RetentionError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("the policy has no class {0:?}")]
     UnknownClass(String),
     #[error("unknown subject {0:?}")]
@@ -299,6 +301,8 @@ fn validate_key(id: &str, key: &str) -> Result<(), RetentionError> {
 impl Retention {
     /// Opens the catalog (creating and migrating it).
     pub async fn open(config: RetentionConfig) -> Result<Self, RetentionError> {
+        // The anonymiser is built on the first anonymise action; its settings are checked now.
+        config.anonymizer.validate()?;
         let catalog = Catalog::open(&config.catalog, &config.secret).await?;
         let anonymises = config.policy.classes.values().any(|c| c.on_expiry == Action::Anonymise || c.on_unsubscribe == Action::Anonymise);
         let stores = actions::Stores::new(config.store_options.clone());
