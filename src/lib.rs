@@ -36,6 +36,7 @@
 //! | `batch` | resumable, sharded batch jobs over stores (`batch`; implies `store`) |
 //! | `retention` | catalog, policy, scheduler, erasure, audit (`retention`; implies `store`) |
 //! | `eval` | scoring against annotated photos, charts (`eval`) |
+//! | `serve` | the HTTP service (`serve`) |
 //! | `cli` (default) | the `obscura` binary, with all of the above |
 //! | `cuda` | the CUDA execution provider for ONNX Runtime |
 
@@ -53,9 +54,11 @@ pub mod pipeline;
 pub mod redact;
 #[cfg(feature = "retention")]
 pub mod retention;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "store")]
 pub mod store;
 
 pub use config::Config;
 pub use error::Error;
-pub use pipeline::{Anonymized, Anonymizer, Report};
+pub use pipeline::{Anonymized, Anonymizer, Options, Report};

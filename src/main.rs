@@ -18,6 +18,7 @@ fn main() {
         Command::Batch(args) => cli::batch::run(args, m, cli.quiet),
         Command::Eval(args) => cli::eval::run(args, m),
         Command::Retention(args) => cli::retention::run(args, m),
+        Command::Serve(args) => cli::serve::run(args, m),
     };
     drop(runtime_dir);
     match result {
@@ -36,6 +37,7 @@ fn quiet_mesa(cli: &Cli) -> Option<tempfile::TempDir> {
     let probes_gpu = match &cli.command {
         Command::Anonymise(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
         Command::Batch(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
+        Command::Serve(args) => args.redaction.redact_on != obscura::redact::backend::RedactOn::Cpu,
         Command::Eval(_) | Command::Retention(_) => false,
     };
     if !probes_gpu || std::env::var_os("XDG_RUNTIME_DIR").is_some() {

@@ -49,6 +49,25 @@ pub struct Timings {
     pub encode: f64,
 }
 
+/// Per-call changes to an anonymiser's settings, for callers that serve many clients
+/// with one [`Anonymizer`] (the HTTP service's query parameters). Only what needs no
+/// other model can change: the redaction, a subset of the targets, and a score threshold
+/// at least the configured one. `Default` changes nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Options {
+    /// Output format (default: the input's).
+    pub format: Option<Format>,
+    /// Redaction settings for this call instead of the configured ones; checked like
+    /// [`Config::validate`] checks them.
+    pub redact: Option<crate::redact::RedactConfig>,
+    /// Only these of the configured targets (asking for one the anonymiser does not
+    /// detect is an error: it would be silently left visible).
+    pub targets: Option<Vec<Class>>,
+    /// CenterFace's score threshold for this call; at least the configured one (a lower
+    /// one would need the model run again, and is an error).
+    pub threshold: Option<f32>,
+}
+
 /// The anonymiser: built once, shared by every caller (`Send + Sync`, cheap to clone).
 ///
 /// ```no_run
@@ -124,13 +143,20 @@ impl Anonymizer {
     /// [`Anonymizer::anonymize`], encoding the output as `format` (or the input's format
     /// when `None`).
     pub fn anonymize_to(&self, bytes: &[u8], format: Option<Format>) -> Result<Anonymized, Error> {
+        self.anonymize_with(bytes, &Options { format, ..Options::default() })
+    }
+
+    /// [`Anonymizer::anonymize`] with per-call [`Options`]; invalid options are an
+    /// [`Error::Config`] before anything is decoded.
+    pub fn anonymize_with(&self, bytes: &[u8], options: &Options) -> Result<Anonymized, Error> {
+        self.check(options)?;
         let config = &self.inner.config;
         let t = Instant::now();
         let decoded = image_io::decode(bytes, &config.image)?;
         let decode_ms = ms(t);
         let Decoded { mut frame, format: input_format, orientation, metadata } = decoded;
-        let format = format.unwrap_or(input_format);
-        let (detections, regions, mut timings) = self.redact_frame(&mut frame)?;
+        let format = options.format.unwrap_or(input_format);
+        let (detections, regions, mut timings) = self.redact_frame_with(&mut frame, options)?;
         timings.decode = decode_ms;
         let (width, height) = (frame.width, frame.height);
         let t = Instant::now();
@@ -150,33 +176,80 @@ impl Anonymizer {
         Ok(Anonymized { bytes, format, report })
     }
 
+    /// Checks per-call options against this anonymiser (see [`Options`]).
+    pub fn check(&self, options: &Options) -> Result<(), Error> {
+        let config = &self.inner.config;
+        let bad = |field: &'static str, reason: String| Err(crate::config::ConfigError { field, reason }.into());
+        if let Some(redact) = &options.redact {
+            let mut with = config.clone();
+            with.redact = redact.clone();
+            with.validate()?;
+            if redact.on != config.redact.on {
+                return bad("redact.on", "the redaction backend is chosen once, when the anonymiser is built".into());
+            }
+        }
+        if let Some(targets) = &options.targets {
+            if targets.is_empty() {
+                return bad("detect.targets", "is empty: nothing would be detected, so nothing would be redacted".into());
+            }
+            if let Some(missing) = targets.iter().find(|t| !self.inner.detectors.iter().any(|d| d.class() == **t)) {
+                return bad("detect.targets", format!("{missing:?} is not detected by this anonymiser"));
+            }
+            // Faces found by searching persons need the person detector to run.
+            if config.detect.boost.contains(&crate::detect::Booster::PersonFaces) && targets.contains(&Class::Face) && !targets.contains(&Class::Person) {
+                return bad("detect.targets", "faces without persons would lose the person-faces booster this anonymiser is configured with".into());
+            }
+        }
+        if let Some(threshold) = options.threshold {
+            if !(config.detect.threshold..=1.0).contains(&threshold) {
+                return bad("detect.threshold", format!("must be between the configured {} and 1", config.detect.threshold));
+            }
+        }
+        Ok(())
+    }
+
     /// Detects faces and plans the regions to redact, without changing any pixel.
     pub fn plan(&self, frame: &Frame) -> Result<(Vec<Detection>, Vec<Region>), DetectError> {
+        self.plan_with(frame, &Options::default())
+    }
+
+    /// [`Anonymizer::plan`] with per-call [`Options`] (already [checked](Anonymizer::check)).
+    pub fn plan_with(&self, frame: &Frame, options: &Options) -> Result<(Vec<Detection>, Vec<Region>), DetectError> {
         let detect = &self.inner.config.detect;
+        let wanted = |class: Class| options.targets.as_ref().is_none_or(|t| t.contains(&class));
         let mut detections = Vec::new();
         // Person detectors come first (see `with_detectors`), so their boxes are there
         // for the person-faces booster.
-        for detector in &self.inner.detectors {
-            let found = match detector.class() {
+        for detector in self.inner.detectors.iter().filter(|d| wanted(d.class())) {
+            let mut found = match detector.class() {
                 Class::Face => boost::detect(detector.as_ref(), frame, detect, &detections)?,
                 Class::Person => detector.detect(frame)?,
             };
+            if let Some(threshold) = options.threshold {
+                // CenterFace's threshold, as the setting is; other models keep theirs.
+                found.retain(|d| !d.model.starts_with("centerface") || d.score.0 >= threshold);
+            }
             detections.extend(found);
         }
-        let regions = redact::plan(&detections, &self.inner.config.redact, frame.width, frame.height);
+        let redact = options.redact.as_ref().unwrap_or(&self.inner.config.redact);
+        let regions = redact::plan(&detections, redact, frame.width, frame.height);
         Ok((detections, regions))
     }
 
     /// Detects and redacts in place on already-decoded pixels. On `Err` the frame may be
     /// partly redacted and must be discarded.
     pub fn redact_frame(&self, frame: &mut Frame) -> Result<(Vec<Detection>, Vec<Region>, Timings), Error> {
-        let config = &self.inner.config;
+        self.redact_frame_with(frame, &Options::default())
+    }
+
+    fn redact_frame_with(&self, frame: &mut Frame, options: &Options) -> Result<(Vec<Detection>, Vec<Region>, Timings), Error> {
+        let redact = options.redact.as_ref().unwrap_or(&self.inner.config.redact);
         let t = Instant::now();
-        let (detections, regions) = self.plan(frame)?;
+        let (detections, regions) = self.plan_with(frame, options)?;
         let detect = ms(t);
         let t = Instant::now();
-        self.inner.redactor.redact(frame, &regions, &Params::for_image(&config.redact))?;
-        if config.redact.draw_boxes {
+        self.inner.redactor.redact(frame, &regions, &Params::for_image(redact))?;
+        if redact.draw_boxes {
             for d in &detections {
                 if let Some(rect) = d.bbox.to_pixels(frame.width, frame.height) {
                     redact::cpu::draw_outline(frame, rect, [255, 0, 0]);
@@ -190,9 +263,21 @@ impl Anonymizer {
     /// the reactor threads, with at most `max_concurrency` images in flight (callers
     /// beyond that wait their turn). Needs a tokio runtime.
     pub async fn anonymize_async(&self, bytes: Vec<u8>) -> Result<Anonymized, Error> {
-        let _permit = self.inner.limiter.clone().acquire_owned().await.map_err(|_| Error::ShuttingDown)?;
+        self.anonymize_with_async(bytes, Options::default()).await
+    }
+
+    /// [`Anonymizer::anonymize_with`] for async code, like [`Anonymizer::anonymize_async`].
+    pub async fn anonymize_with_async(&self, bytes: Vec<u8>, options: Options) -> Result<Anonymized, Error> {
+        let permit = self.inner.limiter.clone().acquire_owned().await.map_err(|_| Error::ShuttingDown)?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.anonymize(&bytes)).await.map_err(|e| Error::Worker(e.to_string()))?
+        // The permit goes with the work: a caller that stops waiting (a timeout) does not
+        // free a slot while the image is still being processed.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.anonymize_with(&bytes, &options)
+        })
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
     }
 }
 

@@ -10,7 +10,7 @@ use obscura::detect::{Booster, Class, Device, FaceModel};
 use obscura::redact::Shape;
 use obscura::redact::backend::RedactOn;
 
-use super::settings::{SHOWN, choice, given, layer, load_config, style_named};
+use super::settings::{SHOWN, choice, given, layer, load_config, parse_config, style_named};
 
 #[derive(Parser, Debug)]
 #[command(name = "obscura", version, about = "Anonymise faces in photos: detect, redact irreversibly, strip metadata.")]
@@ -46,6 +46,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Retention and erasure: catalog uploads, unsubscribe, erase, export, plan, run the scheduler.
     Retention(super::retention::RetentionArgs),
+    /// The HTTP service: anonymise uploads over HTTP, with tokens, limits, health checks and metrics.
+    Serve(super::serve::ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -157,7 +159,11 @@ impl DetectionArgs {
     /// The settings file (or the library's defaults) with the detection flags the user
     /// gave on top; `m` holds the subcommand's matches.
     pub fn config(&self, m: &ArgMatches) -> Result<Config> {
-        let mut c = load_config(self.config.as_deref())?;
+        Ok(self.over(load_config(self.config.as_deref())?, m))
+    }
+
+    /// `base` with the detection flags the user gave on top.
+    pub fn over(&self, mut c: Config, m: &ArgMatches) -> Config {
         layer(m, "targets", &mut c.detect.targets, &self.targets);
         layer(m, "face_models", &mut c.detect.face_models, &self.face_models);
         layer(m, "retina_threshold", &mut c.detect.retinaface.threshold, &self.retina_threshold);
@@ -167,7 +173,7 @@ impl DetectionArgs {
         if self.model.is_some() {
             c.detect.model = self.model.clone();
         }
-        Ok(c)
+        c
     }
 }
 
@@ -245,7 +251,17 @@ impl RedactionArgs {
     /// The library configuration these flags describe (over `--config` or the defaults),
     /// for `parallel` images at once; `m` holds the subcommand's matches.
     pub fn config(&self, parallel: usize, m: &ArgMatches) -> Result<Config> {
-        let mut c = self.detection.config(m)?;
+        self.config_over(None, parallel, m)
+    }
+
+    /// [`RedactionArgs::config`] over `file`, the settings file's text when the caller has
+    /// read it already (`serve` takes its `[serve]` table out first).
+    pub fn config_over(&self, file: Option<String>, parallel: usize, m: &ArgMatches) -> Result<Config> {
+        let base = match (&file, &self.detection.config) {
+            (Some(text), Some(path)) => parse_config(text, path)?,
+            _ => load_config(self.detection.config.as_deref())?,
+        };
+        let mut c = self.detection.over(base, m);
         if given(m, "style") {
             c.redact.style = self.style.style();
         }

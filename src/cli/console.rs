@@ -1,5 +1,5 @@
-//! What the commands share about running on this machine: how many images at once, and
-//! the progress bar on a terminal.
+//! What the commands share about running on this machine: how many images at once, the
+//! progress bar on a terminal, and stopping on SIGTERM or Ctrl-C.
 
 use std::io::IsTerminal;
 
@@ -18,4 +18,19 @@ pub fn progress_bar(total: Option<usize>, quiet: bool) -> indicatif::ProgressBar
     let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  {msg}").expect("valid progress template");
     bar.set_style(style);
     bar
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT), logging `what` happens next.
+pub async fn shutdown_signal(what: &'static str) {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("{what}");
 }

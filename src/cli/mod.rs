@@ -9,4 +9,5 @@ pub mod batch;
 pub mod console;
 pub mod eval;
 pub mod retention;
+pub mod serve;
 pub mod settings;

@@ -10,6 +10,7 @@ use obscura::detect::Device;
 use obscura::retention::{NewUpload, Policy, Retention, RetentionConfig, RunOptions, Secret};
 use obscura::store::{Store, StoreOptions};
 
+use super::console::shutdown_signal;
 use super::settings::{SHOWN, choice, layer, load_config};
 
 #[derive(Args, Debug)]
@@ -293,7 +294,7 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
             }
             RetentionCommand::Run(r) => {
                 let options = RunOptions { interval: r.interval, until_idle: r.until_idle, ..RunOptions::default() };
-                let summary = retention.run(&options, shutdown_signal()).await?;
+                let summary = retention.run(&options, shutdown_signal("stopping: finishing the actions in flight")).await?;
                 if args.json {
                     print_json(&summary)?;
                 } else {
@@ -306,20 +307,6 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("stopping: finishing the actions in flight");
 }
 
 async fn register(retention: &Retention, r: &RegisterArgs) -> Result<i32> {

@@ -62,24 +62,14 @@ pub static SHOWN: LazyLock<Shown> = LazyLock::new(|| {
     }
 });
 
-/// The `--style` name of a style (`None`: persons kept).
+/// The `--style`/`--person-style` name of a style (`None`: persons kept).
 pub fn style_name(style: Option<Style>) -> &'static str {
-    match style {
-        Some(Style::Pixelate { .. }) => "pixelate",
-        Some(Style::Fill { .. }) => "fill",
-        Some(Style::Blur { .. }) => "blur",
-        None => "keep",
-    }
+    style.map_or("keep", |s| s.kind())
 }
 
 /// A style by its `--style` name, with that style's default parameters; `keep` is `None`.
 pub fn style_named(name: &str) -> Option<Style> {
-    match name {
-        "pixelate" => Some(Style::DEFAULT_PIXELATE),
-        "fill" => Some(Style::DEFAULT_FILL),
-        "blur" => Some(Style::DEFAULT_BLUR),
-        _ => None,
-    }
+    Style::of_kind(name)
 }
 
 /// Parses a library [`Choice`] by its names, listing them in `--help` and in errors.
@@ -106,7 +96,36 @@ pub fn layer<T: Clone>(m: &ArgMatches, id: &str, slot: &mut T, value: &T) {
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
     let Some(path) = path else { return Ok(Config::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the settings file {}", path.display()))?;
-    let config: Config = toml::from_str(&text).with_context(|| format!("the settings file {}", path.display()))?;
+    parse_config(&text, path)
+}
+
+/// [`load_config`] on text already read from `path`.
+pub fn parse_config(text: &str, path: &Path) -> Result<Config> {
+    let config: Config = toml::from_str(text).with_context(|| format!("the settings file {}", path.display()))?;
     config.validate().with_context(|| format!("the settings file {}", path.display()))?;
     Ok(config)
 }
+
+/// The service's defaults as clap shows them.
+pub struct ServeShown {
+    pub listen: String,
+    pub max_concurrency: String,
+    pub queue: String,
+    pub max_body_bytes: String,
+    pub request_timeout_secs: String,
+    pub header_timeout_secs: String,
+    pub shutdown_grace_secs: String,
+}
+
+pub static SERVE_SHOWN: LazyLock<ServeShown> = LazyLock::new(|| {
+    let s = obscura::serve::ServeSettings::default();
+    ServeShown {
+        listen: s.listen,
+        max_concurrency: s.max_concurrency.to_string(),
+        queue: s.queue.to_string(),
+        max_body_bytes: s.max_body_bytes.to_string(),
+        request_timeout_secs: s.request_timeout_secs.to_string(),
+        header_timeout_secs: s.header_timeout_secs.to_string(),
+        shutdown_grace_secs: s.shutdown_grace_secs.to_string(),
+    }
+});

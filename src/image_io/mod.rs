@@ -123,6 +123,15 @@ impl Format {
         }
     }
 
+    /// The media type (`image/jpeg`, …).
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Webp => "image/webp",
+        }
+    }
+
     /// The format's usual name (`JPEG`, `PNG`, `WebP`).
     pub fn name(self) -> &'static str {
         match self {

@@ -53,6 +53,21 @@ impl Style {
     pub const DEFAULT_PIXELATE: Style = Style::Pixelate { cells: 8 };
     pub const DEFAULT_BLUR: Style = Style::Blur { sigma: 0.125 };
     pub const DEFAULT_FILL: Style = Style::Fill { color: [0, 0, 0] };
+
+    /// The style's kind: `pixelate`, `blur` or `fill` (its serde tag, and what the CLI's
+    /// `--style` and the service's `style=` name).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Style::Pixelate { .. } => "pixelate",
+            Style::Blur { .. } => "blur",
+            Style::Fill { .. } => "fill",
+        }
+    }
+
+    /// The style of `kind` with its default parameters.
+    pub fn of_kind(kind: &str) -> Option<Style> {
+        [Style::DEFAULT_PIXELATE, Style::DEFAULT_BLUR, Style::DEFAULT_FILL].into_iter().find(|s| s.kind() == kind)
+    }
 }
 
 impl Default for Style {

@@ -1,0 +1,292 @@
+//! The routes: what each accepts, which scope it needs, what it returns. It owns request
+//! parsing (query options, body limits, deadlines) and responses; it does not own
+//! anonymisation, tokens or the metric names.
+//!
+//! | route | scope | what |
+//! |---|---|---|
+//! | `GET /healthz` | none | the process is up |
+//! | `GET /readyz` | none | models loaded and accepting requests (503 while shutting down) |
+//! | `POST /v1/anonymise` | `anonymise` | body: an image; returns it anonymised, same format (or `?format=`), or with `?report=json` the report instead |
+//! | `POST /v1/detect` | `anonymise` | body: an image; returns the detections and regions as JSON, no pixels |
+//!
+//! Query options, with the CLI's names: `style`, `person_style` (`keep` too), `shape`,
+//! `padding`, `targets` (a subset of the service's), `threshold` (at least the
+//! service's), `format` (`jpeg`, `png`, `webp`), `report=json`. An unknown option is an
+//! error, not ignored: a typo must not silently weaken the redaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+
+use super::ServeSettings;
+use super::auth::{Scope, Tokens, Verdict};
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::config::Choice;
+use crate::detect::Class;
+use crate::image_io::Format;
+use crate::redact::{Shape, Style};
+use crate::{Anonymized, Anonymizer, Options};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct State(Arc<Inner>);
+
+struct Inner {
+    anonymizer: Anonymizer,
+    tokens: Tokens,
+    settings: ServeSettings,
+    metrics: Arc<Metrics>,
+    /// Admission: workers plus queue; a request that gets no slot is refused at once.
+    slots: Arc<Semaphore>,
+    workers: usize,
+    accepting: AtomicBool,
+}
+
+impl State {
+    pub fn new(anonymizer: Anonymizer, tokens: Tokens, settings: ServeSettings, metrics: Arc<Metrics>) -> State {
+        let workers = settings.workers();
+        let slots = Arc::new(Semaphore::new(workers + settings.queue_depth()));
+        State(Arc::new(Inner { anonymizer, tokens, settings, metrics, slots, workers, accepting: AtomicBool::new(true) }))
+    }
+
+    /// From now on `/readyz` says 503, so load balancers stop sending requests.
+    pub fn stop_accepting(&self) {
+        self.0.accepting.store(false, Ordering::SeqCst);
+    }
+
+    fn admitted(&self) -> usize {
+        self.0.workers + self.0.settings.queue_depth() - self.0.slots.available_permits()
+    }
+}
+
+/// The API's routes.
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/anonymise", post(anonymise))
+        .route("/v1/anonymize", post(anonymise))
+        .route("/v1/detect", post(detect))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method") })
+        .with_state(state)
+}
+
+/// The metrics listener's one route.
+pub fn metrics_router(state: State) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|axum::extract::State(state): axum::extract::State<State>| async move {
+                let admitted = state.admitted() as i64;
+                let workers = state.0.workers as i64;
+                state.0.metrics.in_flight.store(admitted.min(workers), Ordering::Relaxed);
+                state.0.metrics.queued.store((admitted - workers).max(0), Ordering::Relaxed);
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.0.metrics.render())
+            }),
+        )
+        .with_state(state)
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    if state.0.accepting.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down").into_response()
+    }
+}
+
+async fn anonymise(state: axum::extract::State<State>, query: Query<HashMap<String, String>>, request: Request) -> Response {
+    image_route(state.0, "/v1/anonymise", query.0, request, true).await
+}
+
+async fn detect(state: axum::extract::State<State>, query: Query<HashMap<String, String>>, request: Request) -> Response {
+    image_route(state.0, "/v1/detect", query.0, request, false).await
+}
+
+/// Authenticates, parses the options, admits, reads the body, anonymises, and counts.
+async fn image_route(state: State, route: &'static str, query: HashMap<String, String>, request: Request, pixels: bool) -> Response {
+    let started = Instant::now();
+    let result = image_request(&state, query, request, pixels).await;
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            state.0.metrics.failure(e.reason());
+            if e.status.is_server_error() && e.code != "busy" && e.code != "timeout" && e.code != "shutting_down" {
+                tracing::error!(route, code = e.code, "request failed: {}", e.message);
+            }
+            e.into_response()
+        }
+    };
+    state.0.metrics.request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn image_request(state: &State, query: HashMap<String, String>, request: Request, pixels: bool) -> Result<Response, ApiError> {
+    authorize(state, request.headers(), Scope::Anonymise)?;
+    let (options, report_only) = parse_options(state, &query, pixels)?;
+    let Ok(_slot) = state.0.slots.clone().try_acquire_owned() else {
+        return Err(ApiError::busy(1));
+    };
+    let limit = state.0.settings.max_body_bytes;
+    if content_length(request.headers()).is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let deadline = Duration::from_secs_f64(state.0.settings.request_timeout_secs);
+    let work = async {
+        let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+            if over_limit(&e) {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "body_read_failed", format!("reading the request body: {e}"))
+            }
+        })?;
+        Ok::<_, ApiError>(state.0.anonymizer.anonymize_with_async(body.to_vec(), options).await?)
+    };
+    let out = tokio::time::timeout(deadline, work).await.map_err(|_| ApiError::timeout())??;
+    record(state, &out);
+    Ok(if !pixels {
+        let report = &out.report;
+        axum::Json(serde_json::json!({
+            "width": report.width,
+            "height": report.height,
+            "orientation": report.orientation,
+            "detections": report.detections,
+            "regions": report.regions,
+            "models": report.models,
+        }))
+        .into_response()
+    } else if report_only {
+        axum::Json(&out.report).into_response()
+    } else {
+        image_response(out)
+    })
+}
+
+/// The anonymised image, with what was done in headers.
+fn image_response(out: Anonymized) -> Response {
+    let models: Vec<String> = out.report.models.iter().map(|m| format!("{}@{}", m.name, &m.sha256[..m.sha256.len().min(12)])).collect();
+    let mut response = Response::new(Body::from(out.bytes));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(out.format.mime()));
+    headers.insert("x-obscura-regions", HeaderValue::from(out.report.regions.len()));
+    if let Ok(v) = HeaderValue::from_str(&models.join(", ")) {
+        headers.insert("x-obscura-models", v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn record(state: &State, out: &Anonymized) {
+    let m = &state.0.metrics;
+    let t = &out.report.timings_ms;
+    for (stage, ms) in [("decode", t.decode), ("detect", t.detect), ("redact", t.redact), ("encode", t.encode)] {
+        m.stage(stage, ms);
+    }
+    for class in [Class::Face, Class::Person] {
+        let n = out.report.regions.iter().filter(|r| r.class == class).count() as u64;
+        if n > 0 {
+            m.regions(&class.name(), n);
+        }
+    }
+}
+
+fn authorize(state: &State, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    match state.0.tokens.check(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes), scope) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Unauthenticated => Err(ApiError::unauthorized()),
+        Verdict::Forbidden => Err(ApiError::forbidden()),
+    }
+}
+
+/// Whether reading a body failed on the size limit (a body without a length, streamed).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The query options as library [`Options`], and whether only the report is wanted.
+fn parse_options(state: &State, query: &HashMap<String, String>, pixels: bool) -> Result<(Options, bool), ApiError> {
+    let configured = state.0.anonymizer.config();
+    let mut options = Options::default();
+    let mut redact = configured.redact.clone();
+    let mut redact_changed = false;
+    let mut report_only = false;
+    let choice = |name: &str, value: &str, allowed: &[String]| ApiError::bad_option(format!("{name}={value:?}: expected one of {}", allowed.join(", ")));
+    for (name, value) in query {
+        match name.as_str() {
+            "style" => {
+                redact.style = Style::of_kind(value).ok_or_else(|| choice(name, value, &kinds()))?;
+                redact_changed = true;
+            }
+            "person_style" => {
+                redact.person_style = match value.as_str() {
+                    "keep" => None,
+                    other => Some(Style::of_kind(other).ok_or_else(|| choice(name, value, &[kinds(), vec!["keep".into()]].concat()))?),
+                };
+                redact_changed = true;
+            }
+            "shape" => {
+                redact.shape = Shape::from_name(value).ok_or_else(|| choice(name, value, &names::<Shape>()))?;
+                redact_changed = true;
+            }
+            "padding" => {
+                redact.padding = value.parse().map_err(|_| ApiError::bad_option(format!("padding={value:?}: expected a number")))?;
+                redact_changed = true;
+            }
+            "targets" => {
+                let targets = value.split(',').map(|t| Class::from_name(t.trim()).ok_or_else(|| choice(name, t, &names::<Class>()))).collect::<Result<Vec<_>, _>>()?;
+                options.targets = Some(targets);
+            }
+            "threshold" => {
+                options.threshold = Some(value.parse().map_err(|_| ApiError::bad_option(format!("threshold={value:?}: expected a number")))?);
+            }
+            "format" if pixels => {
+                options.format = Some(match value.as_str() {
+                    "jpeg" | "jpg" => Format::Jpeg,
+                    "png" => Format::Png,
+                    "webp" => Format::Webp,
+                    _ => return Err(choice(name, value, &["jpeg".into(), "png".into(), "webp".into()])),
+                });
+            }
+            "report" if pixels => match value.as_str() {
+                "json" => report_only = true,
+                _ => return Err(choice(name, value, &["json".into()])),
+            },
+            _ => return Err(ApiError::bad_option(format!("unknown option {name:?}"))),
+        }
+    }
+    if redact_changed {
+        options.redact = Some(redact);
+    }
+    state.0.anonymizer.check(&options).map_err(|e| ApiError::bad_option(e.to_string()))?;
+    Ok((options, report_only))
+}
+
+fn kinds() -> Vec<String> {
+    [Style::DEFAULT_PIXELATE, Style::DEFAULT_FILL, Style::DEFAULT_BLUR].iter().map(|s| s.kind().to_string()).collect()
+}
+
+fn names<T: Choice>() -> Vec<String> {
+    T::ALL.iter().map(|v| v.name()).collect()
+}

@@ -1,0 +1,356 @@
+//! `obscura serve` as a deployment meets it: the real binary on a loopback port, spoken
+//! to over HTTP (reqwest, and a raw socket where a client must misbehave on purpose).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const ANONYMISE: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
+const RETENTION_ONLY: &str = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+
+/// A running `obscura serve`, killed when dropped.
+struct Service {
+    child: Child,
+    api: String,
+    metrics: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn start(extra: &[&str]) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, format!("# test tokens\nanonymise {ANONYMISE}\nretention {RETENTION_ONLY}\n")).unwrap();
+        let mut child = obscura()
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--tokens"])
+            .arg(&tokens)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("listening on") => break line,
+                Some(Ok(other)) => eprintln!("serve: {other}"),
+                _ => panic!("obscura serve exited before listening: {:?}", child.wait()),
+            }
+        };
+        // Keep draining stderr so the service never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(|l| eprintln!("serve: {}", l.unwrap_or_default())));
+        let urls: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with("http://")).collect();
+        Service { child, api: urls[0].trim_end_matches(',').to_string(), metrics: urls[1].to_string(), _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    fn addr(&self) -> String {
+        self.api.trim_start_matches("http://").to_string()
+    }
+
+    fn terminate(&mut self) {
+        let sent = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+async fn post(service: &Service, path: &str, token: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    let mut request = client().post(service.url(path)).body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// The JSON error body of a refused request, checking that no image came back.
+async fn error_code(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    body["error"]["code"].as_str().unwrap().to_string()
+}
+
+fn encoded(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format).unwrap();
+    bytes.into_inner()
+}
+
+fn decoded(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().to_rgb8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anonymises_jpeg_png_and_webp_with_the_face_redacted_and_no_metadata() {
+    let service = Service::start(&["--targets", "face"]);
+    let original = load_rgb(&eval_image(ONE_FACE));
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    for (format, body, mime) in [
+        (image::ImageFormat::Jpeg, jpeg.clone(), "image/jpeg"),
+        (image::ImageFormat::Png, encoded(&original, image::ImageFormat::Png), "image/png"),
+        (image::ImageFormat::WebP, encoded(&original, image::ImageFormat::WebP), "image/webp"),
+    ] {
+        let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;
+        assert_eq!(response.status(), 200, "{format:?}");
+        assert_eq!(response.headers()["content-type"], mime);
+        assert_eq!(response.headers()["x-obscura-regions"], "1");
+        assert!(response.headers()["x-obscura-models"].to_str().unwrap().starts_with("centerface-int8@"));
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(image::guess_format(&bytes).unwrap(), format);
+        let out = decoded(&bytes);
+        assert!(mean_abs_diff(&original, &out, ONE_FACE_BOX) > 15.0, "{format:?}: the face is not redacted");
+        if format == image::ImageFormat::Jpeg {
+            // No APP1 (EXIF/XMP), APP13 (IPTC), APP2 (ICC) or comment segment.
+            let markers: Vec<u8> = bytes.windows(2).filter(|w| w[0] == 0xFF && matches!(w[1], 0xE1 | 0xE2 | 0xED | 0xFE)).map(|w| w[1]).collect();
+            assert!(markers.is_empty(), "metadata segments {markers:x?}");
+        }
+    }
+    // Per-request options with the CLI's names: a solid fill in the face's centre.
+    let response = post(&service, "/v1/anonymise?style=fill&format=png", Some(ANONYMISE), jpeg.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    let out = decoded(&response.bytes().await.unwrap());
+    let centre = out.get_pixel(ONE_FACE_BOX.x + ONE_FACE_BOX.w / 2, ONE_FACE_BOX.y + ONE_FACE_BOX.h / 2);
+    assert_eq!(centre.0, [0, 0, 0]);
+    // The report instead of the image.
+    let response = post(&service, "/v1/anonymise?report=json", Some(ANONYMISE), jpeg.clone()).await;
+    let report: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(report["regions"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["format"], "jpeg");
+    // Detections only, no pixels.
+    let response = post(&service, "/v1/detect", Some(ANONYMISE), jpeg).await;
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let found: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let face = &found["detections"][0]["bbox"];
+    let (x1, y1) = (face["x1"].as_f64().unwrap(), face["y1"].as_f64().unwrap());
+    assert!((x1 - ONE_FACE_BOX.x as f64).abs() < 40.0 && (y1 - ONE_FACE_BOX.y as f64).abs() < 60.0, "{found}");
+}
+
+/// A PNG whose header claims `w`×`h` pixels (the data is not there).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    [b"\x89PNG\r\n\x1a\n".to_vec(), png_chunk(b"IHDR", &ihdr), png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), png_chunk(b"IEND", &[])].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_the_documented_4xx_and_never_image_bytes() {
+    let service = Service::start(&["--targets", "face", "--max-body-bytes", "2000000"]);
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("empty", Vec::new(), 400, "empty_body"),
+        ("not an image", b"GIF89a\x01\x00\x01\x00".to_vec(), 415, "not_an_image"),
+        ("truncated", jpeg[..jpeg.len() / 3].to_vec(), 422, "corrupt_image"),
+        ("decompression bomb", png_claiming(60_000, 60_000), 422, "too_many_pixels"),
+    ];
+    for (what, body, status, code) in cases {
+        let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;
+        assert_eq!(error_code(response, status).await, code, "{what}");
+    }
+    for (query, what) in [("stlye=fill", "unknown option"), ("style=mosaic", "unknown style"), ("threshold=0.01", "threshold below the service's"), ("targets=person", "a target the service does not detect")] {
+        // Refused before the body is read (so a small one; see the token test).
+        let response = post(&service, &format!("/v1/anonymise?{query}"), Some(ANONYMISE), b"x".to_vec()).await;
+        assert_eq!(error_code(response, 400).await, "invalid_option", "{what}");
+    }
+    let response = client().get(service.url("/v1/nothing-here")).send().await.unwrap();
+    assert_eq!(error_code(response, 404).await, "not_found");
+    // Too large a body: refused from its announced length before it is sent, and, sent
+    // in chunks without a length, as soon as it passes the limit. (Raw sockets: a client
+    // still writing when the server answers and closes sees a broken pipe, which is how
+    // HTTP servers refuse large uploads.)
+    let head = format!("POST /v1/anonymise HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ANONYMISE}\r\nConnection: close\r\n");
+    let mut announced = TcpStream::connect(service.addr()).unwrap();
+    write!(announced, "{head}Content-Length: 2500000\r\n\r\n").unwrap();
+    let text = read_response(announced);
+    assert!(text.starts_with("HTTP/1.1 413") && text.contains("\"body_too_large\""), "{text}");
+    let mut chunked = TcpStream::connect(service.addr()).unwrap();
+    write!(chunked, "{head}Transfer-Encoding: chunked\r\n\r\n").unwrap();
+    // Exactly the limit, then one byte more, and nothing after it: the service has read
+    // everything sent when it answers, so its close resets nothing.
+    let chunk = vec![0xFFu8; 100_000];
+    for _ in 0..20 {
+        write!(chunked, "{:x}\r\n", chunk.len()).unwrap();
+        chunked.write_all(&chunk).unwrap();
+        chunked.write_all(b"\r\n").unwrap();
+    }
+    chunked.write_all(b"1\r\n\xFF\r\n").unwrap();
+    let text = read_response(chunked);
+    assert!(text.starts_with("HTTP/1.1 413") && text.contains("\"body_too_large\""), "{text}");
+}
+
+/// What the service answered on a raw connection (headers and body, lossy text).
+fn read_response(mut stream: TcpStream) -> String {
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_but_health_needs_a_token_with_its_scope() {
+    let service = Service::start(&["--targets", "face"]);
+    // Refused before the body is read: a small one, which the server drains (a large
+    // unread one is cut off, as HTTP servers do, and the client may see a reset).
+    let jpeg = b"any body".to_vec();
+    for route in ["/v1/anonymise", "/v1/detect"] {
+        assert_eq!(error_code(post(&service, route, None, jpeg.clone()).await, 401).await, "unauthorized");
+        assert_eq!(error_code(post(&service, route, Some("not-a-configured-token-0123456789"), jpeg.clone()).await, 401).await, "unauthorized");
+        assert_eq!(error_code(post(&service, route, Some(&ANONYMISE[..31]), jpeg.clone()).await, 401).await, "unauthorized");
+        assert_eq!(error_code(post(&service, route, Some(RETENTION_ONLY), jpeg.clone()).await, 403).await, "forbidden");
+    }
+    for health in ["/healthz", "/readyz"] {
+        assert_eq!(client().get(service.url(health)).send().await.unwrap().status(), 200, "{health}");
+    }
+}
+
+/// Sends a request's headers and the first half of its body, and stops there: the request
+/// holds its admission slot until the rest comes (or the deadline passes).
+fn half_sent(service: &Service, body: &[u8], token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(service.addr()).unwrap();
+    write!(stream, "POST /v1/anonymise HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    stream.flush().unwrap();
+    stream
+}
+
+/// Sends the rest of the body and reads the whole response: `(status, headers+body)`.
+fn finish(mut stream: TcpStream, body: &[u8]) -> (u16, Vec<u8>) {
+    stream.write_all(&body[body.len() / 2..]).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let status = std::str::from_utf8(&response[9..12]).unwrap().parse().unwrap();
+    (status, response)
+}
+
+/// Waits until the metrics say `admitted` requests hold a slot (so a test knows the
+/// service has them, whatever the machine's speed).
+async fn wait_admitted(service: &Service, admitted: i64) {
+    for _ in 0..600 {
+        let text = client().get(&service.metrics).send().await.unwrap().text().await.unwrap();
+        let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<i64>().unwrap())).unwrap_or(0);
+        if value("obscura_in_flight ") + value("obscura_queued ") >= admitted {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service never admitted {admitted} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_503_with_retry_after_and_the_admitted_still_complete() {
+    let service = Service::start(&["--targets", "face", "--max-concurrency", "1", "--queue", "1"]);
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let held: Vec<TcpStream> = (0..2).map(|_| half_sent(&service, &jpeg, ANONYMISE)).collect();
+    wait_admitted(&service, 2).await;
+    let response = post(&service, "/v1/anonymise", Some(ANONYMISE), b"refused before it is read".to_vec()).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(error_code(response, 503).await, "busy");
+    for stream in held {
+        let (status, _) = finish(stream, &jpeg);
+        assert_eq!(status, 200, "an admitted request completes");
+    }
+    // Capacity is back.
+    assert_eq!(post(&service, "/v1/anonymise", Some(ANONYMISE), jpeg).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_past_its_deadline_gets_503_and_a_silent_client_is_disconnected() {
+    let service = Service::start(&["--targets", "face", "--request-timeout", "1", "--header-timeout", "1"]);
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    // The body never completes: the deadline answers for it.
+    let mut stream = half_sent(&service, &jpeg, ANONYMISE);
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    // Headers that never end: the connection is closed, no worker is held.
+    let mut slow = TcpStream::connect(service.addr()).unwrap();
+    slow.write_all(b"POST /v1/anonymise HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the service closed the connection: {closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let mut service = Service::start(&["--targets", "face"]);
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let held = half_sent(&service, &jpeg, ANONYMISE);
+    wait_admitted(&service, 1).await;
+    service.terminate();
+    // Not ready any more, or not listening at all: either way no new work is taken.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, response) = finish(held, &jpeg);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&response[..200.min(response.len())]));
+    let exit = service.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert!(TcpStream::connect(service.addr()).is_err(), "still listening after exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_requests_regions_stages_and_failures() {
+    let service = Service::start(&["--targets", "face"]);
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    assert_eq!(post(&service, "/v1/anonymise", Some(ANONYMISE), jpeg.clone()).await.status(), 200);
+    assert_eq!(post(&service, "/v1/anonymise", Some(ANONYMISE), jpeg).await.status(), 200);
+    assert_eq!(post(&service, "/v1/anonymise", Some(ANONYMISE), b"nope".to_vec()).await.status(), 415);
+    assert_eq!(post(&service, "/v1/anonymise", None, b"nope".to_vec()).await.status(), 401);
+    let text = client().get(&service.metrics).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "obscura_http_requests_total{route=\"/v1/anonymise\",status=\"200\"} 2",
+        "obscura_http_requests_total{route=\"/v1/anonymise\",status=\"415\"} 1",
+        "obscura_http_requests_total{route=\"/v1/anonymise\",status=\"401\"} 1",
+        "obscura_regions_redacted_total{class=\"face\"} 2",
+        "obscura_failures_total{reason=\"not_an_image\"} 1",
+        "obscura_failures_total{reason=\"unauthorized\"} 1",
+        "obscura_stage_duration_seconds_count{stage=\"detect\"} 2",
+        "obscura_http_request_duration_seconds_count{route=\"/v1/anonymise\"} 4",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // The metrics are not on the API's listener.
+    assert_eq!(client().get(service.url("/metrics")).send().await.unwrap().status(), 404);
+}
+
+#[test]
+fn print_config_shows_the_layered_settings_and_a_missing_token_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "[detect]\nthreshold = 0.3\n\n[serve]\nqueue = 7\nmax_body_bytes = 1000\n").unwrap();
+    let out = run(obscura().args(["serve", "--print-config", "--config"]).arg(&config).args(["--max-body-bytes", "5000"]).env("OBSCURA_QUEUE", "9"));
+    assert!(out.status.success());
+    let shown: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert!((shown["detect"]["threshold"].as_float().unwrap() - 0.3).abs() < 1e-6, "from the file: {shown}");
+    assert_eq!(shown["serve"]["max_body_bytes"].as_integer(), Some(5000), "the flag over the file");
+    assert_eq!(shown["serve"]["queue"].as_integer(), Some(9), "the environment over the file");
+    let out = run(obscura().args(["serve", "--listen", "127.0.0.1:0"]).env_remove("OBSCURA_TOKENS_FILE"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--tokens"), "{}", stderr(&out));
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "anonymise hunter2\n").unwrap();
+    let out = run(obscura().args(["serve", "--listen", "127.0.0.1:0", "--tokens"]).arg(&weak));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at least 32"), "{}", stderr(&out));
+}
