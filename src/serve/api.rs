@@ -156,21 +156,25 @@ async fn image_request(state: &State, query: HashMap<String, String>, request: R
     let out = tokio::time::timeout(deadline, work).await.map_err(|_| ApiError::timeout())??;
     record(state, &out);
     Ok(if !pixels {
-        let report = &out.report;
-        axum::Json(serde_json::json!({
-            "width": report.width,
-            "height": report.height,
-            "orientation": report.orientation,
-            "detections": report.detections,
-            "regions": report.regions,
-            "models": report.models,
-        }))
-        .into_response()
+        let r = &out.report;
+        axum::Json(Detected { width: r.width, height: r.height, orientation: r.orientation, detections: &r.detections, regions: &r.regions, models: &r.models })
+            .into_response()
     } else if report_only {
         axum::Json(&out.report).into_response()
     } else {
         image_response(out)
     })
+}
+
+/// What `POST /v1/detect` returns: the report without timings, and no pixels.
+#[derive(serde::Serialize)]
+struct Detected<'a> {
+    width: u32,
+    height: u32,
+    orientation: u8,
+    detections: &'a [crate::detect::Detection],
+    regions: &'a [crate::redact::Region],
+    models: &'a [crate::detect::ModelInfo],
 }
 
 /// The anonymised image, with what was done in headers.
