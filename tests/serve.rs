@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use common::*;
 
 const ANONYMISE: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
 const RETENTION_ONLY: &str = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+const ADMIN: &str = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf";
 
 /// A running `obscura serve`, killed when dropped.
 struct Service {
@@ -25,7 +27,7 @@ impl Service {
     fn start(extra: &[&str]) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");
-        std::fs::write(&tokens, format!("# test tokens\nanonymise {ANONYMISE}\nretention {RETENTION_ONLY}\n")).unwrap();
+        std::fs::write(&tokens, format!("# test tokens\nanonymise {ANONYMISE}\nretention {RETENTION_ONLY}\nadmin {ADMIN}\n")).unwrap();
         let mut child = obscura()
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--tokens"])
             .arg(&tokens)
@@ -353,4 +355,137 @@ fn print_config_shows_the_layered_settings_and_a_missing_token_file_is_refused()
     let out = run(obscura().args(["serve", "--listen", "127.0.0.1:0", "--tokens"]).arg(&weak));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("at least 32"), "{}", stderr(&out));
+}
+
+// ---- retention and erasure over HTTP ----------------------------------------------------
+
+const POLICY: &str = "deadline = \"1h\"\n[classes.photo]\nmax_age = \"365d\"\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n";
+
+/// A fresh catalog: a SQLite file in `dir`, or a new database on the test PostgreSQL
+/// server (`None` outside CI when there is none).
+async fn catalog(postgres: bool, dir: &Path) -> Option<String> {
+    if !postgres {
+        return Some(dir.join("catalog.sqlite").display().to_string());
+    }
+    let Some(base) = std::env::var("OBSCURA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(!in_ci(), "CI must set OBSCURA_TEST_POSTGRES_URL (.ci/run starts scripts/test-postgres)");
+        eprintln!("skipped: OBSCURA_TEST_POSTGRES_URL is not set (scripts/test-postgres start DIR prints one)");
+        return None;
+    };
+    use sqlx::Connection;
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).unwrap();
+    let name = format!("obscura_serve_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    Some(format!("{}/{name}", base.rsplit_once('/').unwrap().0))
+}
+
+async fn get_json(service: &Service, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let response = client().get(service.url(path)).bearer_auth(token).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap())
+}
+
+async fn unsubscribe_over_http_removes_the_objects_before_answering(postgres: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(catalog) = catalog(postgres, dir.path()).await else { return };
+    let store = dir.path().join("store");
+    for key in ["dana-77/1.jpg", "dana-77/1.thumb.jpg", "dana-77/2.jpg", "eve/1.jpg"] {
+        std::fs::create_dir_all(store.join(key).parent().unwrap()).unwrap();
+        std::fs::write(store.join(key), b"photo bytes").unwrap();
+    }
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("secret").display().to_string());
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret]);
+    let store = store.display().to_string();
+    let upload = |id: &str, subject: &str, key: &str, derived: &[&str]| {
+        serde_json::json!({ "id": id, "subject": subject, "store": store, "key": key, "class": "photo", "derived": derived }).to_string()
+    };
+    // Two uploads as JSON lines, one transaction; then a third alone.
+    let lines = format!("{}\n{}\n", upload("d1", "dana-77", "dana-77/1.jpg", &["dana-77/1.thumb.jpg"]), upload("d2", "dana-77", "dana-77/2.jpg", &[]));
+    let response = post(&service, "/v1/uploads", Some(RETENTION_ONLY), lines.into_bytes()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload("e1", "eve", "eve/1.jpg", &[]).into_bytes()).await.status(), 200);
+    let again = post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload("e1", "eve", "eve/1.jpg", &[]).into_bytes()).await;
+    assert_eq!(error_code(again, 409).await, "duplicate_upload");
+    // The anonymise scope does not reach retention; the audit needs admin.
+    assert_eq!(error_code(post(&service, "/v1/subjects/dana-77/unsubscribe", Some(ANONYMISE), Vec::new()).await, 403).await, "forbidden");
+    assert_eq!(error_code(client().get(service.url("/v1/audit/verify")).bearer_auth(RETENTION_ONLY).send().await.unwrap(), 403).await, "forbidden");
+
+    let response = post(&service, "/v1/subjects/dana-77/unsubscribe", Some(RETENTION_ONLY), Vec::new()).await;
+    assert_eq!(response.status(), 200);
+    let summary: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!((summary["queued"].as_u64(), summary["done"].as_u64(), summary["pending"].as_u64()), (Some(2), Some(2), Some(0)), "{summary}");
+    // Gone when the answer arrives: the originals, the thumbnail and the emptied folder.
+    let store = Path::new(&store);
+    for key in ["dana-77/1.jpg", "dana-77/1.thumb.jpg", "dana-77/2.jpg", "dana-77"] {
+        assert!(!store.join(key).exists(), "{key} survived the unsubscribe");
+    }
+    assert!(store.join("eve/1.jpg").exists(), "another person's photo is untouched");
+    // One upload erased by id; an unknown one is a 404.
+    let response = client().delete(service.url("/v1/uploads/e1")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!store.join("eve/1.jpg").exists());
+    let response = client().delete(service.url("/v1/uploads/nope")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    assert_eq!(error_code(response, 404).await, "unknown_upload");
+    let (status, report) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["uploads_active"], 0, "{report}");
+    assert_eq!(report["overdue"], 0, "{report}");
+    let (status, plan) = get_json(&service, "/v1/retention/plan?horizon=400d&limit=5", RETENTION_ONLY).await;
+    assert_eq!((status, plan["purge"].as_u64()), (200, Some(0)), "{plan}");
+    let (status, verdict) = get_json(&service, "/v1/audit/verify", ADMIN).await;
+    assert_eq!(status, 200);
+    assert_eq!(verdict["intact"], true, "{verdict}");
+    assert!(verdict["records"].as_i64().unwrap() >= 5, "{verdict}");
+    // Ready means the catalog answers too.
+    assert_eq!(client().get(service.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsubscribe_over_http_on_sqlite_removes_the_objects_before_answering() {
+    unsubscribe_over_http_removes_the_objects_before_answering(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsubscribe_over_http_on_postgresql_removes_the_objects_before_answering() {
+    unsubscribe_over_http_removes_the_objects_before_answering(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_catalog_the_retention_routes_do_not_exist() {
+    let service = Service::start(&["--targets", "face"]);
+    let response = post(&service, "/v1/subjects/x/unsubscribe", Some(ADMIN), Vec::new()).await;
+    assert_eq!(error_code(response, 404).await, "not_found");
+}
+
+/// `--scheduler` runs the retention scheduler in the service: an expired upload is purged
+/// without any request, and SIGTERM stops both (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduler_runs_in_the_service_and_stops_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("old")).unwrap();
+    std::fs::write(store.join("old/1.jpg"), b"photo bytes").unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("secret").display().to_string());
+    let mut service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--scheduler"]);
+    let two_years_ago = obscura::retention::now_ms() - 2 * 365 * 86_400_000;
+    let upload = serde_json::json!({ "id": "o1", "subject": "olga", "store": store.display().to_string(), "key": "old/1.jpg", "class": "photo", "uploaded_at": two_years_ago });
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload.to_string().into_bytes()).await.status(), 200);
+    let mut purged = false;
+    for _ in 0..600 {
+        if !store.join("old/1.jpg").exists() {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(purged, "the in-process scheduler never purged the expired upload");
+    let (_, status) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
+    assert_eq!(status["uploads_active"], 0, "{status}");
+    service.terminate();
+    assert_eq!(service.child.wait().unwrap().code(), Some(0));
 }

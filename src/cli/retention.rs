@@ -13,18 +13,20 @@ use obscura::store::{Store, StoreOptions};
 use super::console::shutdown_signal;
 use super::settings::{SHOWN, choice, layer, load_config};
 
+/// Where the retention catalog, its policy and secret are: shared by `retention` and
+/// `serve` (which serves the retention routes when a policy is given).
 #[derive(Args, Debug)]
-pub struct RetentionArgs {
+pub struct CatalogArgs {
     /// Catalog: a SQLite file (created if missing) or postgres://user@host/db.
     #[arg(long, env = "OBSCURA_CATALOG", default_value = "obscura-catalog.sqlite")]
     pub catalog: String,
     /// Policy file (TOML; see examples/retention.toml).
     #[arg(long, env = "OBSCURA_POLICY")]
-    pub policy: PathBuf,
+    pub policy: Option<PathBuf>,
     /// Per-deployment secret for the audit log (created, mode 0600, if missing). Keep it
     /// away from the database.
     #[arg(long, env = "OBSCURA_SECRET_FILE")]
-    pub secret_file: PathBuf,
+    pub secret_file: Option<PathBuf>,
     /// Witness of the audit log's head, kept outside the catalog so that truncating the
     /// log or rolling the catalog back is detected (default: the secret file's path plus
     /// `.witness`). Keep it where the database's owner cannot write.
@@ -33,6 +35,31 @@ pub struct RetentionArgs {
     /// Store retries after the first attempt.
     #[arg(long, default_value = SHOWN.retries.as_str())]
     pub retries: usize,
+}
+
+impl CatalogArgs {
+    /// The retention settings these flags describe, with `anonymizer` for anonymise actions.
+    pub fn retention_config(&self, anonymizer: obscura::Config) -> Result<RetentionConfig> {
+        let policy_path = self.policy.as_deref().context("--policy FILE (or OBSCURA_POLICY) is required")?;
+        let secret_path = self.secret_file.as_deref().context("--secret-file FILE (or OBSCURA_SECRET_FILE) is required")?;
+        let policy = Policy::load(policy_path)?;
+        let secret = Secret::load_or_create(secret_path)?;
+        let mut config = RetentionConfig::new(&self.catalog, policy, secret);
+        config.audit_witness = Some(self.audit_witness.clone().unwrap_or_else(|| {
+            let mut path = secret_path.as_os_str().to_owned();
+            path.push(".witness");
+            PathBuf::from(path)
+        }));
+        config.store_options = StoreOptions { max_retries: self.retries, ..StoreOptions::default() };
+        config.anonymizer = anonymizer;
+        Ok(config)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RetentionArgs {
+    #[command(flatten)]
+    pub place: CatalogArgs,
     /// Settings for anonymise actions (the library's `Config` as TOML; models, runtime);
     /// retention applies its strongest redaction on top.
     #[arg(long, env = "OBSCURA_CONFIG")]
@@ -185,16 +212,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 
 /// Runs the subcommand; returns the process exit code.
 pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
-    let policy = Policy::load(&args.policy)?;
-    let secret = Secret::load_or_create(&args.secret_file)?;
-    let mut config = RetentionConfig::new(&args.catalog, policy, secret);
-    config.audit_witness = Some(args.audit_witness.clone().unwrap_or_else(|| {
-        let mut path = args.secret_file.clone().into_os_string();
-        path.push(".witness");
-        PathBuf::from(path)
-    }));
-    config.store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
-    config.anonymizer = load_config(args.config.as_deref())?;
+    let mut config = args.place.retention_config(load_config(args.config.as_deref())?)?;
     layer(m, "device", &mut config.anonymizer.runtime.device, &args.device);
     if let RetentionCommand::Run(run) = &args.command {
         config.concurrency = run.concurrency.max(1);

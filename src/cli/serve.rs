@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args};
 use obscura::Anonymizer;
+use obscura::retention::{Retention, RunOptions};
 use obscura::serve::auth::Tokens;
-use obscura::serve::{ServeSettings, Server};
+use obscura::serve::{Backends, ServeSettings, Server};
 
 use super::args::RedactionArgs;
+use super::retention::CatalogArgs;
 use super::console::shutdown_signal;
 use super::settings::{SERVE_SHOWN, layer};
 
@@ -47,6 +49,13 @@ pub struct ServeArgs {
     /// Print the effective settings (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Also run the retention scheduler in this process (needs --policy; on PostgreSQL any
+    /// number of instances share the queue, on SQLite one holds it).
+    #[arg(long, requires = "policy")]
+    pub scheduler: bool,
+    /// The retention catalog: with --policy the service adds the retention and erasure routes.
+    #[command(flatten)]
+    pub place: CatalogArgs,
     #[command(flatten)]
     pub redaction: RedactionArgs,
 }
@@ -77,14 +86,49 @@ pub fn run(args: &ServeArgs, m: &ArgMatches) -> Result<i32> {
     }
     let tokens_path = args.tokens.as_deref().context("--tokens FILE (or OBSCURA_TOKENS_FILE) is required: every route but the health checks needs a token")?;
     let tokens = Tokens::load(tokens_path)?;
+    let retention_config = match &args.place.policy {
+        Some(_) => Some(args.place.retention_config(config.clone())?),
+        None => None,
+    };
     let anonymizer = Anonymizer::new(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
+        let retention = match retention_config {
+            Some(c) => Some(Retention::open(c).await?),
+            None => None,
+        };
         let server = Server::bind(&settings).await?;
         let metrics = server.metrics_addr().map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default();
+        // One signal stops both the server and the scheduler (between its batches).
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let scheduler = match (&retention, args.scheduler) {
+            (Some(r), true) => {
+                let (r, mut stopped) = (r.clone(), stopped.clone());
+                Some(tokio::spawn(async move {
+                    let options = RunOptions::default();
+                    r.run(&options, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+                }))
+            }
+            _ => None,
+        };
         // The one line scripts and tests wait for (stderr, whatever the log level).
         eprintln!("obscura serve: listening on http://{}{metrics}", server.local_addr());
-        server.run(anonymizer, tokens, settings, shutdown_signal("stopping: no new requests; finishing those in flight")).await?;
+        let mut stopped_server = stopped;
+        let signal = async move {
+            tokio::select! {
+                () = shutdown_signal("stopping: no new requests; finishing those in flight") => {}
+                _ = stopped_server.wait_for(|s| *s) => {}
+            }
+            let _ = stop.send(true);
+        };
+        server.run(Backends { anonymizer, tokens, retention }, settings, signal).await?;
+        if let Some(task) = scheduler {
+            let summary = task.await.context("the scheduler task")??;
+            tracing::info!(?summary, "scheduler stopped");
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)

@@ -506,6 +506,12 @@ impl Catalog {
         tx.rollback().await.map_err(q("rollback"))
     }
 
+    /// A query that touches no table: whether the database answers.
+    pub(crate) async fn ping(&self) -> Result<(), CatalogError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(q("checking the catalog"))?;
+        Ok(())
+    }
+
     // ---- subjects -------------------------------------------------------------------
 
     /// `Some(subscribed?)` for a known subject (by keyed hash), `None` for an unknown one.

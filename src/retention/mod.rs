@@ -140,7 +140,8 @@ impl RetentionConfig {
 }
 
 /// A new upload to catalogue.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewUpload {
     /// The service's id for the upload (unique).
     pub id: String,
@@ -151,8 +152,10 @@ pub struct NewUpload {
     /// A class named in the policy.
     pub class: String,
     /// Unix ms; default now.
+    #[serde(default)]
     pub uploaded_at: Option<i64>,
     /// Thumbnails and other copies in the same store, deleted with the original.
+    #[serde(default)]
     pub derived: Vec<String>,
 }
 
@@ -363,6 +366,11 @@ impl Retention {
 
     pub(crate) fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// Whether the catalog answers (for readiness checks).
+    pub async fn ping(&self) -> Result<(), RetentionError> {
+        Ok(self.catalog().ping().await?)
     }
 
     /// The catalog's URL, password removed (for logs and reports).

@@ -44,6 +44,8 @@ pub struct State(Arc<Inner>);
 struct Inner {
     anonymizer: Anonymizer,
     tokens: Tokens,
+    #[cfg(feature = "retention")]
+    retention: Option<crate::retention::Retention>,
     settings: ServeSettings,
     metrics: Arc<Metrics>,
     /// Admission: workers plus queue; a request that gets no slot is refused at once.
@@ -53,10 +55,31 @@ struct Inner {
 }
 
 impl State {
-    pub fn new(anonymizer: Anonymizer, tokens: Tokens, settings: ServeSettings, metrics: Arc<Metrics>) -> State {
+    pub fn new(backends: super::Backends, settings: ServeSettings, metrics: Arc<Metrics>) -> State {
         let workers = settings.workers();
         let slots = Arc::new(Semaphore::new(workers + settings.queue_depth()));
-        State(Arc::new(Inner { anonymizer, tokens, settings, metrics, slots, workers, accepting: AtomicBool::new(true) }))
+        let super::Backends { anonymizer, tokens, #[cfg(feature = "retention")] retention } = backends;
+        State(Arc::new(Inner {
+            anonymizer,
+            tokens,
+            #[cfg(feature = "retention")]
+            retention,
+            settings,
+            metrics,
+            slots,
+            workers,
+            accepting: AtomicBool::new(true),
+        }))
+    }
+
+    /// The retention catalog, when the service has one.
+    #[cfg(feature = "retention")]
+    pub(crate) fn retention(&self) -> Option<&crate::retention::Retention> {
+        self.0.retention.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     /// From now on `/readyz` says 503, so load balancers stop sending requests.
@@ -71,12 +94,15 @@ impl State {
 
 /// The API's routes.
 pub fn router(state: State) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/anonymise", post(anonymise))
         .route("/v1/anonymize", post(anonymise))
-        .route("/v1/detect", post(detect))
+        .route("/v1/detect", post(detect));
+    #[cfg(feature = "retention")]
+    let router = if state.0.retention.is_some() { router.merge(super::retention::routes()) } else { router };
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method") })
         .with_state(state)
@@ -99,11 +125,17 @@ pub fn metrics_router(state: State) -> Router {
 }
 
 async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    if state.0.accepting.load(Ordering::SeqCst) {
-        "ready\n".into_response()
-    } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down").into_response()
+    if !state.0.accepting.load(Ordering::SeqCst) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down").into_response();
     }
+    #[cfg(feature = "retention")]
+    if let Some(retention) = &state.0.retention {
+        if let Err(e) = retention.ping().await {
+            tracing::warn!("readyz: the retention catalog is unreachable: {e}");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catalog_unreachable", "the retention catalog is unreachable").into_response();
+        }
+    }
+    "ready\n".into_response()
 }
 
 async fn anonymise(state: axum::extract::State<State>, query: Query<HashMap<String, String>>, request: Request) -> Response {
@@ -205,7 +237,7 @@ fn record(state: &State, out: &Anonymized) {
     }
 }
 
-fn authorize(state: &State, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &State, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
     match state.0.tokens.check(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes), scope) {
         Verdict::Allowed => Ok(()),
         Verdict::Unauthenticated => Err(ApiError::unauthorized()),

@@ -16,7 +16,8 @@
 //! let tokens = Tokens::load(std::path::Path::new("tokens.txt"))?;
 //! let server = Server::bind(&settings).await?;
 //! println!("listening on {}", server.local_addr());
-//! server.run(anonymizer, tokens, settings, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! let backends = obscura::serve::Backends { anonymizer, tokens, retention: None };
+//! server.run(backends, settings, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 
@@ -24,6 +25,8 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod metrics;
+#[cfg(feature = "retention")]
+pub mod retention;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -111,6 +114,15 @@ impl ServeSettings {
     }
 }
 
+/// What the service serves: the anonymiser, the tokens, and (with the `retention`
+/// feature) the retention catalog whose routes it adds when one is given.
+pub struct Backends {
+    pub anonymizer: Anonymizer,
+    pub tokens: Tokens,
+    #[cfg(feature = "retention")]
+    pub retention: Option<crate::retention::Retention>,
+}
+
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -153,9 +165,9 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
     /// finish (up to `shutdown_grace_secs`) and returns.
-    pub async fn run(self, anonymizer: Anonymizer, tokens: Tokens, settings: ServeSettings, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    pub async fn run(self, backends: Backends, settings: ServeSettings, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let metrics = Arc::new(Metrics::default());
-        let state = api::State::new(anonymizer, tokens, settings.clone(), metrics.clone());
+        let state = api::State::new(backends, settings.clone(), metrics.clone());
         let app = api::router(state.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let metrics_task = self.metrics.map(|listener| tokio::spawn(serve_metrics(listener, state.clone())));

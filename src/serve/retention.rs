@@ -1,0 +1,145 @@
+//! The retention and erasure routes (with the `retention` feature, when the service is
+//! given a catalog and policy): register uploads, carry out unsubscribe and erasure
+//! requests, report status and plan, verify the audit log. Each is one call of
+//! [`Retention`](crate::retention::Retention); it owns only the HTTP side (paths, bodies,
+//! error codes), and answers in the same shape as `obscura retention … --json`.
+//!
+//! | route | scope |
+//! |---|---|
+//! | `POST /v1/uploads` (a JSON upload, or JSON lines of them, one transaction) | `retention` |
+//! | `POST /v1/subjects/{id}/unsubscribe` | `retention` |
+//! | `POST /v1/subjects/{id}/erase` | `retention` |
+//! | `DELETE /v1/uploads/{id}` | `retention` |
+//! | `GET /v1/retention/status` | `retention` |
+//! | `GET /v1/retention/plan?horizon=7d&limit=50` | `retention` |
+//! | `GET /v1/audit/verify` | `admin` |
+//!
+//! An erasure answers when the objects are gone (or reports what is held or pending),
+//! like the CLI. Subject ids are never logged.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+use super::api::{State, authorize};
+use super::auth::Scope;
+use super::error::ApiError;
+use crate::retention::{NewUpload, RetentionError};
+
+/// The retention routes, merged into the API's router when a catalog is configured.
+pub fn routes() -> Router<State> {
+    Router::new()
+        .route("/v1/uploads", post(register))
+        .route("/v1/uploads/{id}", delete(erase_upload))
+        .route("/v1/subjects/{id}/unsubscribe", post(unsubscribe))
+        .route("/v1/subjects/{id}/erase", post(erase_subject))
+        .route("/v1/retention/status", get(status))
+        .route("/v1/retention/plan", get(plan))
+        .route("/v1/audit/verify", get(verify))
+}
+
+impl From<RetentionError> for ApiError {
+    fn from(e: RetentionError) -> Self {
+        let (status, code) = match &e {
+            RetentionError::UnknownClass(_) | RetentionError::InvalidUpload { .. } | RetentionError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_upload"),
+            RetentionError::UnknownSubject(_) => (StatusCode::NOT_FOUND, "unknown_subject"),
+            RetentionError::UnknownUpload(_) => (StatusCode::NOT_FOUND, "unknown_upload"),
+            RetentionError::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate_upload"),
+            RetentionError::Unsubscribed(_) => (StatusCode::CONFLICT, "subject_unsubscribed"),
+            RetentionError::Erased => (StatusCode::CONFLICT, "subject_erased"),
+            RetentionError::ExportNotEmpty(_) => (StatusCode::CONFLICT, "export_not_empty"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "retention_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Runs one retention call for `route`: authorises, counts, maps errors.
+async fn call<F, T>(state: &State, route: &'static str, headers: &HeaderMap, scope: Scope, f: F) -> Response
+where
+    F: AsyncFnOnce(&crate::retention::Retention) -> Result<T, ApiError>,
+    T: serde::Serialize,
+{
+    let started = Instant::now();
+    let result = match (authorize(state, headers, scope), state.retention()) {
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "this service has no retention catalog")),
+        (Ok(()), Some(retention)) => f(retention).await,
+    };
+    let response = match result {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(e) => {
+            state.metrics().failure(e.reason());
+            if e.status.is_server_error() {
+                tracing::error!(route, code = e.code, "retention request failed");
+            }
+            e.into_response()
+        }
+    };
+    state.metrics().request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn register(Extract(state): Extract<State>, headers: HeaderMap, body: Bytes) -> Response {
+    call(&state, "/v1/uploads", &headers, Scope::Retention, async |r| {
+        let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_upload", "the body is not UTF-8 JSON"))?;
+        let uploads: Vec<NewUpload> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(n, line)| serde_json::from_str(line).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_upload", format!("line {}: {e}", n + 1))))
+            .collect::<Result<_, _>>()?;
+        if uploads.is_empty() {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_upload", "no upload in the body (a JSON object, or JSON lines)"));
+        }
+        r.register_many(&uploads).await?;
+        Ok(serde_json::json!({ "registered": uploads.len() }))
+    })
+    .await
+}
+
+async fn unsubscribe(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
+    call(&state, "/v1/subjects/{id}/unsubscribe", &headers, Scope::Retention, async |r| Ok(r.unsubscribe(&subject).await?)).await
+}
+
+async fn erase_subject(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
+    call(&state, "/v1/subjects/{id}/erase", &headers, Scope::Retention, async |r| Ok(r.erase_subject(&subject).await?)).await
+}
+
+async fn erase_upload(Extract(state): Extract<State>, headers: HeaderMap, Path(upload): Path<String>) -> Response {
+    call(&state, "/v1/uploads/{id}", &headers, Scope::Retention, async |r| Ok(r.erase_upload(&upload).await?)).await
+}
+
+async fn status(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    call(&state, "/v1/retention/status", &headers, Scope::Retention, async |r| Ok(r.status().await?)).await
+}
+
+async fn plan(Extract(state): Extract<State>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+    call(&state, "/v1/retention/plan", &headers, Scope::Retention, async |r| {
+        let mut horizon = std::time::Duration::ZERO;
+        let mut limit = 50;
+        for (name, value) in &query {
+            match name.as_str() {
+                "horizon" => horizon = humantime::parse_duration(value).map_err(|e| ApiError::bad_option(format!("horizon={value:?}: {e}")))?,
+                "limit" => limit = value.parse().map_err(|_| ApiError::bad_option(format!("limit={value:?}: expected a number")))?,
+                _ => return Err(ApiError::bad_option(format!("unknown option {name:?}"))),
+            }
+        }
+        Ok(r.plan(horizon, limit).await?)
+    })
+    .await
+}
+
+async fn verify(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    call(&state, "/v1/audit/verify", &headers, Scope::Admin, async |r| {
+        let verdict = r.verify_audit().await?;
+        Ok(serde_json::json!({ "intact": verdict.intact(), "records": verdict.records, "broken_at": verdict.broken_at, "problem": verdict.problem }))
+    })
+    .await
+}
