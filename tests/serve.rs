@@ -489,3 +489,30 @@ async fn the_scheduler_runs_in_the_service_and_stops_with_it() {
     service.terminate();
     assert_eq!(service.child.wait().unwrap().code(), Some(0));
 }
+
+/// `/openapi.json` describes every route the service answers, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openapi_document_lists_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let (catalog, policy, secret) = (dir.path().join("c.sqlite"), dir.path().join("policy.toml"), dir.path().join("secret"));
+    let args = ["--targets", "face", "--catalog", catalog.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--secret-file", secret.to_str().unwrap()];
+    let service = Service::start(&args);
+    let response = client().get(service.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            let url = service.url(&path.replace("{id}", "doc-check"));
+            let request = client().request(method.to_uppercase().parse().unwrap(), url).bearer_auth(ADMIN).body(Vec::new());
+            let status = request.send().await.unwrap().status().as_u16();
+            assert!(status != 404 || path.contains("{id}"), "{method} {path} is documented but not served");
+            assert_ne!(status, 405, "{method} {path}: the method is not served");
+        }
+    }
+    for route in ["/v1/anonymise", "/v1/detect", "/v1/uploads", "/v1/subjects/{id}/unsubscribe", "/v1/subjects/{id}/erase", "/v1/uploads/{id}", "/v1/retention/status", "/v1/retention/plan", "/v1/audit/verify", "/healthz", "/readyz"] {
+        assert!(paths.contains_key(route), "{route} is served but not documented");
+    }
+}

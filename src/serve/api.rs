@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `GET /healthz` | none | the process is up |
 //! | `GET /readyz` | none | models loaded and accepting requests (503 while shutting down) |
+//! | `GET /openapi.json` | none | this table and the options, as OpenAPI 3.1 |
 //! | `POST /v1/anonymise` | `anonymise` | body: an image; returns it anonymised, same format (or `?format=`), or with `?report=json` the report instead |
 //! | `POST /v1/detect` | `anonymise` | body: an image; returns the detections and regions as JSON, no pixels |
 //!
@@ -36,6 +37,9 @@ use crate::detect::Class;
 use crate::image_io::Format;
 use crate::redact::{Shape, Style};
 use crate::{Anonymized, Anonymizer, Options};
+
+/// The API's description (OpenAPI 3.1), served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -97,6 +101,7 @@ pub fn router(state: State) -> Router {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/v1/anonymise", post(anonymise))
         .route("/v1/anonymize", post(anonymise))
         .route("/v1/detect", post(detect));
