@@ -516,3 +516,29 @@ async fn the_openapi_document_lists_every_route() {
         assert!(paths.contains_key(route), "{route} is served but not documented");
     }
 }
+
+/// A browser's form upload: `multipart/form-data` with one file part (other fields are
+/// ignored); two files are refused rather than one silently left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_form_upload_with_one_file_is_anonymised() {
+    let service = Service::start(&["--targets", "face"]);
+    let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    let form = |files: usize| {
+        let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\nhello\r\n".to_vec();
+        for i in 0..files {
+            body.extend(format!("--XyZ\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p{i}.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
+            body.extend(&jpeg);
+            body.extend(b"\r\n");
+        }
+        body.extend(b"--XyZ--\r\n");
+        body
+    };
+    let send = |body: Vec<u8>| client().post(service.url("/v1/anonymise")).bearer_auth(ANONYMISE).header("content-type", "multipart/form-data; boundary=XyZ").body(body).send();
+    let response = send(form(1)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+    let out = decoded(&response.bytes().await.unwrap());
+    assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &out, ONE_FACE_BOX) > 15.0, "the face is not redacted");
+    assert_eq!(error_code(send(form(2)).await.unwrap(), 400).await, "invalid_multipart");
+    assert_eq!(error_code(send(form(0)).await.unwrap(), 400).await, "invalid_multipart");
+}

@@ -82,6 +82,7 @@ impl State {
         self.0.retention.as_ref()
     }
 
+    #[cfg(feature = "retention")]
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
     }
@@ -107,7 +108,10 @@ pub fn router(state: State) -> Router {
         .route("/v1/detect", post(detect));
     #[cfg(feature = "retention")]
     let router = if state.0.retention.is_some() { router.merge(super::retention::routes()) } else { router };
+    let limit = state.0.settings.max_body_bytes;
     router
+        // Extractors that read bodies (JSON lines, forms) get the service's limit, not axum's 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method") })
         .with_state(state)
@@ -181,14 +185,16 @@ async fn image_request(state: &State, query: HashMap<String, String>, request: R
     }
     let deadline = Duration::from_secs_f64(state.0.settings.request_timeout_secs);
     let work = async {
-        let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
             if over_limit(&e) {
                 ApiError::too_large(limit)
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "body_read_failed", format!("reading the request body: {e}"))
             }
         })?;
-        Ok::<_, ApiError>(state.0.anonymizer.anonymize_with_async(body.to_vec(), options).await?)
+        let image = if is_multipart(&parts.headers) { file_part(parts, body).await? } else { body.to_vec() };
+        Ok::<_, ApiError>(state.0.anonymizer.anonymize_with_async(image, options).await?)
     };
     let out = tokio::time::timeout(deadline, work).await.map_err(|_| ApiError::timeout())??;
     record(state, &out);
@@ -248,6 +254,32 @@ pub(crate) fn authorize(state: &State, headers: &HeaderMap, scope: Scope) -> Res
         Verdict::Unauthenticated => Err(ApiError::unauthorized()),
         Verdict::Forbidden => Err(ApiError::forbidden()),
     }
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"))
+}
+
+/// The one file of a `multipart/form-data` body (browsers and HTML forms), already read
+/// within the body limit. Other fields are ignored; two files are refused (one image per
+/// request, so that no upload is silently left out).
+async fn file_part(parts: axum::http::request::Parts, body: axum::body::Bytes) -> Result<Vec<u8>, ApiError> {
+    use axum::extract::FromRequest;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", message);
+    // The router's `DefaultBodyLimit` (set to `max_body_bytes`) travels in `parts`.
+    let request = Request::from_parts(parts, Body::from(body));
+    let mut multipart = axum::extract::Multipart::from_request(request, &()).await.map_err(|e| bad(e.body_text()))?;
+    let mut file = None;
+    while let Some(field) = multipart.next_field().await.map_err(|e| bad(e.body_text()))? {
+        if field.file_name().is_none() {
+            continue;
+        }
+        if file.is_some() {
+            return Err(bad("more than one file part: send one image per request".into()));
+        }
+        file = Some(field.bytes().await.map_err(|e| bad(e.body_text()))?.to_vec());
+    }
+    file.ok_or_else(|| bad("no file part (a field with a filename) in the form".into()))
 }
 
 /// Whether reading a body failed on the size limit (a body without a length, streamed).
