@@ -32,20 +32,7 @@ impl Db {
 
     /// A new database on the test server, or `None` (skip) outside CI.
     async fn postgres() -> Option<Db> {
-        let Some(base) = std::env::var("OBSCURA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
-            assert!(!in_ci(), "CI must set OBSCURA_TEST_POSTGRES_URL (.ci/run starts scripts/test-postgres)");
-            eprintln!("skipped: OBSCURA_TEST_POSTGRES_URL is not set (scripts/test-postgres start DIR prints one)");
-            return None;
-        };
-        let mut raw = [0u8; 6];
-        getrandom::fill(&mut raw).unwrap();
-        let name = format!("obscura_test_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connecting to the test PostgreSQL server");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-        let url = match base.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => unreachable!("a postgres URL has a path"),
-        };
+        let url = postgres_database("obscura_test").await?;
         Some(Db { url, dir: TempDir::new().unwrap() })
     }
 }

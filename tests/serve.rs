@@ -367,18 +367,7 @@ async fn catalog(postgres: bool, dir: &Path) -> Option<String> {
     if !postgres {
         return Some(dir.join("catalog.sqlite").display().to_string());
     }
-    let Some(base) = std::env::var("OBSCURA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
-        assert!(!in_ci(), "CI must set OBSCURA_TEST_POSTGRES_URL (.ci/run starts scripts/test-postgres)");
-        eprintln!("skipped: OBSCURA_TEST_POSTGRES_URL is not set (scripts/test-postgres start DIR prints one)");
-        return None;
-    };
-    use sqlx::Connection;
-    let mut raw = [0u8; 6];
-    getrandom::fill(&mut raw).unwrap();
-    let name = format!("obscura_serve_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-    Some(format!("{}/{name}", base.rsplit_once('/').unwrap().0))
+    postgres_database("obscura_serve").await
 }
 
 async fn get_json(service: &Service, path: &str, token: &str) -> (u16, serde_json::Value) {

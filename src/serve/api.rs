@@ -174,15 +174,22 @@ async fn image_route(state: State, route: &'static str, query: HashMap<String, S
 }
 
 async fn image_request(state: &State, query: HashMap<String, String>, request: Request, pixels: bool) -> Result<Response, ApiError> {
-    authorize(state, request.headers(), Scope::Anonymise)?;
-    let (options, report_only) = parse_options(state, &query, pixels)?;
-    let Ok(_slot) = state.0.slots.clone().try_acquire_owned() else {
-        return Err(ApiError::busy(1));
-    };
     let limit = state.0.settings.max_body_bytes;
     if content_length(request.headers()).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
+    let admitted = authorize(state, request.headers(), Scope::Anonymise)
+        .and_then(|()| parse_options(state, &query, pixels))
+        .and_then(|options| state.0.slots.clone().try_acquire_owned().map(|slot| (options, slot)).map_err(|_| ApiError::busy(1)));
+    let ((options, report_only), _slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            // Refused before the body was read: read and drop it (within the limit, for a
+            // few seconds at most) so the client gets this answer, not a reset connection.
+            let _ = tokio::time::timeout(Duration::from_secs(5), axum::body::to_bytes(request.into_body(), limit)).await;
+            return Err(e);
+        }
+    };
     let deadline = Duration::from_secs_f64(state.0.settings.request_timeout_secs);
     let work = async {
         let (parts, body) = request.into_parts();

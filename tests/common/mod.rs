@@ -107,3 +107,22 @@ pub fn riff_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     out
 }
 
+
+/// A new, empty database on the test PostgreSQL server (`OBSCURA_TEST_POSTGRES_URL`), named
+/// `PREFIX_<random>`; `None` (skip, with the reason printed) outside CI when no server is set.
+#[cfg(feature = "retention")]
+pub async fn postgres_database(prefix: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Some(base) = std::env::var("OBSCURA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(!in_ci(), "CI must set OBSCURA_TEST_POSTGRES_URL (.ci/run starts scripts/test-postgres)");
+        eprintln!("skipped: OBSCURA_TEST_POSTGRES_URL is not set (scripts/test-postgres start DIR prints one)");
+        return None;
+    };
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).unwrap();
+    let name = format!("{prefix}_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut conn = sqlx::PgConnection::connect(&base).await.expect("connecting to the test PostgreSQL server");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let (server, _) = base.rsplit_once('/').expect("a postgres URL has a path");
+    Some(format!("{server}/{name}"))
+}
