@@ -128,6 +128,20 @@ impl Store {
         Self::open_with(location, options, true)
     }
 
+    /// A store held in memory, gone when dropped: for an export answered over HTTP, so
+    /// that a person's photos are never written to a disk on the way.
+    pub fn memory() -> Self {
+        Self {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            s3: None,
+            retry: StoreOptions::default(),
+            prefix: Path::default(),
+            location: "memory:".into(),
+            local_root: None,
+            local: None,
+        }
+    }
+
     /// [`Store::open`] for a source: a folder that does not exist is an error, so a
     /// mistyped path cannot become an empty batch that "succeeds".
     pub fn open_existing(location: &str, options: &StoreOptions) -> Result<Self, StoreError> {
@@ -212,9 +226,17 @@ impl Store {
     /// its [`Problem`]. Only a failure of the listing itself (an unreadable folder at the
     /// root, a failed request) is an error, after which the stream ends.
     pub fn list(&self) -> BoxStream<'static, Result<Entry, StoreError>> {
-        match &self.local_root {
-            Some(root) => list_folder(root.clone()),
-            None => self.list_s3(),
+        match (&self.local_root, &self.s3) {
+            (Some(root), _) => list_folder(root.clone()),
+            (None, Some(_)) => self.list_s3(),
+            // In memory: keys are exactly what was put.
+            (None, None) => {
+                let size = |m: &object_store::ObjectMeta| m.size;
+                self.inner
+                    .list(None)
+                    .map(move |meta| meta.map(|m| Entry { key: m.location.to_string(), size: size(&m), problem: None }).map_err(|cause| StoreError::Io { op: "list", key: "memory:".into(), cause }))
+                    .boxed()
+            }
         }
     }
 

@@ -402,6 +402,23 @@ async fn unsubscribe_over_http_removes_the_objects_before_answering(postgres: bo
     assert_eq!(error_code(post(&service, "/v1/subjects/dana-77/unsubscribe", Some(ANONYMISE), Vec::new()).await, 403).await, "forbidden");
     assert_eq!(error_code(client().get(service.url("/v1/audit/verify")).bearer_auth(RETENTION_ONLY).send().await.unwrap(), 403).await, "forbidden");
 
+    // Access request: one person's uploads and the manifest, as a tar.
+    let response = client().get(service.url("/v1/subjects/dana-77/export")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-tar");
+    let archive = dir.path().join("export.tar");
+    std::fs::write(&archive, response.bytes().await.unwrap()).unwrap();
+    let unpacked = dir.path().join("export");
+    std::fs::create_dir(&unpacked).unwrap();
+    assert!(std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&unpacked).status().unwrap().success());
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["subject"], "dana-77");
+    let files: Vec<&str> = manifest["uploads"].as_array().unwrap().iter().map(|u| u["file"].as_str().unwrap()).collect();
+    assert_eq!(files.len(), 2, "dana's two uploads, not eve's: {manifest}");
+    for file in files {
+        assert_eq!(std::fs::read(unpacked.join(file)).unwrap(), b"photo bytes");
+    }
+
     let response = post(&service, "/v1/subjects/dana-77/unsubscribe", Some(RETENTION_ONLY), Vec::new()).await;
     assert_eq!(response.status(), 200);
     let summary: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
@@ -418,6 +435,9 @@ async fn unsubscribe_over_http_removes_the_objects_before_answering(postgres: bo
     assert!(!store.join("eve/1.jpg").exists());
     let response = client().delete(service.url("/v1/uploads/nope")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
     assert_eq!(error_code(response, 404).await, "unknown_upload");
+    // Forgotten: nothing to export any more.
+    let response = client().get(service.url("/v1/subjects/dana-77/export")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    assert_eq!(error_code(response, 404).await, "unknown_subject");
     let (status, report) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
     assert_eq!(status, 200);
     assert_eq!(report["uploads_active"], 0, "{report}");
@@ -501,7 +521,7 @@ async fn the_openapi_document_lists_every_route() {
             assert_ne!(status, 405, "{method} {path}: the method is not served");
         }
     }
-    for route in ["/v1/anonymise", "/v1/detect", "/v1/uploads", "/v1/subjects/{id}/unsubscribe", "/v1/subjects/{id}/erase", "/v1/uploads/{id}", "/v1/retention/status", "/v1/retention/plan", "/v1/audit/verify", "/healthz", "/readyz"] {
+    for route in ["/v1/anonymise", "/v1/detect", "/v1/uploads", "/v1/subjects/{id}/unsubscribe", "/v1/subjects/{id}/erase", "/v1/subjects/{id}/export", "/v1/uploads/{id}", "/v1/retention/status", "/v1/retention/plan", "/v1/audit/verify", "/healthz", "/readyz"] {
         assert!(paths.contains_key(route), "{route} is served but not documented");
     }
 }

@@ -27,6 +27,8 @@ pub mod error;
 pub mod metrics;
 #[cfg(feature = "retention")]
 pub mod retention;
+#[cfg(feature = "retention")]
+mod tar;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -9,6 +9,7 @@
 //! | `POST /v1/uploads` (a JSON upload, or JSON lines of them, one transaction) | `retention` |
 //! | `POST /v1/subjects/{id}/unsubscribe` | `retention` |
 //! | `POST /v1/subjects/{id}/erase` | `retention` |
+//! | `GET /v1/subjects/{id}/export` (a tar of the person's uploads and `manifest.json`) | `retention` |
 //! | `DELETE /v1/uploads/{id}` | `retention` |
 //! | `GET /v1/retention/status` | `retention` |
 //! | `GET /v1/retention/plan?horizon=7d&limit=50` | `retention` |
@@ -39,6 +40,7 @@ pub fn routes() -> Router<State> {
         .route("/v1/uploads/{id}", delete(erase_upload))
         .route("/v1/subjects/{id}/unsubscribe", post(unsubscribe))
         .route("/v1/subjects/{id}/erase", post(erase_subject))
+        .route("/v1/subjects/{id}/export", get(export))
         .route("/v1/retention/status", get(status))
         .route("/v1/retention/plan", get(plan))
         .route("/v1/audit/verify", get(verify))
@@ -114,6 +116,46 @@ async fn erase_subject(Extract(state): Extract<State>, headers: HeaderMap, Path(
 
 async fn erase_upload(Extract(state): Extract<State>, headers: HeaderMap, Path(upload): Path<String>) -> Response {
     call(&state, "/v1/uploads/{id}", &headers, Scope::Retention, async |r| Ok(r.erase_upload(&upload).await?)).await
+}
+
+/// Access request: the person's uploads and the export's `manifest.json` as a tar archive.
+/// The export is made in memory (`Store::memory`): the photos never touch this machine's
+/// disk on their way out.
+async fn export(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
+    let started = Instant::now();
+    let route = "/v1/subjects/{id}/export";
+    let result = async {
+        authorize(&state, &headers, Scope::Retention)?;
+        let retention = state.retention().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "this service has no retention catalog"))?;
+        let store = crate::store::Store::memory();
+        let export = retention.export(&subject, &store).await?;
+        let mtime = (export.exported_at / 1000).max(0) as u64;
+        let failed = |e: crate::store::StoreError| ApiError::from(RetentionError::from(e));
+        let mut archive = Vec::new();
+        super::tar::append(&mut archive, "manifest.json", &store.get("manifest.json").await.map_err(failed)?, mtime);
+        for upload in &export.uploads {
+            super::tar::append(&mut archive, &upload.file, &store.get(&upload.file).await.map_err(failed)?, mtime);
+        }
+        super::tar::finish(&mut archive);
+        Ok::<_, ApiError>(archive)
+    }
+    .await;
+    let response = match result {
+        Ok(archive) => {
+            let headers = [
+                (axum::http::header::CONTENT_TYPE, "application/x-tar"),
+                (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"export.tar\""),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ];
+            (headers, archive).into_response()
+        }
+        Err(e) => {
+            state.metrics().failure(e.reason());
+            e.into_response()
+        }
+    };
+    state.metrics().request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 async fn status(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
