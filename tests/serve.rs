@@ -170,7 +170,7 @@ async fn bad_input_gets_the_documented_4xx_and_never_image_bytes() {
         let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;
         assert_eq!(error_code(response, status).await, code, "{what}");
     }
-    for (query, what) in [("stlye=fill", "unknown option"), ("style=mosaic", "unknown style"), ("threshold=0.01", "threshold below the service's"), ("targets=person", "a target the service does not detect")] {
+    for (query, what) in [("stlye=fill", "unknown option"), ("style=fill&style=blur", "an option given twice"), ("style=mosaic", "unknown style"), ("threshold=0.01", "threshold below the service's"), ("targets=person", "a target the service does not detect")] {
         // Refused before the body is read (so a small one; see the token test).
         let response = post(&service, &format!("/v1/anonymise?{query}"), Some(ANONYMISE), b"x".to_vec()).await;
         assert_eq!(error_code(response, 400).await, "invalid_option", "{what}");
@@ -386,8 +386,8 @@ async fn unsubscribe_over_http_removes_the_objects_before_answering(postgres: bo
     }
     std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
     let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("secret").display().to_string());
-    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret]);
     let store = store.display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &store]);
     let upload = |id: &str, subject: &str, key: &str, derived: &[&str]| {
         serde_json::json!({ "id": id, "subject": subject, "store": store, "key": key, "class": "photo", "derived": derived }).to_string()
     };
@@ -398,6 +398,14 @@ async fn unsubscribe_over_http_removes_the_objects_before_answering(postgres: bo
     assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload("e1", "eve", "eve/1.jpg", &[]).into_bytes()).await.status(), 200);
     let again = post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload("e1", "eve", "eve/1.jpg", &[]).into_bytes()).await;
     assert_eq!(error_code(again, 409).await, "duplicate_upload");
+    // An upload in any other place (the whole disk, a path that climbs out of the store)
+    // is refused: purging it would delete a file the service can write, not a photo.
+    std::fs::write(dir.path().join("victim.txt"), b"not a photo").unwrap();
+    for hostile in ["/", "relative", &format!("{store}/../")] {
+        let body = serde_json::json!({ "id": "x1", "subject": "mallory", "store": hostile, "key": "victim.txt", "class": "photo" }).to_string();
+        assert_eq!(error_code(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body.into_bytes()).await, 403).await, "store_not_allowed", "{hostile}");
+    }
+    assert!(dir.path().join("victim.txt").exists());
     // The anonymise scope does not reach retention; the audit needs admin.
     assert_eq!(error_code(post(&service, "/v1/subjects/dana-77/unsubscribe", Some(ANONYMISE), Vec::new()).await, 403).await, "forbidden");
     assert_eq!(error_code(client().get(service.url("/v1/audit/verify")).bearer_auth(RETENTION_ONLY).send().await.unwrap(), 403).await, "forbidden");
@@ -480,7 +488,8 @@ async fn the_scheduler_runs_in_the_service_and_stops_with_it() {
     std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
     let catalog = dir.path().join("catalog.sqlite").display().to_string();
     let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("secret").display().to_string());
-    let mut service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--scheduler"]);
+    let allowed = store.display().to_string();
+    let mut service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--scheduler", "--allow-store", &allowed]);
     let two_years_ago = obscura::retention::now_ms() - 2 * 365 * 86_400_000;
     let upload = serde_json::json!({ "id": "o1", "subject": "olga", "store": store.display().to_string(), "key": "old/1.jpg", "class": "photo", "uploaded_at": two_years_ago });
     assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload.to_string().into_bytes()).await.status(), 200);
@@ -526,14 +535,17 @@ async fn the_openapi_document_lists_every_route() {
     }
 }
 
-/// A browser's form upload: `multipart/form-data` with one file part (other fields are
-/// ignored); two files are refused rather than one silently left out.
+/// A browser's form upload: `multipart/form-data` with one file part; two files are
+/// refused rather than one silently left out, and other fields rather than ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_form_upload_with_one_file_is_anonymised() {
     let service = Service::start(&["--targets", "face"]);
     let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
-    let form = |files: usize| {
-        let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\nhello\r\n".to_vec();
+    let form = |files: usize, field: Option<&str>| {
+        let mut body = match field {
+            Some(name) => format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\nfill\r\n").into_bytes(),
+            None => Vec::new(),
+        };
         for i in 0..files {
             body.extend(format!("--XyZ\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p{i}.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
             body.extend(&jpeg);
@@ -543,11 +555,36 @@ async fn a_form_upload_with_one_file_is_anonymised() {
         body
     };
     let send = |body: Vec<u8>| client().post(service.url("/v1/anonymise")).bearer_auth(ANONYMISE).header("content-type", "multipart/form-data; boundary=XyZ").body(body).send();
-    let response = send(form(1)).await.unwrap();
+    let response = send(form(1, None)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/jpeg");
     let out = decoded(&response.bytes().await.unwrap());
     assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &out, ONE_FACE_BOX) > 15.0, "the face is not redacted");
-    assert_eq!(error_code(send(form(2)).await.unwrap(), 400).await, "invalid_multipart");
-    assert_eq!(error_code(send(form(0)).await.unwrap(), 400).await, "invalid_multipart");
+    assert_eq!(error_code(send(form(2, None)).await.unwrap(), 400).await, "invalid_multipart");
+    assert_eq!(error_code(send(form(0, None)).await.unwrap(), 400).await, "invalid_multipart");
+    // An option sent as a form field would be ignored: it is refused instead.
+    assert_eq!(error_code(send(form(1, Some("style"))).await.unwrap(), 400).await, "invalid_multipart");
+}
+
+/// A request past its deadline is answered at once, but the image it started keeps its
+/// admission slot until it is done: timed-out work cannot pile up behind the queue, and
+/// the metrics show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timed_out_work_keeps_its_slot_until_it_ends() {
+    let service = Service::start(&["--targets", "face", "--max-concurrency", "1", "--queue", "1", "--request-timeout", "0.2"]);
+    let big = image::imageops::resize(&load_rgb(&eval_image(ONE_FACE)), 4096, 2828, image::imageops::FilterType::Triangle);
+    let body = encoded(&big, image::ImageFormat::Jpeg);
+    let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;
+    assert_eq!(error_code(response, 503).await, "timeout");
+    let in_flight = |text: &str| text.lines().find_map(|l| l.strip_prefix("obscura_in_flight ")).map(|v| v.trim().parse::<i64>().unwrap()).unwrap();
+    let text = client().get(&service.metrics).send().await.unwrap().text().await.unwrap();
+    assert_eq!(in_flight(&text), 1, "the timed-out image still holds its slot:\n{text}");
+    for _ in 0..1200 {
+        let text = client().get(&service.metrics).send().await.unwrap().text().await.unwrap();
+        if in_flight(&text) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the slot was never given back");
 }

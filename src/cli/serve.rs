@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// On SIGTERM, how long requests in flight may take to finish, in seconds.
     #[arg(long, env = "OBSCURA_SHUTDOWN_GRACE", default_value = SERVE_SHOWN.shutdown_grace_secs.as_str())]
     pub shutdown_grace: f64,
+    /// A store (folder or s3://bucket/prefix, as uploads name it) that `POST /v1/uploads`
+    /// may register uploads in; repeat for several. None: registering over HTTP is refused.
+    #[arg(long = "allow-store", env = "OBSCURA_ALLOW_STORES", value_delimiter = ',')]
+    pub allow_store: Vec<String>,
     /// Print the effective settings (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -74,6 +78,7 @@ pub fn run(args: &ServeArgs, m: &ArgMatches) -> Result<i32> {
     layer(m, "request_timeout", &mut settings.request_timeout_secs, &args.request_timeout);
     layer(m, "header_timeout", &mut settings.header_timeout_secs, &args.header_timeout);
     layer(m, "shutdown_grace", &mut settings.shutdown_grace_secs, &args.shutdown_grace);
+    layer(m, "allow_store", &mut settings.stores, &args.allow_store);
     settings.validate()?;
     let mut config = args.redaction.config_over(file, settings.workers(), m)?;
     // The anonymiser's own limit is the service's worker count; the service queues in front.

@@ -15,7 +15,6 @@
 //! service's), `format` (`jpeg`, `png`, `webp`), `report=json`. An unknown option is an
 //! error, not ignored: a typo must not silently weaken the redaction.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -83,6 +82,11 @@ impl State {
     }
 
     #[cfg(feature = "retention")]
+    pub(crate) fn settings(&self) -> &ServeSettings {
+        &self.0.settings
+    }
+
+    #[cfg(feature = "retention")]
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
     }
@@ -147,16 +151,16 @@ async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Res
     "ready\n".into_response()
 }
 
-async fn anonymise(state: axum::extract::State<State>, query: Query<HashMap<String, String>>, request: Request) -> Response {
+async fn anonymise(state: axum::extract::State<State>, query: Query<Vec<(String, String)>>, request: Request) -> Response {
     image_route(state.0, "/v1/anonymise", query.0, request, true).await
 }
 
-async fn detect(state: axum::extract::State<State>, query: Query<HashMap<String, String>>, request: Request) -> Response {
+async fn detect(state: axum::extract::State<State>, query: Query<Vec<(String, String)>>, request: Request) -> Response {
     image_route(state.0, "/v1/detect", query.0, request, false).await
 }
 
 /// Authenticates, parses the options, admits, reads the body, anonymises, and counts.
-async fn image_route(state: State, route: &'static str, query: HashMap<String, String>, request: Request, pixels: bool) -> Response {
+async fn image_route(state: State, route: &'static str, query: Vec<(String, String)>, request: Request, pixels: bool) -> Response {
     let started = Instant::now();
     let result = image_request(&state, query, request, pixels).await;
     let response = match result {
@@ -173,15 +177,16 @@ async fn image_route(state: State, route: &'static str, query: HashMap<String, S
     response
 }
 
-async fn image_request(state: &State, query: HashMap<String, String>, request: Request, pixels: bool) -> Result<Response, ApiError> {
+async fn image_request(state: &State, query: Vec<(String, String)>, request: Request, pixels: bool) -> Result<Response, ApiError> {
+    // Anonymous callers learn nothing and send nothing more: no body is read for them.
+    authorize(state, request.headers(), Scope::Anonymise)?;
     let limit = state.0.settings.max_body_bytes;
     if content_length(request.headers()).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    let admitted = authorize(state, request.headers(), Scope::Anonymise)
-        .and_then(|()| parse_options(state, &query, pixels))
+    let admitted = parse_options(state, &query, pixels)
         .and_then(|options| state.0.slots.clone().try_acquire_owned().map(|slot| (options, slot)).map_err(|_| ApiError::busy(1)));
-    let ((options, report_only), _slot) = match admitted {
+    let ((options, report_only), slot) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
             // Refused before the body was read: read and drop it (within the limit, for a
@@ -191,9 +196,18 @@ async fn image_request(state: &State, query: HashMap<String, String>, request: R
         }
     };
     let deadline = Duration::from_secs_f64(state.0.settings.request_timeout_secs);
-    let work = async {
+    let state_for_work = state.clone();
+    // The work runs as a task that holds the admission slot until the image is really
+    // done: a request past its deadline is answered at once, but the CPU it started keeps
+    // its slot (and shows in the metrics) until it ends, so timed-out work cannot pile up
+    // behind the queue's back.
+    let work = tokio::spawn(async move {
+        let _slot = slot;
+        let state = state_for_work;
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // Reading the body stops at the deadline too (a client that never finishes must
+        // not keep the slot); only the image's processing, once started, runs to its end.
+        let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await.map_err(|_| ApiError::timeout())?.map_err(|e| {
             if over_limit(&e) {
                 ApiError::too_large(limit)
             } else {
@@ -202,8 +216,11 @@ async fn image_request(state: &State, query: HashMap<String, String>, request: R
         })?;
         let image = if is_multipart(&parts.headers) { file_part(parts, body).await? } else { body.to_vec() };
         Ok::<_, ApiError>(state.0.anonymizer.anonymize_with_async(image, options).await?)
-    };
-    let out = tokio::time::timeout(deadline, work).await.map_err(|_| ApiError::timeout())??;
+    });
+    let out = tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| ApiError::timeout())?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("worker task: {e}")))??;
     record(state, &out);
     Ok(if !pixels {
         let r = &out.report;
@@ -268,8 +285,9 @@ fn is_multipart(headers: &HeaderMap) -> bool {
 }
 
 /// The one file of a `multipart/form-data` body (browsers and HTML forms), already read
-/// within the body limit. Other fields are ignored; two files are refused (one image per
-/// request, so that no upload is silently left out).
+/// within the body limit. Any other field is refused (options go in the query string,
+/// where they are checked), and so are two files (one image per request, so that no
+/// upload is silently left out).
 async fn file_part(parts: axum::http::request::Parts, body: axum::body::Bytes) -> Result<Vec<u8>, ApiError> {
     use axum::extract::FromRequest;
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", message);
@@ -279,7 +297,9 @@ async fn file_part(parts: axum::http::request::Parts, body: axum::body::Bytes) -
     let mut file = None;
     while let Some(field) = multipart.next_field().await.map_err(|e| bad(e.body_text()))? {
         if field.file_name().is_none() {
-            continue;
+            // An option sent as a form field would be silently ignored: refuse it.
+            let name = field.name().unwrap_or_default().chars().take(64).collect::<String>();
+            return Err(bad(format!("form field {name:?} is not a file; options go in the query string (e.g. ?style=fill)")));
         }
         if file.is_some() {
             return Err(bad("more than one file part: send one image per request".into()));
@@ -306,14 +326,19 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The query options as library [`Options`], and whether only the report is wanted.
-fn parse_options(state: &State, query: &HashMap<String, String>, pixels: bool) -> Result<(Options, bool), ApiError> {
+fn parse_options(state: &State, query: &[(String, String)], pixels: bool) -> Result<(Options, bool), ApiError> {
     let configured = state.0.anonymizer.config();
     let mut options = Options::default();
     let mut redact = configured.redact.clone();
     let mut redact_changed = false;
     let mut report_only = false;
-    let choice = |name: &str, value: &str, allowed: &[String]| ApiError::bad_option(format!("{name}={value:?}: expected one of {}", allowed.join(", ")));
+    let choice = |name: &str, value: &str, allowed: &[String]| ApiError::bad_option(format!("{name}={:?}: expected one of {}", shorten(value), allowed.join(", ")));
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in query {
+        // Twice the same option: which one a proxy checked and which one applies could differ.
+        if !seen.insert(name.as_str()) {
+            return Err(ApiError::bad_option(format!("option {:?} is given twice", shorten(name))));
+        }
         match name.as_str() {
             "style" => {
                 redact.style = Style::of_kind(value).ok_or_else(|| choice(name, value, &kinds()))?;
@@ -353,7 +378,7 @@ fn parse_options(state: &State, query: &HashMap<String, String>, pixels: bool) -
                 "json" => report_only = true,
                 _ => return Err(choice(name, value, &["json".into()])),
             },
-            _ => return Err(ApiError::bad_option(format!("unknown option {name:?}"))),
+            _ => return Err(ApiError::bad_option(format!("unknown option {:?}", shorten(name)))),
         }
     }
     if redact_changed {
@@ -361,6 +386,15 @@ fn parse_options(state: &State, query: &HashMap<String, String>, pixels: bool) -
     }
     state.0.anonymizer.check(&options).map_err(|e| ApiError::bad_option(e.to_string()))?;
     Ok((options, report_only))
+}
+
+/// A client's value as error messages quote it: at most 64 characters.
+fn shorten(value: &str) -> String {
+    let mut s: String = value.chars().take(64).collect();
+    if s.len() < value.len() {
+        s.push('…');
+    }
+    s
 }
 
 fn kinds() -> Vec<String> {

@@ -118,7 +118,9 @@ impl Tokens {
     /// Whether `authorization` (the header's value) carries a token with `scope`. Every
     /// configured token is compared, in constant time, whatever matches.
     pub fn check(&self, authorization: Option<&[u8]>, scope: Scope) -> Verdict {
-        let Some(token) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else { return Verdict::Unauthenticated };
+        // The scheme is case-insensitive (RFC 9110); the token is not.
+        let token = authorization.filter(|h| h.len() > 7 && h[..7].eq_ignore_ascii_case(b"bearer ")).map(|h| &h[7..]);
+        let Some(token) = token else { return Verdict::Unauthenticated };
         let given = digest_bytes(token);
         let mut scopes: Option<&Vec<Scope>> = None;
         for (expected, s) in &self.entries {
@@ -163,6 +165,8 @@ mod tests {
         assert_eq!(tokens.check(Some(&bearer(B)), Scope::Anonymise), Verdict::Allowed, "admin may do everything");
         assert_eq!(tokens.check(Some(&bearer(&A[1..])), Scope::Anonymise), Verdict::Unauthenticated);
         assert_eq!(tokens.check(Some(A.as_bytes()), Scope::Anonymise), Verdict::Unauthenticated, "no Bearer prefix");
+        assert_eq!(tokens.check(Some(format!("bearer {A}").as_bytes()), Scope::Anonymise), Verdict::Allowed, "the scheme is case-insensitive");
+        assert_eq!(tokens.check(Some(format!("Bearer {}", A.to_uppercase()).as_bytes()), Scope::Anonymise), Verdict::Unauthenticated, "the token is not");
         assert_eq!(tokens.check(None, Scope::Anonymise), Verdict::Unauthenticated);
     }
 

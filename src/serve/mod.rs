@@ -67,6 +67,11 @@ pub struct ServeSettings {
     pub header_timeout_secs: f64,
     /// On SIGTERM, how long requests in flight may take to finish, in seconds (default 30).
     pub shutdown_grace_secs: f64,
+    /// The stores (folders or `s3://bucket/prefix`, exactly as uploads name them) that
+    /// `POST /v1/uploads` may register uploads in. Default none: registering over HTTP is
+    /// refused, since an upload registered in any folder would let a token holder have any
+    /// file the service can write purged.
+    pub stores: Vec<String>,
 }
 
 impl Default for ServeSettings {
@@ -80,6 +85,7 @@ impl Default for ServeSettings {
             request_timeout_secs: 30.0,
             header_timeout_secs: 10.0,
             shutdown_grace_secs: 30.0,
+            stores: Vec::new(),
         }
     }
 }

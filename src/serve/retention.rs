@@ -100,6 +100,15 @@ async fn register(Extract(state): Extract<State>, headers: HeaderMap, body: Byte
         if uploads.is_empty() {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_upload", "no upload in the body (a JSON object, or JSON lines)"));
         }
+        // Only the configured stores: a token must not be able to have arbitrary files purged.
+        let allowed = &state.settings().stores;
+        if let Some(u) = uploads.iter().find(|u| !allowed.contains(&u.store)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "store_not_allowed",
+                format!("upload {:?}: its store is not one this service registers uploads in (serve.stores / --allow-store)", u.id.chars().take(64).collect::<String>()),
+            ));
+        }
         r.register_many(&uploads).await?;
         Ok(serde_json::json!({ "registered": uploads.len() }))
     })
