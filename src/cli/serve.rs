@@ -111,22 +111,25 @@ pub fn run(args: &ServeArgs, m: &ArgMatches) -> Result<i32> {
                 let (r, mut stopped) = (r.clone(), stopped.clone());
                 Some(tokio::spawn(async move {
                     let options = RunOptions::default();
-                    r.run(&options, async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
+                    let result = r
+                        .run(&options, async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        })
+                        .await;
+                    // Said at once, not only at shutdown: the service keeps serving requests.
+                    if let Err(e) = &result {
+                        tracing::error!("the retention scheduler stopped: {e}");
+                    }
+                    result
                 }))
             }
             _ => None,
         };
         // The one line scripts and tests wait for (stderr, whatever the log level).
         eprintln!("obscura serve: listening on http://{}{metrics}", server.local_addr());
-        let mut stopped_server = stopped;
+        drop(stopped);
         let signal = async move {
-            tokio::select! {
-                () = shutdown_signal("stopping: no new requests; finishing those in flight") => {}
-                _ = stopped_server.wait_for(|s| *s) => {}
-            }
+            shutdown_signal("stopping: no new requests; finishing those in flight").await;
             let _ = stop.send(true);
         };
         server.run(Backends { anonymizer, tokens, retention }, settings, signal).await?;
