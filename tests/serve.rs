@@ -147,15 +147,6 @@ async fn anonymises_jpeg_png_and_webp_with_the_face_redacted_and_no_metadata() {
     assert!((x1 - ONE_FACE_BOX.x as f64).abs() < 40.0 && (y1 - ONE_FACE_BOX.y as f64).abs() < 60.0, "{found}");
 }
 
-/// A PNG whose header claims `w`×`h` pixels (the data is not there).
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = Vec::new();
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    [b"\x89PNG\r\n\x1a\n".to_vec(), png_chunk(b"IHDR", &ihdr), png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), png_chunk(b"IEND", &[])].concat()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_the_documented_4xx_and_never_image_bytes() {
     let service = Service::start(&["--targets", "face", "--max-body-bytes", "2000000"]);

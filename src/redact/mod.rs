@@ -53,6 +53,8 @@ impl Style {
     pub const DEFAULT_PIXELATE: Style = Style::Pixelate { cells: 8 };
     pub const DEFAULT_BLUR: Style = Style::Blur { sigma: 0.125 };
     pub const DEFAULT_FILL: Style = Style::Fill { color: [0, 0, 0] };
+    /// Each kind with its default parameters, in the order front ends list them.
+    pub const DEFAULTS: [Style; 3] = [Style::DEFAULT_PIXELATE, Style::DEFAULT_FILL, Style::DEFAULT_BLUR];
 
     /// The style's kind: `pixelate`, `blur` or `fill` (its serde tag, and what the CLI's
     /// `--style` and the service's `style=` name).
@@ -66,7 +68,7 @@ impl Style {
 
     /// The style of `kind` with its default parameters.
     pub fn of_kind(kind: &str) -> Option<Style> {
-        [Style::DEFAULT_PIXELATE, Style::DEFAULT_BLUR, Style::DEFAULT_FILL].into_iter().find(|s| s.kind() == kind)
+        Style::DEFAULTS.into_iter().find(|s| s.kind() == kind)
     }
 }
 

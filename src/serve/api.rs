@@ -86,11 +86,6 @@ impl State {
         &self.0.settings
     }
 
-    #[cfg(feature = "retention")]
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.0.metrics
-    }
-
     /// From now on `/readyz` says 503, so load balancers stop sending requests.
     pub fn stop_accepting(&self) {
         self.0.accepting.store(false, Ordering::SeqCst);
@@ -163,12 +158,20 @@ async fn detect(state: axum::extract::State<State>, query: Query<Vec<(String, St
 async fn image_route(state: State, route: &'static str, query: Vec<(String, String)>, request: Request, pixels: bool) -> Response {
     let started = Instant::now();
     let result = image_request(&state, query, request, pixels).await;
+    answer(&state, route, started, result)
+}
+
+/// Every route's last step: the response, or the error as its JSON body; both counted in
+/// the metrics, and our own failures logged by route and code (not by message: a message
+/// may quote a client's input; the library error behind a 5xx is logged where it is
+/// mapped, see `error.rs`).
+pub(crate) fn answer(state: &State, route: &'static str, started: Instant, result: Result<Response, ApiError>) -> Response {
     let response = match result {
         Ok(response) => response,
         Err(e) => {
             state.0.metrics.failure(e.reason());
-            if e.status.is_server_error() && e.code != "busy" && e.code != "timeout" && e.code != "shutting_down" {
-                tracing::error!(route, code = e.code, "request failed: {}", e.message);
+            if e.status.is_server_error() && !matches!(e.code, "busy" | "timeout" | "shutting_down") {
+                tracing::error!(route, code = e.code, "request failed");
             }
             e.into_response()
         }
@@ -398,7 +401,7 @@ fn shorten(value: &str) -> String {
 }
 
 fn kinds() -> Vec<String> {
-    [Style::DEFAULT_PIXELATE, Style::DEFAULT_FILL, Style::DEFAULT_BLUR].iter().map(|s| s.kind().to_string()).collect()
+    Style::DEFAULTS.iter().map(|s| s.kind().to_string()).collect()
 }
 
 fn names<T: Choice>() -> Vec<String> {

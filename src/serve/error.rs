@@ -60,6 +60,11 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        if matches!(e, Error::Detect(_) | Error::Redact(_) | Error::Encode(_) | Error::Worker(_)) {
+            // The client gets a generic message; the cause (model, device, encoder; never
+            // image data) is logged here, the one place it is still known.
+            tracing::error!("anonymisation failed: {e}");
+        }
         let unprocessable = |code, e: &dyn std::fmt::Display| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string());
         match &e {
             Error::Decode(DecodeError::Empty) => ApiError::new(StatusCode::BAD_REQUEST, "empty_body", e.to_string()),

@@ -21,14 +21,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use axum::Router;
+use axum::{Json, Router};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as Extract};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
-use super::api::{State, authorize};
+use super::api::{State, answer, authorize};
 use super::auth::Scope;
 use super::error::ApiError;
 use crate::retention::{NewUpload, RetentionError};
@@ -66,26 +66,15 @@ impl From<RetentionError> for ApiError {
 async fn call<F, T>(state: &State, route: &'static str, headers: &HeaderMap, scope: Scope, f: F) -> Response
 where
     F: AsyncFnOnce(&crate::retention::Retention) -> Result<T, ApiError>,
-    T: serde::Serialize,
+    T: IntoResponse,
 {
     let started = Instant::now();
     let result = match (authorize(state, headers, scope), state.retention()) {
         (Err(e), _) => Err(e),
         (Ok(()), None) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "this service has no retention catalog")),
-        (Ok(()), Some(retention)) => f(retention).await,
+        (Ok(()), Some(retention)) => f(retention).await.map(IntoResponse::into_response),
     };
-    let response = match result {
-        Ok(value) => axum::Json(value).into_response(),
-        Err(e) => {
-            state.metrics().failure(e.reason());
-            if e.status.is_server_error() {
-                tracing::error!(route, code = e.code, "retention request failed");
-            }
-            e.into_response()
-        }
-    };
-    state.metrics().request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
+    answer(state, route, started, result)
 }
 
 async fn register(Extract(state): Extract<State>, headers: HeaderMap, body: Bytes) -> Response {
@@ -110,34 +99,30 @@ async fn register(Extract(state): Extract<State>, headers: HeaderMap, body: Byte
             ));
         }
         r.register_many(&uploads).await?;
-        Ok(serde_json::json!({ "registered": uploads.len() }))
+        Ok(Json(serde_json::json!({ "registered": uploads.len() })))
     })
     .await
 }
 
 async fn unsubscribe(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
-    call(&state, "/v1/subjects/{id}/unsubscribe", &headers, Scope::Retention, async |r| Ok(r.unsubscribe(&subject).await?)).await
+    call(&state, "/v1/subjects/{id}/unsubscribe", &headers, Scope::Retention, async |r| Ok(Json(r.unsubscribe(&subject).await?))).await
 }
 
 async fn erase_subject(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
-    call(&state, "/v1/subjects/{id}/erase", &headers, Scope::Retention, async |r| Ok(r.erase_subject(&subject).await?)).await
+    call(&state, "/v1/subjects/{id}/erase", &headers, Scope::Retention, async |r| Ok(Json(r.erase_subject(&subject).await?))).await
 }
 
 async fn erase_upload(Extract(state): Extract<State>, headers: HeaderMap, Path(upload): Path<String>) -> Response {
-    call(&state, "/v1/uploads/{id}", &headers, Scope::Retention, async |r| Ok(r.erase_upload(&upload).await?)).await
+    call(&state, "/v1/uploads/{id}", &headers, Scope::Retention, async |r| Ok(Json(r.erase_upload(&upload).await?))).await
 }
 
 /// Access request: the person's uploads and the export's `manifest.json` as a tar archive.
 /// The export is made in memory (`Store::memory`): the photos never touch this machine's
 /// disk on their way out.
 async fn export(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
-    let started = Instant::now();
-    let route = "/v1/subjects/{id}/export";
-    let result = async {
-        authorize(&state, &headers, Scope::Retention)?;
-        let retention = state.retention().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "this service has no retention catalog"))?;
+    call(&state, "/v1/subjects/{id}/export", &headers, Scope::Retention, async |r| {
         let store = crate::store::Store::memory();
-        let export = retention.export(&subject, &store).await?;
+        let export = r.export(&subject, &store).await?;
         let mtime = (export.exported_at / 1000).max(0) as u64;
         let failed = |e: crate::store::StoreError| ApiError::from(RetentionError::from(e));
         let mut archive = Vec::new();
@@ -146,29 +131,18 @@ async fn export(Extract(state): Extract<State>, headers: HeaderMap, Path(subject
             super::tar::append(&mut archive, &upload.file, &store.get(&upload.file).await.map_err(failed)?, mtime);
         }
         super::tar::finish(&mut archive);
-        Ok::<_, ApiError>(archive)
-    }
-    .await;
-    let response = match result {
-        Ok(archive) => {
-            let headers = [
-                (axum::http::header::CONTENT_TYPE, "application/x-tar"),
-                (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"export.tar\""),
-                (axum::http::header::CACHE_CONTROL, "no-store"),
-            ];
-            (headers, archive).into_response()
-        }
-        Err(e) => {
-            state.metrics().failure(e.reason());
-            e.into_response()
-        }
-    };
-    state.metrics().request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
+        let headers = [
+            (axum::http::header::CONTENT_TYPE, "application/x-tar"),
+            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"export.tar\""),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ];
+        Ok((headers, archive))
+    })
+    .await
 }
 
 async fn status(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
-    call(&state, "/v1/retention/status", &headers, Scope::Retention, async |r| Ok(r.status().await?)).await
+    call(&state, "/v1/retention/status", &headers, Scope::Retention, async |r| Ok(Json(r.status().await?))).await
 }
 
 async fn plan(Extract(state): Extract<State>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
@@ -182,7 +156,7 @@ async fn plan(Extract(state): Extract<State>, headers: HeaderMap, Query(query): 
                 _ => return Err(ApiError::bad_option(format!("unknown option {name:?}"))),
             }
         }
-        Ok(r.plan(horizon, limit).await?)
+        Ok(Json(r.plan(horizon, limit).await?))
     })
     .await
 }
@@ -190,7 +164,7 @@ async fn plan(Extract(state): Extract<State>, headers: HeaderMap, Query(query): 
 async fn verify(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
     call(&state, "/v1/audit/verify", &headers, Scope::Admin, async |r| {
         let verdict = r.verify_audit().await?;
-        Ok(serde_json::json!({ "intact": verdict.intact(), "records": verdict.records, "broken_at": verdict.broken_at, "problem": verdict.problem }))
+        Ok(Json(serde_json::json!({ "intact": verdict.intact(), "records": verdict.records, "broken_at": verdict.broken_at, "problem": verdict.problem })))
     })
     .await
 }

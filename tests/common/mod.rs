@@ -97,6 +97,16 @@ pub fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
 }
 
 /// A RIFF chunk (WebP): type, little-endian length, data, padding to even length.
+/// A PNG whose header claims `w`×`h` pixels (valid CRCs, a token IDAT; the data is not
+/// there): a decompression bomb as far as the header goes.
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    [b"\x89PNG\r\n\x1a\n".to_vec(), png_chunk(b"IHDR", &ihdr), png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), png_chunk(b"IEND", &[])].concat()
+}
+
 pub fn riff_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let mut out = kind.to_vec();
     out.extend((data.len() as u32).to_le_bytes());
