@@ -206,3 +206,33 @@ fn person_detectors_run_before_face_detectors_whatever_the_order_given() {
     let detectors: Vec<Box<dyn obscura::detect::Detector>> = vec![Box::new(Fixed(Class::Face, info("face")))];
     assert!(matches!(Anonymizer::with_detectors(bad, detectors), Err(Error::Config(e)) if e.field == "redact.noise"));
 }
+
+/// A models folder (the Python package's own) is the only place looked at: models missing
+/// there are an error naming that folder, never files found elsewhere, and files there
+/// are verified against their pins like any other.
+#[test]
+fn a_models_folder_is_the_only_place_models_are_taken_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.runtime.models_dir = Some(dir.path().to_path_buf());
+    let Err(Error::Detect(e)) = Anonymizer::new(c.clone()) else { panic!("models found outside the folder") };
+    assert!(matches!(e, obscura::detect::DetectError::ModelMissing { .. }), "{e}");
+    assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
+
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in ["nanodet.onnx", "centerface-int8.onnx"] {
+        std::fs::copy(models.join(name), dir.path().join(name)).unwrap();
+        let marker = format!("{name}.verified"); // a person model built here, not downloaded
+        if models.join(&marker).is_file() {
+            std::fs::copy(models.join(&marker), dir.path().join(&marker)).unwrap();
+        }
+    }
+    let found = Anonymizer::new(c.clone()).unwrap();
+    assert!(found.models().iter().all(|m| m.path.starts_with(dir.path())), "{:?}", found.models());
+
+    let mut altered = std::fs::read(dir.path().join("centerface-int8.onnx")).unwrap();
+    altered[5000] ^= 0xff;
+    std::fs::write(dir.path().join("centerface-int8.onnx"), altered).unwrap();
+    let Err(Error::Detect(e)) = Anonymizer::new(c) else { panic!("an altered model was loaded") };
+    assert!(matches!(e, obscura::detect::DetectError::ModelChecksum { .. }), "{e}");
+}

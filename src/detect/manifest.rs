@@ -18,38 +18,56 @@ pub(crate) struct ModelEntry {
     pub sha256: String,
 }
 
-static ENTRIES: LazyLock<Vec<ModelEntry>> = LazyLock::new(|| parse(MANIFEST).expect("models/models.toml is valid (checked by the unit tests)"));
+/// The ONNX Runtime release the models are run with: `[runtime.onnxruntime]`, the pin
+/// `scripts/setup` installs and the Python package depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimePin {
+    /// The `onnxruntime` package version (`1.32.0`).
+    pub version: String,
+    /// The library's file name in that package (`libonnxruntime.so.1.32.0`).
+    pub library: String,
+    /// sha256 of the Linux x86-64 wheel `scripts/setup` downloads.
+    pub wheel_sha256: String,
+    /// sha256 of the library inside it.
+    pub library_sha256: String,
+}
+
+struct Manifest {
+    models: Vec<ModelEntry>,
+    runtime: RuntimePin,
+}
+
+static MANIFEST_PARSED: LazyLock<Manifest> = LazyLock::new(|| parse(MANIFEST).expect("models/models.toml is valid (checked by the unit tests)"));
 
 /// The manifest entry `id`. Panics on an unknown ID: IDs are written in the registry,
 /// and a unit test checks that each has an entry.
 pub(crate) fn entry(id: &str) -> &'static ModelEntry {
-    ENTRIES.iter().find(|e| e.id == id).unwrap_or_else(|| panic!("models/models.toml has no [model.{id}]"))
+    MANIFEST_PARSED.models.iter().find(|e| e.id == id).unwrap_or_else(|| panic!("models/models.toml has no [model.{id}]"))
 }
 
-/// Reads the manifest's TOML subset: `[model.ID]` tables of `key = "string"` lines,
-/// comments and blank lines.
-fn parse(text: &str) -> Result<Vec<ModelEntry>, String> {
-    let mut entries = Vec::new();
-    let mut current: Option<(String, Vec<(String, String)>)> = None;
-    let finish = |table: Option<(String, Vec<(String, String)>)>, entries: &mut Vec<ModelEntry>| -> Result<(), String> {
-        let Some((id, fields)) = table else { return Ok(()) };
-        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).ok_or(format!("[model.{id}] has no {k}"));
-        let entry = ModelEntry { id: id.clone(), name: get("name")?, file: get("file")?, sha256: get("sha256")? };
-        if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(format!("[model.{id}] sha256 is not 64 lowercase hex digits"));
-        }
-        entries.push(entry);
-        Ok(())
-    };
+/// The ONNX Runtime release the manifest pins.
+///
+/// ```
+/// assert!(obscura::detect::runtime_pin().library.ends_with(&obscura::detect::runtime_pin().version));
+/// ```
+pub fn runtime_pin() -> &'static RuntimePin {
+    &MANIFEST_PARSED.runtime
+}
+
+type Table = (String, Vec<(String, String)>);
+
+/// Reads the manifest's TOML subset: `[model.ID]` tables and one `[runtime.onnxruntime]`
+/// table, of `key = "string"` lines, comments and blank lines.
+fn parse(text: &str) -> Result<Manifest, String> {
+    let mut tables: Vec<Table> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let header = line.split('#').next().unwrap_or_default().trim_end();
-        if let Some(id) = header.strip_prefix("[model.").and_then(|l| l.strip_suffix(']')) {
-            finish(current.take(), &mut entries)?;
-            current = Some((id.to_string(), Vec::new()));
+        if let Some(name) = header.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            tables.push((name.to_string(), Vec::new()));
             continue;
         }
         let (key, value) = line.split_once('=').ok_or(format!("line {}: expected key = \"value\"", n + 1))?;
@@ -58,11 +76,34 @@ fn parse(text: &str) -> Result<Vec<ModelEntry>, String> {
         let Some((value, "")) = value.map(|(v, rest)| (v, if rest.starts_with('#') { "" } else { rest })) else {
             return Err(format!("line {}: the value must be one \"string\"", n + 1));
         };
-        let Some((_, fields)) = current.as_mut() else { return Err(format!("line {}: outside a [model.ID] table", n + 1)) };
+        let Some((_, fields)) = tables.last_mut() else { return Err(format!("line {}: outside a table", n + 1)) };
         fields.push((key.trim().to_string(), value.to_string()));
     }
-    finish(current.take(), &mut entries)?;
-    Ok(entries)
+    let sha = |table: &str, key: &str, v: String| {
+        if v.len() == 64 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(v)
+        } else {
+            Err(format!("[{table}] {key} is not 64 lowercase hex digits"))
+        }
+    };
+    let mut models = Vec::new();
+    let mut runtime = None;
+    for (table, fields) in tables {
+        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).ok_or(format!("[{table}] has no {k}"));
+        if let Some(id) = table.strip_prefix("model.") {
+            models.push(ModelEntry { id: id.to_string(), name: get("name")?, file: get("file")?, sha256: sha(&table, "sha256", get("sha256")?)? });
+        } else if table == "runtime.onnxruntime" && runtime.is_none() {
+            runtime = Some(RuntimePin {
+                version: get("version")?,
+                library: get("library")?,
+                wheel_sha256: sha(&table, "wheel_sha256", get("wheel_sha256")?)?,
+                library_sha256: sha(&table, "library_sha256", get("library_sha256")?)?,
+            });
+        } else {
+            return Err(format!("[{table}]: only [model.ID] tables and one [runtime.onnxruntime] are expected"));
+        }
+    }
+    Ok(Manifest { models, runtime: runtime.ok_or("no [runtime.onnxruntime] table")? })
 }
 
 #[cfg(test)]
@@ -71,7 +112,7 @@ mod tests {
 
     #[test]
     fn the_manifest_parses_and_names_each_file_once() {
-        let entries = parse(MANIFEST).unwrap();
+        let entries = parse(MANIFEST).unwrap().models;
         assert!(entries.len() >= 4);
         let mut files: Vec<&str> = entries.iter().map(|e| e.file.as_str()).collect();
         files.sort();
@@ -85,7 +126,11 @@ mod tests {
     #[test]
     fn the_manifest_is_toml() {
         let table: toml::Table = toml::from_str(MANIFEST).unwrap();
-        for e in parse(MANIFEST).unwrap() {
+        let m = parse(MANIFEST).unwrap();
+        let rt = &table["runtime"]["onnxruntime"];
+        assert_eq!(rt["version"].as_str(), Some(m.runtime.version.as_str()));
+        assert_eq!(rt["library_sha256"].as_str(), Some(m.runtime.library_sha256.as_str()));
+        for e in m.models {
             let t = &table["model"][e.id.as_str()];
             assert_eq!(t["name"].as_str(), Some(e.name.as_str()));
             assert_eq!(t["file"].as_str(), Some(e.file.as_str()));
@@ -99,28 +144,44 @@ mod tests {
     #[test]
     fn the_setup_script_reads_the_manifest_as_the_loader_does() {
         let setup = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup")).unwrap();
-        let start = setup.find("model_field() {").expect("scripts/setup defines model_field");
-        let end = start + setup[start..].find("\n}\n").expect("model_field ends") + 3;
+        let start = setup.find("manifest_field() {").expect("scripts/setup defines manifest_field");
+        let end = start + setup[start..].find("\n}\n").expect("manifest_field ends") + 3;
         let function = &setup[start..end];
         let variant = MANIFEST.replace(" = ", "=").replace('\n', " # note\r\n").replace("]\r\n", "]  \r\n");
         for text in [MANIFEST.to_string(), variant] {
             let root = tempfile::tempdir().unwrap();
             std::fs::create_dir(root.path().join("models")).unwrap();
             std::fs::write(root.path().join("models/models.toml"), &text).unwrap();
-            for e in parse(&text).unwrap() {
+            let m = parse(&text).unwrap();
+            let mut expected: Vec<(String, &str, &str)> = Vec::new();
+            for e in &m.models {
                 for (key, value) in [("name", &e.name), ("file", &e.file), ("sha256", &e.sha256)] {
-                    let out = std::process::Command::new("bash")
-                        .arg("-c")
-                        .arg(format!("{function}\nmodel_field \"$1\" \"$2\""))
-                        .args(["model_field", &e.id, key])
-                        .env("ROOT", root.path())
-                        .output()
-                        .unwrap();
-                    assert!(out.status.success(), "{}: {}", e.id, String::from_utf8_lossy(&out.stderr));
-                    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), value.as_str(), "[model.{}] {key}", e.id);
+                    expected.push((format!("model.{}", e.id), key, value));
                 }
             }
+            let rt = &m.runtime;
+            for (key, value) in [("version", &rt.version), ("library", &rt.library), ("wheel_sha256", &rt.wheel_sha256), ("library_sha256", &rt.library_sha256)] {
+                expected.push(("runtime.onnxruntime".into(), key, value));
+            }
+            for (table, key, value) in expected {
+                let out = std::process::Command::new("bash")
+                    .arg("-c")
+                    .arg(format!("{function}\nmanifest_field \"$1\" \"$2\""))
+                    .args(["manifest_field", &table, key])
+                    .env("ROOT", root.path())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{table}: {}", String::from_utf8_lossy(&out.stderr));
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), value, "[{table}] {key}");
+            }
         }
+    }
+
+    /// The library name the loader looks for is the one the manifest pins.
+    #[test]
+    fn the_loader_looks_for_the_pinned_library() {
+        assert_eq!(runtime_pin().library, crate::detect::runtime::ORT_LIBRARY_NAME);
+        assert_eq!(runtime_pin().library, format!("libonnxruntime.so.{}", runtime_pin().version));
     }
 
     #[test]
@@ -129,7 +190,11 @@ mod tests {
         assert!(parse("[model.a]\nname = x").is_err(), "unquoted");
         assert!(parse("[model.a]\nname = \"a\"\nfile = \"a.onnx\"").is_err(), "no sha256");
         assert!(parse("[model.a]\nname = \"a\"\nfile = \"a\"\nsha256 = \"XYZ\"").is_err());
-        let ok = format!("[model.a]\nname = \"a\" # comment\nfile = \"a\"\nsha256 = \"{}\"", "0".repeat(64));
-        assert_eq!(parse(&ok).unwrap()[0].name, "a");
+        let z = "0".repeat(64);
+        let runtime = format!("[runtime.onnxruntime]\nversion = \"1\"\nlibrary = \"l\"\nwheel_sha256 = \"{z}\"\nlibrary_sha256 = \"{z}\"\n");
+        let ok = format!("{runtime}[model.a]\nname = \"a\" # comment\nfile = \"a\"\nsha256 = \"{z}\"");
+        assert_eq!(parse(&ok).unwrap().models[0].name, "a");
+        assert!(parse(&format!("[model.a]\nname = \"a\"\nfile = \"a\"\nsha256 = \"{z}\"")).is_err(), "no runtime");
+        assert!(parse(&format!("{runtime}[other]\nx = \"1\"")).is_err(), "unknown table");
     }
 }

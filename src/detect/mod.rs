@@ -24,6 +24,7 @@ use crate::geometry::{BBox, Score, Scored};
 use crate::image_io::Frame;
 
 pub use boost::Booster;
+pub use manifest::{RuntimePin, runtime_pin};
 pub use nanodet::PersonConfig;
 pub use retinaface::RetinaConfig;
 pub use runtime::{Device, OrtRuntime, RuntimeConfig};
@@ -84,7 +85,11 @@ pub(crate) fn load_model(
     explicit: Option<&std::path::Path>,
 ) -> Result<(runtime::SessionPool, ModelInfo), DetectError> {
     let pinned = manifest::entry(model.id);
-    let path = crate::assets::locate(explicit, &[], "models", &[pinned.file.as_str()])
+    // A models folder, when one is set, is the only place looked at (so a packaged set of
+    // models is never mixed with files found elsewhere); an explicit file path wins.
+    let folder = rt_config.models_dir.clone().or_else(|| std::env::var_os("OBSCURA_MODELS").filter(|v| !v.is_empty()).map(Into::into));
+    let in_folder = folder.filter(|_| explicit.is_none()).map(|dir| dir.join(&pinned.file));
+    let path = crate::assets::locate(explicit.or(in_folder.as_deref()), &[], "models", &[pinned.file.as_str()])
         .map_err(|searched| DetectError::ModelMissing { what: model.what, searched, fix: model.fix })?;
     let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
     if explicit.is_none() && sha256 != pinned.sha256 && !locally_verified(&path, &sha256) {

@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so`. Default: `OBSCURA_ORT_LIB`, then `ORT_DYLIB_PATH`, then
     /// `lib/` next to the executable or in the checkout (where `scripts/setup` puts it).
     pub ort_library: Option<PathBuf>,
+    /// Folder holding the model files named in `models/models.toml` (the Python package
+    /// points it at the models it ships). Default: `OBSCURA_MODELS`, then `models/` next
+    /// to the executable or in the checkout. Files found here are verified like any other.
+    pub models_dir: Option<PathBuf>,
     pub device: Device,
     /// Most sessions (concurrent inferences) in the pool; 0 = number of CPU cores.
     pub sessions: usize,
@@ -50,7 +54,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { ort_library: None, device: Device::Auto, sessions: 0, intra_threads: 0 }
+        Self { ort_library: None, models_dir: None, device: Device::Auto, sessions: 0, intra_threads: 0 }
     }
 }
 

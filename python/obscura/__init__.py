@@ -1,0 +1,217 @@
+"""Obscura: face and body anonymisation for photos that people upload.
+
+Faces and persons are found with ONNX models (CenterFace INT8 and NanoDet-m, shipped in
+this package) through ONNX Runtime (the ``onnxruntime`` package), redacted irreversibly,
+and the image is re-encoded without any metadata. Any failure raises an
+``obscura.Error``: never the original image passed through.
+
+    import obscura
+
+    anonymizer = obscura.Anonymizer()                 # once; thread-safe
+    result = anonymizer.anonymize(open("in.jpg", "rb").read())
+    open("out.jpg", "wb").write(result.data)
+    print(len(result.regions), "regions redacted")
+
+Settings are the fields of the Rust library's ``Config`` (the same as a TOML config file
+of the ``obscura`` command line), given as keyword arguments:
+``Anonymizer(detect={"threshold": 0.25}, redact={"style": "blur"})``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+from . import _native
+from .errors import (
+    ConfigError,
+    CorruptImage,
+    Error,
+    ImageTooLarge,
+    InvalidImage,
+    NotAnImage,
+    ProcessingError,
+    SetupError,
+    UnsupportedImage,
+)
+
+if TYPE_CHECKING:
+    import numpy
+    import numpy.typing
+
+__version__: str = _native.__version__
+
+Format = Literal["jpeg", "png", "webp"]
+StrPath = Union[str, "os.PathLike[str]"]
+
+_PACKAGE = Path(__file__).resolve().parent
+#: The models this package ships (verified against their pinned sha256 when loaded).
+MODELS_DIR = _PACKAGE / "models"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A redacted region, in pixels of the upright image."""
+
+    kind: str
+    """What was found there: ``"face"`` or ``"person"``."""
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """An anonymised image."""
+
+    data: bytes
+    """The encoded image (the input's format unless another was asked for)."""
+    format: Format
+    regions: list[Region]
+    report: dict[str, Any]
+    """What was done: the same JSON as the command line's ``--report`` for one image."""
+
+
+def _regions(report: dict[str, Any]) -> list[Region]:
+    return [
+        Region(r["class"], r["rect"]["x"], r["rect"]["y"], r["rect"]["w"], r["rect"]["h"])
+        for r in report["regions"]
+    ]
+
+
+def onnxruntime_library() -> Optional[Path]:
+    """The ``libonnxruntime.so`` of the installed ``onnxruntime`` package, if it is the
+    version Obscura pins (found without importing the package)."""
+    _, library = _native.runtime_pin()
+    spec = importlib.util.find_spec("onnxruntime")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "capi" / library
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _settings_json(settings: dict[str, Any]) -> str:
+    """The settings as the Rust ``Config`` reads them, with this package's models and
+    the ``onnxruntime`` package's library filled in unless given (by a setting or by the
+    ``OBSCURA_MODELS`` / ``OBSCURA_ORT_LIB`` environment variables)."""
+    settings = dict(settings)
+    runtime = dict(settings.get("runtime") or {})
+    if not runtime.get("models_dir") and not os.environ.get("OBSCURA_MODELS") and MODELS_DIR.is_dir():
+        runtime["models_dir"] = MODELS_DIR
+    if not runtime.get("ort_library") and not os.environ.get("OBSCURA_ORT_LIB") and not os.environ.get("ORT_DYLIB_PATH"):
+        library = onnxruntime_library()
+        if library is None:
+            version, _ = _native.runtime_pin()
+            raise SetupError(
+                f"ONNX Runtime not found: install the onnxruntime=={version} package "
+                "(a dependency of obscura), or set OBSCURA_ORT_LIB to its libonnxruntime.so"
+            )
+        runtime["ort_library"] = library
+    settings["runtime"] = runtime
+    try:
+        return json.dumps(settings, default=os.fspath)
+    except TypeError as e:
+        raise ConfigError(f"invalid settings: {e}") from None
+
+
+class Anonymizer:
+    """The anonymiser: build it once (it loads ONNX Runtime and the models) and share it
+    between threads; every method may be called from many threads at once, and the GIL
+    is released while an image is processed.
+
+    Keyword arguments are the fields of the library's ``Config``: ``runtime``,
+    ``detect``, ``redact``, ``image`` (dicts) and ``max_concurrency`` (an int). Invalid or
+    unknown settings raise ``ConfigError`` here, before any image is read.
+
+    >>> anonymizer = Anonymizer(detect={"targets": ["face"]}, redact={"style": "fill"})
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self._native = _native.Anonymizer(_settings_json(settings))
+        self.config: dict[str, Any] = json.loads(self._native.config_json())
+        """The effective settings, defaults included."""
+        self.models: list[dict[str, str]] = json.loads(self._native.models_json())
+        """The models in use: name, path, sha256 and device of each."""
+        limit = self.config.get("max_concurrency") or os.cpu_count() or 1
+        self._async_slots = limit
+        self._async_limits: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def anonymize(self, data: bytes, *, format: Optional[Format] = None) -> Result:
+        """Anonymises an encoded JPEG, PNG or WebP image; the output has the input's format
+        unless ``format`` names another. Raises an ``obscura.Error`` subclass on any
+        failure (``InvalidImage`` for bad input), never returning the input."""
+        out, report = self._native.anonymize(bytes(data) if not isinstance(data, bytes) else data, format)
+        parsed = json.loads(report)
+        return Result(out, parsed["format"], _regions(parsed), parsed)
+
+    def anonymize_file(self, src: StrPath, dst: StrPath) -> dict[str, Any]:
+        """Anonymises the file ``src`` into ``dst``, written atomically (readers see the old
+        file or the whole new one). The output format follows ``dst``'s extension. ``dst``
+        may not be ``src`` or a link to it (``FileExistsError``). Returns the report."""
+        return json.loads(self._native.anonymize_file(os.fspath(src), os.fspath(dst)))
+
+    def anonymize_array(self, pixels: "numpy.typing.NDArray[numpy.uint8]") -> "numpy.typing.NDArray[numpy.uint8]":
+        """Anonymises decoded pixels: an ``H×W×3`` (RGB) or ``H×W×4`` (RGBA) ``uint8`` array,
+        as Pillow's ``numpy.asarray(image)`` gives. OpenCV arrays are BGR while the models
+        expect RGB: pass ``image[..., ::-1]`` and reverse the result again. Returns a new
+        array; the input is not changed. No file format is involved, so no metadata."""
+        return self.anonymize_array_with_report(pixels)[0]
+
+    def anonymize_array_with_report(
+        self, pixels: "numpy.typing.NDArray[numpy.uint8]"
+    ) -> "tuple[numpy.typing.NDArray[numpy.uint8], list[Region], dict[str, Any]]":
+        """``anonymize_array``, also returning the regions and the report."""
+        import numpy
+
+        array = numpy.asarray(pixels)
+        if array.dtype != numpy.uint8:
+            raise ConfigError(f"an image array must be uint8, not {array.dtype}")
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ConfigError(f"an image array must be H×W×3 or H×W×4, not shape {array.shape}")
+        height, width, channels = array.shape
+        out, report = self._native.anonymize_pixels(numpy.ascontiguousarray(array).tobytes(), width, height, channels)
+        parsed = json.loads(report)
+        return numpy.frombuffer(out, dtype=numpy.uint8).reshape(height, width, channels).copy(), _regions(parsed), parsed
+
+    async def anonymize_async(self, data: bytes, *, format: Optional[Format] = None) -> Result:
+        """``anonymize`` for asyncio: runs in a worker thread (the event loop keeps
+        running), with at most ``max_concurrency`` images (default: the CPU count) in
+        flight; further callers wait their turn."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            slots = self._async_limits.setdefault(loop, asyncio.Semaphore(self._async_slots))
+        async with slots:
+            return await loop.run_in_executor(None, lambda: self.anonymize(data, format=format))
+
+    def __repr__(self) -> str:
+        names = ", ".join(m["name"] for m in self.models)
+        return f"<obscura.Anonymizer models=[{names}]>"
+
+
+__all__ = [
+    "Anonymizer",
+    "Result",
+    "Region",
+    "Format",
+    "MODELS_DIR",
+    "onnxruntime_library",
+    "Error",
+    "ConfigError",
+    "InvalidImage",
+    "NotAnImage",
+    "CorruptImage",
+    "ImageTooLarge",
+    "UnsupportedImage",
+    "SetupError",
+    "ProcessingError",
+]

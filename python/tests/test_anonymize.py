@@ -1,0 +1,226 @@
+"""Anonymisation through the Python API on the real models and shared photos: faces
+redacted where the ground truth says they are, in every entry point (bytes, files,
+arrays, asyncio), and nothing but pixels in the output."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import struct
+
+import numpy
+import pytest
+from PIL import Image
+
+import obscura
+from photos import decode, must_cover_faces, photo
+
+
+def redacted_share(regions: list[obscura.Region], box: tuple[int, int, int, int], shape) -> float:
+    """The share of `box` inside some redacted region (as `obscura eval` scores coverage)."""
+    mask = numpy.zeros(shape[:2], dtype=bool)
+    for r in regions:
+        mask[r.y : r.y + r.height, r.x : r.x + r.width] = True
+    x, y, w, h = box
+    return float(mask[y : y + h, x : x + w].mean())
+
+
+@pytest.mark.parametrize("name", list(must_cover_faces()))
+def test_faces_are_redacted_at_their_ground_truth_boxes(anonymizer: obscura.Anonymizer, name: str) -> None:
+    data = photo(name)
+    result = anonymizer.anonymize(data)
+    assert result.format == "jpeg" and result.data[:3] == b"\xff\xd8\xff"
+    before, after = decode(data), decode(result.data)
+    assert before.shape == after.shape
+    for box in must_cover_faces()[name]:
+        assert redacted_share(result.regions, box, before.shape) >= 0.8, (box, result.regions)
+        x, y, w, h = box
+        # The pixels there really changed (not only the report says so): pixelation with
+        # noise moves every pixel of a face far more than re-encoding does.
+        changed = numpy.abs(before[y : y + h, x : x + w].astype(int) - after[y : y + h, x : x + w].astype(int)).mean()
+        assert changed > 8, (box, changed)
+    # Outside every region the photo is the photo (re-encoding noise only).
+    mask = numpy.ones(before.shape[:2], dtype=bool)
+    for r in result.regions:
+        mask[max(r.y - 8, 0) : r.y + r.height + 8, max(r.x - 8, 0) : r.x + r.width + 8] = False
+    if mask.any():
+        assert numpy.abs(before[mask].astype(int) - after[mask].astype(int)).mean() < 4
+    assert result.report["regions"] and {r.kind for r in result.regions} <= {"face", "person"}
+
+
+def jpeg_segments(data: bytes) -> list[int]:
+    """The marker of every segment before the image data."""
+    assert data[:2] == b"\xff\xd8"
+    markers, i = [], 2
+    while i < len(data):
+        assert data[i] == 0xFF, f"not a marker at {i}"
+        marker = data[i + 1]
+        markers.append(marker)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return markers
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    raise AssertionError("no start of scan")
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, i = [], 8
+    while i < len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        chunks.append(data[i + 4 : i + 8])
+        i += 12 + length
+    return chunks
+
+
+SECRET = "GPS-48.8583N-2.2945E-owner-carol"
+
+
+def photo_with_metadata(fmt: str) -> bytes:
+    """A shared photo re-saved by Pillow with EXIF (GPS, owner), an ICC profile, XMP and a
+    comment or text chunk, each carrying SECRET."""
+    image = Image.open(io.BytesIO(photo(next(iter(must_cover_faces())))))
+    exif = Image.Exif()
+    exif[0x013B] = SECRET  # Artist
+    exif[0x010E] = SECRET  # ImageDescription
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 29.9)}  # GPS
+    icc = b"\x00" * 128 + SECRET.encode()  # an ICC blob that can hold anything
+    out = io.BytesIO()
+    if fmt == "jpeg":
+        image.save(out, "JPEG", exif=exif, icc_profile=icc, comment=SECRET.encode(), xmp=f"<x:xmpmeta>{SECRET}</x:xmpmeta>".encode())
+    elif fmt == "png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Comment", SECRET)
+        info.add_itxt("XML:com.adobe.xmp", SECRET)
+        image.save(out, "PNG", pnginfo=info, exif=exif, icc_profile=icc)
+    else:
+        image.save(out, "WEBP", exif=exif, icc_profile=icc, xmp=SECRET.encode())
+    data = out.getvalue()
+    assert SECRET.encode() in data
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def test_the_output_carries_no_metadata(anonymizer: obscura.Anonymizer, fmt: str) -> None:
+    result = anonymizer.anonymize(photo_with_metadata(fmt))
+    assert result.format == fmt
+    assert SECRET.encode() not in result.data
+    if fmt == "jpeg":
+        # No APPn but the JFIF header, no comment: no EXIF, XMP, ICC, IPTC or MPF.
+        markers = jpeg_segments(result.data)
+        assert not [m for m in markers if 0xE1 <= m <= 0xEF or m == 0xFE], [hex(m) for m in markers]
+    elif fmt == "png":
+        assert set(png_chunks(result.data)) <= {b"IHDR", b"PLTE", b"IDAT", b"IEND"}, png_chunks(result.data)
+    else:
+        assert not {b"EXIF", b"XMP ", b"ICCP"} & {result.data[i : i + 4] for i in range(12, len(result.data) - 4)}
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert not image.getexif() and "icc_profile" not in image.info
+
+
+def test_another_output_format_can_be_asked_for(anonymizer: obscura.Anonymizer) -> None:
+    result = anonymizer.anonymize(photo(next(iter(must_cover_faces()))), format="png")
+    assert result.format == "png" and result.data[:4] == b"\x89PNG"
+
+
+def test_a_file_is_written_atomically_and_the_source_is_never_overwritten(anonymizer: obscura.Anonymizer, tmp_path) -> None:
+    name = next(iter(must_cover_faces()))
+    src = tmp_path / "in.jpg"
+    src.write_bytes(photo(name))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+
+    report = anonymizer.anonymize_file(src, tmp_path / "out.webp")
+    assert report["format"] == "webp" and report["regions"]
+    assert (tmp_path / "out.webp").read_bytes()[8:12] == b"WEBP"
+
+    for dst in (src, tmp_path / "." / "in.jpg"):
+        with pytest.raises(FileExistsError, match="source"):
+            anonymizer.anonymize_file(src, dst)
+    (tmp_path / "link.jpg").symlink_to(src)
+    os.link(src, tmp_path / "hard.jpg")
+    for dst in (tmp_path / "link.jpg", tmp_path / "hard.jpg"):
+        with pytest.raises(FileExistsError):
+            anonymizer.anonymize_file(src, dst)
+    with pytest.raises(obscura.ConfigError, match="gif"):
+        anonymizer.anonymize_file(src, tmp_path / "out.gif")
+    with pytest.raises(FileNotFoundError):
+        anonymizer.anonymize_file(tmp_path / "missing.jpg", tmp_path / "x.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(obscura.NotAnImage):
+        anonymizer.anonymize_file(tmp_path / "bad.jpg", tmp_path / "bad.out.jpg")
+
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "out.gif").exists() and not (tmp_path / "x.jpg").exists() and not (tmp_path / "bad.out.jpg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jpg", "hard.jpg", "in.jpg", "link.jpg", "out.webp"]
+
+
+def test_arrays_from_pillow_are_anonymised(anonymizer: obscura.Anonymizer) -> None:
+    name, boxes = next(iter(must_cover_faces().items()))
+    pixels = decode(photo(name))
+    original = pixels.copy()
+    out, regions, report = anonymizer.anonymize_array_with_report(pixels)
+    assert out.shape == pixels.shape and out.dtype == numpy.uint8
+    assert numpy.array_equal(pixels, original), "the input array is not changed"
+    for box in boxes:
+        assert redacted_share(regions, box, pixels.shape) >= 0.8
+        x, y, w, h = box
+        assert numpy.abs(out[y : y + h, x : x + w].astype(int) - original[y : y + h, x : x + w].astype(int)).mean() > 8
+    assert report["width"] == pixels.shape[1] and report["height"] == pixels.shape[0]
+
+    # RGBA: same faces, alpha kept outside the regions; a non-contiguous view works too.
+    rgba = numpy.dstack([pixels, numpy.full(pixels.shape[:2], 200, dtype=numpy.uint8)])
+    out4 = anonymizer.anonymize_array(rgba)
+    assert out4.shape == rgba.shape and out4[0, 0, 3] in (200, 255)
+    flipped = anonymizer.anonymize_array(pixels[:, ::-1])
+    assert flipped.shape == pixels.shape
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (numpy.zeros((64, 64, 3), dtype=numpy.float32), "uint8"),
+        (numpy.zeros((64, 64), dtype=numpy.uint8), "H×W×3"),
+        (numpy.zeros((64, 64, 2), dtype=numpy.uint8), "H×W×3"),
+        (numpy.zeros((0, 64, 3), dtype=numpy.uint8), "0×64×3"),
+    ],
+)
+def test_arrays_that_are_not_images_are_refused(anonymizer: obscura.Anonymizer, array, message: str) -> None:
+    with pytest.raises(obscura.ConfigError, match=message):
+        anonymizer.anonymize_array(array)
+
+
+def test_asyncio_callers_share_one_anonymizer_and_the_loop_keeps_running(anonymizer: obscura.Anonymizer) -> None:
+    names = list(must_cover_faces())[:6]
+
+    async def main() -> tuple[list[obscura.Result], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(anonymizer.anonymize_async(photo(n)) for n in names))
+        with pytest.raises(obscura.NotAnImage):
+            await anonymizer.anonymize_async(b"")
+        task.cancel()
+        return results, ticks
+
+    results, ticks = asyncio.run(main())
+    assert ticks > 0, "the event loop was blocked while images were processed"
+    for name, result in zip(names, results):
+        for box in must_cover_faces()[name]:
+            assert redacted_share(result.regions, box, decode(photo(name)).shape) >= 0.8
+
+
+def test_png_with_alpha_round_trips(anonymizer: obscura.Anonymizer) -> None:
+    image = Image.open(io.BytesIO(photo(next(iter(must_cover_faces()))))).convert("RGBA")
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    result = anonymizer.anonymize(out.getvalue())
+    with Image.open(io.BytesIO(result.data)) as back:
+        assert back.mode == "RGBA" and back.size == image.size
