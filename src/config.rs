@@ -47,6 +47,14 @@ impl Config {
         let unit = |field: &'static str, v: f32| if (0.0..=1.0).contains(&v) { Ok(()) } else { bad(field, "must be between 0 and 1") };
         let d = &self.detect;
         unit("detect.threshold", d.threshold)?;
+        unit("detect.crowd.threshold", d.crowd.threshold)?;
+        unit("detect.crowd.support", d.crowd.support)?;
+        if d.crowd.supporters == 0 {
+            return bad("detect.crowd.supporters", "must be at least 1");
+        }
+        if !(d.crowd.scale.is_finite() && d.crowd.scale >= 1.0) {
+            return bad("detect.crowd.scale", "must be at least 1");
+        }
         unit("detect.nms_iou", d.nms_iou)?;
         unit("detect.person.threshold", d.person.threshold)?;
         unit("detect.person.nms_iou", d.person.nms_iou)?;

