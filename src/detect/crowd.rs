@@ -73,7 +73,7 @@ pub fn confirm(candidates: Vec<Detection>, threshold: f32, crowd: &CrowdConfig) 
         let similar = supporters.iter().filter(|&&s| h > 0.0 && s > 0.0 && h / s <= crowd.scale && s / h <= crowd.scale).count();
         // A candidate that is itself a supporter does not count for itself.
         let own = usize::from(d.score.0 >= crowd.support && h > 0.0);
-        similar - own >= crowd.supporters as usize
+        similar.saturating_sub(own) >= crowd.supporters as usize
     };
     candidates.into_iter().filter(|d| d.score.0 >= threshold || (d.score.0 >= crowd.threshold && confirmed(d))).collect()
 }

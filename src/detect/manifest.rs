@@ -1,6 +1,7 @@
 //! The model manifest, `models/models.toml`, compiled in: each model's name in reports,
-//! file name and pinned sha256. It owns no loading (that is [`load_model`](super::load_model))
-//! and no list of detectors (that is [`registry`](super::registry)).
+//! file name and pinned sha256, and the ONNX Runtime release they run with
+//! ([`runtime_pin`]). It owns no loading (that is [`load_model`](super::load_model)) and
+//! no list of detectors (that is [`registry`](super::registry)).
 
 use std::sync::LazyLock;
 
