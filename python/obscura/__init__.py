@@ -150,7 +150,12 @@ class Anonymizer:
         """Anonymises an encoded JPEG, PNG or WebP image; the output has the input's format
         unless ``format`` names another. Raises an ``obscura.Error`` subclass on any
         failure (``InvalidImage`` for bad input), never returning the input."""
-        out, report = self._native.anonymize(bytes(data) if not isinstance(data, bytes) else data, format)
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
+            # Not bytes(data): bytes(10**10) would allocate ten gigabytes of zeros.
+            raise TypeError(f"anonymize() takes the encoded image as bytes, not {type(data).__name__}")
+        out, report = self._native.anonymize(data, format)
         parsed = json.loads(report)
         return Result(out, parsed["format"], _regions(parsed), parsed)
 

@@ -122,3 +122,12 @@ def test_a_model_that_answers_wrongly_fails_the_image_not_passes_it(tmp_path) ->
     with pytest.raises(obscura.ProcessingError) as caught:
         wrong.anonymize(jpeg())
     assert isinstance(caught.value, RuntimeError) and isinstance(caught.value, obscura.Error)
+
+
+def test_only_bytes_like_input_is_taken(anonymizer: obscura.Anonymizer) -> None:
+    # An int would make bytes(n) allocate n zero bytes; a str has no encoding to assume.
+    for wrong in (10**12, "photo.jpg", None, [0xFF, 0xD8]):
+        with pytest.raises(TypeError, match="bytes"):
+            anonymizer.anonymize(wrong)  # type: ignore[arg-type]
+    assert anonymizer.anonymize(bytearray(jpeg())).regions
+    assert anonymizer.anonymize(memoryview(jpeg())).regions
