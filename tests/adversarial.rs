@@ -244,3 +244,48 @@ fn stray_bytes_between_jpeg_segments_are_skipped() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(mean_abs_diff(&load_rgb(&eval_image(ONE_FACE)), &load_rgb(&output), ONE_FACE_BOX) > 15.0);
 }
+
+/// A PNG of a few megabytes whose colour profile (iCCP) inflates to 4 GiB. The profile is
+/// inflated while the header is read; it used to be inflated without any limit, so the
+/// process aborted on the failed allocation (no error, no other image done). Now the
+/// image's memory limit bounds it: the profile is dropped (it is never kept by default)
+/// and the photo is anonymised, under an address-space limit the old code could not meet.
+#[test]
+fn a_colour_profile_that_inflates_to_gigabytes_stays_under_the_memory_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut z = fdeflate::Compressor::new(Vec::new()).unwrap();
+    let zeros = vec![0u8; 64 << 20];
+    for _ in 0..64 {
+        z.write_data(&zeros).unwrap();
+    }
+    let mut iccp = b"bomb\0\0".to_vec();
+    iccp.extend(z.finish().unwrap());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &[0, 0, 0, 64, 0, 0, 0, 64, 8, 2, 0, 0, 0]));
+    png.extend(png_chunk(b"iCCP", &iccp));
+    let mut raw = Vec::new();
+    for _ in 0..64 {
+        raw.push(0u8);
+        raw.extend([128u8; 64 * 3]);
+    }
+    png.extend(png_chunk(b"IDAT", &fdeflate::compress_to_vec(&raw)));
+    png.extend(png_chunk(b"IEND", b""));
+    assert!(png.len() < 64 << 20, "{} bytes", png.len());
+    let (bomb, good) = (tmp.path().join("bomb.png"), copy_one_face(tmp.path(), "good.jpg"));
+    std::fs::write(&bomb, &png).unwrap();
+    let settings = tmp.path().join("limits.toml");
+    std::fs::write(&settings, "[image]\nmax_alloc_bytes = 268435456\n").unwrap();
+    // 3 GiB of address space: enough for the runtime, the models and 256 MiB, not 4 GiB.
+    let out = run(std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -v 3145728 && exec \"$@\"")
+        .arg("bash")
+        .arg(obscura().get_program())
+        .args(["anonymise", "-q", "--targets", "face", "--config"])
+        .arg(&settings)
+        .arg("--out-dir")
+        .arg(tmp.path().join("out"))
+        .args([&bomb, &good]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(tmp.path().join("out/bomb.png").is_file() && tmp.path().join("out/good.jpg").is_file());
+}

@@ -249,10 +249,15 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     if format == Format::Jpeg {
         jpeg_check_structure(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
     }
-    // Read the header without limits (it is small), check the size ourselves so the error
-    // can say how large the image claims to be, then decode under the memory limit.
+    // Read the header under the memory limit but no size limit, check the size ourselves
+    // so the error can say how large the image claims to be, then decode. The memory limit
+    // matters here already: a PNG's colour profile is inflated while its header is read (a
+    // 2 MB file can hold a profile of gigabytes), and the png decoder keeps the limits it
+    // is created with.
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
-    reader.no_limits();
+    let mut header_limits = image::Limits::no_limits();
+    header_limits.max_alloc = Some(config.max_alloc_bytes);
+    reader.limits(header_limits.clone());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     if width > config.max_dimension || height > config.max_dimension {
@@ -261,7 +266,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     if u64::from(width) * u64::from(height) > config.max_pixels {
         return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels", config.max_pixels) });
     }
-    if is_animated(bytes, format).map_err(corrupt)? {
+    if is_animated(bytes, format, header_limits).map_err(corrupt)? {
         return Err(DecodeError::Animated { format });
     }
     let mut limits = image::Limits::default();
@@ -349,9 +354,9 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<(), &'static str> {
 
 /// Whether a PNG is an APNG or a WebP is animated. Frames after the first would be
 /// dropped by decoding, so such files are refused rather than silently shortened.
-fn is_animated(bytes: &[u8], format: Format) -> Result<bool, image::ImageError> {
+fn is_animated(bytes: &[u8], format: Format, limits: image::Limits) -> Result<bool, image::ImageError> {
     match format {
-        Format::Png => image::codecs::png::PngDecoder::new(Cursor::new(bytes))?.is_apng(),
+        Format::Png => image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), limits)?.is_apng(),
         Format::Webp => Ok(image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))?.has_animation()),
         Format::Jpeg => Ok(false),
     }
