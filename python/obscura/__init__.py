@@ -103,6 +103,9 @@ def _settings_json(settings: dict[str, Any]) -> str:
     """The settings as the Rust ``Config`` reads them, with this package's models and
     the ``onnxruntime`` package's library filled in unless given (by a setting or by the
     ``OBSCURA_MODELS`` / ``OBSCURA_ORT_LIB`` environment variables)."""
+    for name, value in settings.items():
+        if name in ("runtime", "detect", "redact", "image") and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"invalid settings: {name} must be a dict of its fields, not {type(value).__name__}")
     settings = dict(settings)
     runtime = dict(settings.get("runtime") or {})
     if not runtime.get("models_dir") and not os.environ.get("OBSCURA_MODELS") and MODELS_DIR.is_dir():
@@ -117,9 +120,14 @@ def _settings_json(settings: dict[str, Any]) -> str:
             )
         runtime["ort_library"] = library
     settings["runtime"] = runtime
+    def path(value: Any) -> str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"{type(value).__name__} is not a setting value")
+
     try:
-        return json.dumps(settings, default=os.fspath)
-    except TypeError as e:
+        return json.dumps(settings, default=path)
+    except (TypeError, ValueError, RecursionError) as e:
         raise ConfigError(f"invalid settings: {e}") from None
 
 
@@ -184,6 +192,11 @@ class Anonymizer:
         if array.ndim != 3 or array.shape[2] not in (3, 4):
             raise ConfigError(f"an image array must be H×W×3 or H×W×4, not shape {array.shape}")
         height, width, channels = array.shape
+        # The limits before the copy below: a broadcast array of 3 bytes can stand for
+        # gigabytes once made contiguous.
+        limits = self.config["image"]
+        if max(height, width) > limits["max_dimension"] or height * width > limits["max_pixels"]:
+            raise ImageTooLarge(f"image is {width}×{height} pixels, over the configured limits")
         out, report = self._native.anonymize_pixels(numpy.ascontiguousarray(array).tobytes(), width, height, channels)
         parsed = json.loads(report)
         return numpy.frombuffer(out, dtype=numpy.uint8).reshape(height, width, channels).copy(), _regions(parsed), parsed

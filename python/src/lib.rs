@@ -143,6 +143,12 @@ impl Anonymizer {
             None => None,
         };
         let report = py.detach(|| {
+            // A device or a pipe (`/dev/zero`) would be read until memory runs out.
+            match std::fs::metadata(&src) {
+                Ok(m) if !m.is_file() => return Err(Failure::new("OSError", format!("{}: not a regular file", src.display()))),
+                Err(e) => return Err(Failure::io(&src, &e)),
+                Ok(_) => {}
+            }
             let data = std::fs::read(&src).map_err(|e| Failure::io(&src, &e))?;
             if same_file(&src, &dst) {
                 return Err(Failure::new("FileExistsError", format!("{} is the source file: Obscura never overwrites its input", dst.display())));

@@ -191,6 +191,27 @@ def test_arrays_that_are_not_images_are_refused(anonymizer: obscura.Anonymizer, 
         anonymizer.anonymize_array(array)
 
 
+def test_arrays_over_the_limits_are_refused_before_they_are_copied(anonymizer: obscura.Anonymizer) -> None:
+    # Three bytes standing for 1.2 GB: refused from the shape, not after copying it.
+    huge = numpy.broadcast_to(numpy.zeros(3, dtype=numpy.uint8), (20_000, 20_000, 3))
+    with pytest.raises(obscura.ImageTooLarge, match="20000×20000"):
+        anonymizer.anonymize_array(huge)
+
+
+def test_only_regular_files_are_read_and_replaced(anonymizer: obscura.Anonymizer, tmp_path) -> None:
+    src = tmp_path / "in.jpg"
+    src.write_bytes(photo(next(iter(must_cover_faces()))))
+    with pytest.raises(OSError, match="not a regular file"):
+        anonymizer.anonymize_file("/dev/zero", tmp_path / "zero.jpg")
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(b"kept")
+    (tmp_path / "link.jpg").symlink_to(elsewhere)
+    with pytest.raises(OSError, match="symbolic link"):
+        anonymizer.anonymize_file(src, tmp_path / "link.jpg")
+    assert (tmp_path / "link.jpg").is_symlink() and elsewhere.read_bytes() == b"kept"
+    assert not (tmp_path / "zero.jpg").exists()
+
+
 def test_asyncio_callers_share_one_anonymizer_and_the_loop_keeps_running(anonymizer: obscura.Anonymizer) -> None:
     names = list(must_cover_faces())[:6]
 

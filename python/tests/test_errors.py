@@ -81,6 +81,9 @@ def test_a_good_image_after_bad_ones_still_works(anonymizer: obscura.Anonymizer)
         ({"image": {"jpeg_quality": 0}}, "jpeg_quality"),
         ({"colour": "red"}, "unknown field `colour`"),
         ({"detect": {"model": object()}}, "invalid settings"),
+        ({"detect": {"threshold": b"0.3"}}, "invalid settings"),
+        ({"runtime": "cpu"}, "runtime must be a dict"),
+        ({"detect": 5}, "detect must be a dict"),
     ],
 )
 def test_invalid_settings_raise_at_construction(settings: dict, message: str) -> None:
@@ -131,3 +134,14 @@ def test_only_bytes_like_input_is_taken(anonymizer: obscura.Anonymizer) -> None:
             anonymizer.anonymize(wrong)  # type: ignore[arg-type]
     assert anonymizer.anonymize(bytearray(jpeg())).regions
     assert anonymizer.anonymize(memoryview(jpeg())).regions
+
+
+def test_settings_that_cannot_be_read_raise_config_errors() -> None:
+    looped: dict = {}
+    looped["self"] = looped
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"x": deep}
+    for settings in ({"detect": looped}, {"detect": deep}):
+        with pytest.raises(obscura.ConfigError):
+            obscura.Anonymizer(**settings)

@@ -24,7 +24,8 @@ pub struct PathError {
 /// Writes `bytes` to `path` atomically: the data goes to a temporary file in the same
 /// folder, is flushed to disk, and is renamed over `path`. Readers see either the old file
 /// or the complete new one; after a crash at most a stray `.obscura-PID-*.tmp` file
-/// remains, which [`remove_stale_temps`] removes.
+/// remains, which [`remove_stale_temps`] removes. An existing `path` that is not a regular
+/// file (a symbolic link, a folder, a device) is an error and is left as it is.
 ///
 /// ```
 /// let dir = tempfile::tempdir().unwrap();
@@ -34,6 +35,14 @@ pub struct PathError {
 /// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let err = |source| WriteError { path: path.to_path_buf(), source };
+    // Renaming over a link would replace the link, over a device (`/dev/null` as root)
+    // the device node: neither is what a caller naming it meant, so neither is touched.
+    if let Ok(existing) = std::fs::symlink_metadata(path) {
+        if !existing.file_type().is_file() {
+            let kind = if existing.file_type().is_symlink() { "a symbolic link" } else if existing.is_dir() { "a folder" } else { "not a regular file" };
+            return Err(err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("is {kind}; only a regular file is replaced"))));
+        }
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -209,5 +218,26 @@ mod tests {
         std::fs::set_permissions(dir.path().join("plain"), std::fs::Permissions::from_mode(0o640)).unwrap();
         write_atomic(&dir.path().join("plain"), b"y").unwrap();
         assert_eq!(mode("plain"), 0o640);
+    }
+
+    /// A destination that is a link, a folder or a device is refused and left alone: the
+    /// rename would replace the link (or, as root, `/dev/null` itself) with a file.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target"), b"kept").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("link")).unwrap();
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        for (name, kind) in [("link", "symbolic link"), ("folder", "a folder")] {
+            let e = write_atomic(&dir.path().join(name), b"new").unwrap_err();
+            assert!(e.to_string().contains(kind), "{e}");
+        }
+        assert!(std::fs::symlink_metadata(dir.path().join("link")).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(dir.path().join("target")).unwrap(), b"kept");
+        let e = write_atomic(Path::new("/dev/null"), b"new").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count();
+        assert_eq!(leftovers, 0);
     }
 }
