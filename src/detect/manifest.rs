@@ -139,15 +139,12 @@ mod tests {
         }
     }
 
-    /// `scripts/setup` reads the manifest with its own small reader (awk): on the real
-    /// file and on a variant with CRLF line ends, no spaces around `=` and comments, it
-    /// finds what the Rust reader finds.
+    /// The scripts read the manifest with their own small reader (awk, in
+    /// `scripts/manifest.sh`): on the real file and on a variant with CRLF line ends, no
+    /// spaces around `=` and comments, it finds what the Rust reader finds.
     #[test]
-    fn the_setup_script_reads_the_manifest_as_the_loader_does() {
-        let setup = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup")).unwrap();
-        let start = setup.find("manifest_field() {").expect("scripts/setup defines manifest_field");
-        let end = start + setup[start..].find("\n}\n").expect("manifest_field ends") + 3;
-        let function = &setup[start..end];
+    fn the_scripts_read_the_manifest_as_the_loader_does() {
+        let reader = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/manifest.sh");
         let variant = MANIFEST.replace(" = ", "=").replace('\n', " # note\r\n").replace("]\r\n", "]  \r\n");
         for text in [MANIFEST.to_string(), variant] {
             let root = tempfile::tempdir().unwrap();
@@ -160,6 +157,10 @@ mod tests {
                     expected.push((format!("model.{}", e.id), key, value));
                 }
             }
+            let ids = std::process::Command::new("bash").arg("-c").arg(format!(". {reader}\nmanifest_models")).env("ROOT", root.path()).output().unwrap();
+            assert!(ids.status.success(), "{}", String::from_utf8_lossy(&ids.stderr));
+            let listed: Vec<String> = String::from_utf8_lossy(&ids.stdout).lines().map(str::to_string).collect();
+            assert_eq!(listed, m.models.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
             let rt = &m.runtime;
             for (key, value) in [("version", &rt.version), ("library", &rt.library), ("wheel_sha256", &rt.wheel_sha256), ("library_sha256", &rt.library_sha256)] {
                 expected.push(("runtime.onnxruntime".into(), key, value));
@@ -167,7 +168,7 @@ mod tests {
             for (table, key, value) in expected {
                 let out = std::process::Command::new("bash")
                     .arg("-c")
-                    .arg(format!("{function}\nmanifest_field \"$1\" \"$2\""))
+                    .arg(format!(". {reader}\nmanifest_field \"$1\" \"$2\""))
                     .args(["manifest_field", &table, key])
                     .env("ROOT", root.path())
                     .output()
