@@ -160,6 +160,12 @@ impl Anonymizer {
         report_json(&report)
     }
 
+    /// Whether pixels of this size are within the image limits (`ImageTooLarge` if not):
+    /// the Python side asks before it copies an array.
+    fn check_size(&self, width: u32, height: u32) -> PyResult<()> {
+        self.core.config().image.check_size(width, height).map_err(|e| Failure::of(e.into(), false).into())
+    }
+
     /// Packed pixels (`height × width × channels`, 3 or 4 channels) redacted in place of
     /// a copy: `(pixels, report JSON)`. Nothing is decoded or encoded, so no metadata.
     fn anonymize_pixels<'py>(&self, py: Python<'py>, data: &[u8], width: u32, height: u32, channels: u8) -> PyResult<(Bound<'py, PyBytes>, String)> {
@@ -169,10 +175,7 @@ impl Anonymizer {
         if width == 0 || height == 0 || data.len() as u64 != u64::from(width) * u64::from(height) * u64::from(channels) {
             return Err(Failure::new("ConfigError", format!("{} bytes are not a {height}×{width}×{channels} image", data.len())).into());
         }
-        let limits = &self.core.config().image;
-        if width.max(height) > limits.max_dimension || u64::from(width) * u64::from(height) > limits.max_pixels {
-            return Err(Failure::new("ImageTooLarge", format!("image is {width}×{height} pixels, over the configured limits")).into());
-        }
+        self.check_size(width, height)?;
         let (pixels, report) = py.detach(|| {
             let mut frame = Frame::new(width, height, channels, data.to_vec());
             let (detections, regions, timings) = self.core.redact_frame(&mut frame).map_err(|e| Failure::of(e, false))?;

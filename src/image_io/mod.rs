@@ -170,6 +170,27 @@ pub struct ImageConfig {
     pub jpeg_quality: u8,
 }
 
+impl ImageConfig {
+    /// Whether an image of `width`×`height` pixels is within `max_dimension` and
+    /// `max_pixels`: what [`decode`] checks from the header, and what callers handing over
+    /// pixels they decoded themselves check before copying them.
+    ///
+    /// ```
+    /// let limits = obscura::image_io::ImageConfig::default();
+    /// assert!(limits.check_size(4000, 3000).is_ok());
+    /// assert!(limits.check_size(20_000, 10).is_err());
+    /// ```
+    pub fn check_size(&self, width: u32, height: u32) -> Result<(), DecodeError> {
+        if width > self.max_dimension || height > self.max_dimension {
+            return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels per side", self.max_dimension) });
+        }
+        if u64::from(width) * u64::from(height) > self.max_pixels {
+            return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels", self.max_pixels) });
+        }
+        Ok(())
+    }
+}
+
 impl Default for ImageConfig {
     fn default() -> Self {
         Self {
@@ -260,12 +281,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     reader.limits(header_limits.clone());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
-    if width > config.max_dimension || height > config.max_dimension {
-        return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels per side", config.max_dimension) });
-    }
-    if u64::from(width) * u64::from(height) > config.max_pixels {
-        return Err(DecodeError::TooLarge { width, height, limit: format!("{} pixels", config.max_pixels) });
-    }
+    config.check_size(width, height)?;
     if is_animated(bytes, format, header_limits).map_err(corrupt)? {
         return Err(DecodeError::Animated { format });
     }
