@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from . import _native
+from . import _native, errors
 from .errors import (
     ConfigError,
     CorruptImage,
@@ -99,18 +99,14 @@ def onnxruntime_library() -> Optional[Path]:
     return None
 
 
-def _settings_json(settings: dict[str, Any]) -> str:
-    """The settings as the Rust ``Config`` reads them, with this package's models and
-    the ``onnxruntime`` package's library filled in unless given (by a setting or by the
-    ``OBSCURA_MODELS`` / ``OBSCURA_ORT_LIB`` environment variables)."""
-    for name, value in settings.items():
-        if name in ("runtime", "detect", "redact", "image") and value is not None and not isinstance(value, dict):
-            raise ConfigError(f"invalid settings: {name} must be a dict of its fields, not {type(value).__name__}")
-    settings = dict(settings)
-    runtime = dict(settings.get("runtime") or {})
-    if not runtime.get("models_dir") and not os.environ.get("OBSCURA_MODELS") and MODELS_DIR.is_dir():
-        runtime["models_dir"] = MODELS_DIR
-    if not runtime.get("ort_library") and not os.environ.get("OBSCURA_ORT_LIB") and not os.environ.get("ORT_DYLIB_PATH"):
+def _packaged(models_named: bool = False, library_named: bool = False) -> tuple[Optional[Path], Optional[Path]]:
+    """This package's models folder and the ``onnxruntime`` package's library, each as
+    ``None`` where the caller or the environment (``OBSCURA_MODELS``, ``OBSCURA_ORT_LIB``,
+    ``ORT_DYLIB_PATH``) names another. Raises ``SetupError`` when the library is needed and
+    the package is not installed. The API and the ``obscura`` command both start here."""
+    models = None if models_named or os.environ.get("OBSCURA_MODELS") or not MODELS_DIR.is_dir() else MODELS_DIR
+    library = None
+    if not (library_named or os.environ.get("OBSCURA_ORT_LIB") or os.environ.get("ORT_DYLIB_PATH")):
         library = onnxruntime_library()
         if library is None:
             version, _ = _native.runtime_pin()
@@ -118,6 +114,21 @@ def _settings_json(settings: dict[str, Any]) -> str:
                 f"ONNX Runtime not found: install the onnxruntime=={version} package "
                 "(a dependency of obscura), or set OBSCURA_ORT_LIB to its libonnxruntime.so"
             )
+    return models, library
+
+
+def _settings_json(settings: dict[str, Any]) -> str:
+    """The settings as the Rust ``Config`` reads them, with this package's models and
+    the ``onnxruntime`` package's library filled in unless given (see ``_packaged``)."""
+    for name, value in settings.items():
+        if name in ("runtime", "detect", "redact", "image") and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"invalid settings: {name} must be a dict of its fields, not {type(value).__name__}")
+    settings = dict(settings)
+    runtime = dict(settings.get("runtime") or {})
+    models, library = _packaged(bool(runtime.get("models_dir")), bool(runtime.get("ort_library")))
+    if models is not None:
+        runtime["models_dir"] = models
+    if library is not None:
         runtime["ort_library"] = library
     settings["runtime"] = runtime
     def path(value: Any) -> str:
@@ -194,9 +205,7 @@ class Anonymizer:
         height, width, channels = array.shape
         # The limits before the copy below: a broadcast array of 3 bytes can stand for
         # gigabytes once made contiguous.
-        limits = self.config["image"]
-        if max(height, width) > limits["max_dimension"] or height * width > limits["max_pixels"]:
-            raise ImageTooLarge(f"image is {width}×{height} pixels, over the configured limits")
+        self._native.check_size(min(width, 2**32 - 1), min(height, 2**32 - 1))
         out, report = self._native.anonymize_pixels(numpy.ascontiguousarray(array).tobytes(), width, height, channels)
         parsed = json.loads(report)
         return numpy.frombuffer(out, dtype=numpy.uint8).reshape(height, width, channels).copy(), _regions(parsed), parsed
@@ -223,13 +232,5 @@ __all__ = [
     "Format",
     "MODELS_DIR",
     "onnxruntime_library",
-    "Error",
-    "ConfigError",
-    "InvalidImage",
-    "NotAnImage",
-    "CorruptImage",
-    "ImageTooLarge",
-    "UnsupportedImage",
-    "SetupError",
-    "ProcessingError",
+    *errors.__all__,
 ]
