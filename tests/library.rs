@@ -30,9 +30,9 @@ fn anonymizes_bytes_and_reports_what_it_did() {
     let out = anonymizer.anonymize(&input).unwrap();
     assert_eq!(out.format, obscura::image_io::Format::Jpeg);
     assert_eq!((out.report.width, out.report.height), (1024, 707));
-    // The defaults: persons first (NanoDet), then faces (CenterFace INT8).
+    // The defaults: persons first (NanoDet INT8), then faces (CenterFace INT8).
     let models: Vec<&str> = out.report.models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(models, ["nanodet-m", "centerface-int8"]);
+    assert_eq!(models, ["nanodet-m-int8", "centerface-int8"]);
     assert_eq!(face_regions(&out.report), 1);
     assert!(out.report.regions.iter().any(|r| r.class == Class::Person), "the candidate's body");
     let face = obscura::geometry::BBox::from_xywh(116.0, 124.0, 150.0, 218.0);
@@ -220,7 +220,7 @@ fn a_models_folder_is_the_only_place_models_are_taken_from() {
     assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
 
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    for name in ["nanodet.onnx", "centerface-int8.onnx"] {
+    for name in ["nanodet-int8.onnx", "centerface-int8.onnx"] {
         std::fs::copy(models.join(name), dir.path().join(name)).unwrap();
         let marker = format!("{name}.verified"); // a person model built here, not downloaded
         if models.join(&marker).is_file() {

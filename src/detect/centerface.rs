@@ -18,7 +18,7 @@ use crate::image_io::Frame;
 
 /// The FP32 model's ID in `models/models.toml` (the converted file `scripts/setup` produces).
 pub(crate) const MODEL: &str = "centerface";
-/// The INT8 model `scripts/setup` quantises from it (`models/tools/quantize_centerface.py`).
+/// The INT8 model `scripts/setup` quantises from it (`models/tools/quantize.py`).
 pub(crate) const INT8_MODEL: &str = "centerface-int8";
 /// What detections and errors name as their model (both variants decode alike).
 pub(crate) const NAME: &str = "centerface";

@@ -24,9 +24,11 @@ const FIX_PERSON: &str =
 use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
-/// The model's ID in `models/models.toml` (the converted model, as in `shared/models/SHA256SUMS`).
+/// The FP32 model's ID in `models/models.toml` (the converted model, as in `shared/models/SHA256SUMS`).
 pub(crate) const MODEL: &str = "nanodet";
-/// What detections and errors name as their model (the manifest's name).
+/// The INT8 model `scripts/setup` quantises from it (`models/tools/quantize.py`).
+pub(crate) const INT8_MODEL: &str = "nanodet-int8";
+/// What detections and errors name as their model (both variants decode alike).
 pub(crate) const NAME: &str = "nanodet-m";
 const SIZE: u32 = 416;
 const BINS: usize = 11;
@@ -39,17 +41,31 @@ pub const LEVELS: [(u32, usize); 3] = [(8, 52), (16, 26), (32, 13)];
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersonConfig {
-    /// Model file; default `nanodet.onnx` found by the usual search, checksum-verified.
+    /// Model file; default `nanodet-int8.onnx` (or `nanodet.onnx` with `precision =
+    /// "fp32"`) found by the usual search, checksum-verified. A path given here is used as
+    /// is, whatever `precision` says.
     pub model: Option<PathBuf>,
-    /// Person score threshold (default 0.3).
+    /// Which of the two pinned files runs (default INT8: the person pass costs half as
+    /// much, see `benches/RESULTS.md`).
+    pub precision: Precision,
+    /// Person score threshold (default 0.22, chosen on one half of the shared set, see `benches/RESULTS.md`).
     pub threshold: f32,
     /// NMS IoU (default 0.5).
     pub nms_iou: f32,
 }
 
+/// The person model's weights: quantised to INT8 (the default) or as converted (FP32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Int8,
+    Fp32,
+}
+
 impl Default for PersonConfig {
     fn default() -> Self {
-        Self { model: None, threshold: 0.3, nms_iou: 0.5 }
+        Self { model: None, precision: Precision::Int8, threshold: 0.22, nms_iou: 0.5 }
     }
 }
 
@@ -63,7 +79,11 @@ pub struct NanoDet {
 impl NanoDet {
     /// Loads the model (located and checksum-verified unless `config.model` names a file).
     pub fn new(runtime: &OrtRuntime, rt_config: &RuntimeConfig, config: &PersonConfig) -> Result<Self, DetectError> {
-        let pinned = PinnedModel { id: MODEL, what: "person", fix: FIX_PERSON };
+        let id = match config.precision {
+            Precision::Int8 => INT8_MODEL,
+            Precision::Fp32 => MODEL,
+        };
+        let pinned = PinnedModel { id, what: "person", fix: FIX_PERSON };
         let (pool, info) = load_model(runtime, rt_config, &pinned, config.model.as_deref())?;
         Ok(Self { pool, config: config.clone(), info })
     }
