@@ -1,13 +1,15 @@
 //! Criterion benches for the stages of one image on a 1080p photo: decode, detect,
 //! redact (each style), encode. The photo is a WIDER photo from `../shared/eval` scaled
-//! to 1920×1080 (several faces). Detection is timed per model and for the default
-//! configuration. Run: `cargo bench --bench pipeline`.
+//! to 1920×1080 (several faces). Detection is timed per model (each pass alone) and for
+//! the default configuration; the person pass's resize and the default plan's redaction
+//! are timed alone too. Run: `cargo bench --bench pipeline`.
 
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use obscura::image_io::{self, Frame, ImageConfig, KeptMetadata};
 use obscura::redact::{self, Params, Style};
+use obscura::detect::nanodet::{self, Precision};
 use obscura::detect::{Class, FaceModel};
 use obscura::{Anonymizer, Config};
 
@@ -35,11 +37,14 @@ fn stages(c: &mut Criterion) {
         c.detect.face_models = vec![faces];
         c
     };
-    // Each detector alone on one thread, then the default (faces INT8 + persons).
+    let mut persons_fp32 = only(vec![Class::Person], FaceModel::CenterfaceInt8);
+    persons_fp32.detect.person.precision = Precision::Fp32;
+    // Each detector alone on one thread, then the default (faces INT8 + persons INT8).
     for (name, config, threads) in [
         ("detect_centerface_fp32_1_thread", only(vec![Class::Face], FaceModel::Centerface), 1),
         ("detect_centerface_int8_1_thread", only(vec![Class::Face], FaceModel::CenterfaceInt8), 1),
-        ("detect_nanodet_1_thread", only(vec![Class::Person], FaceModel::CenterfaceInt8), 1),
+        ("detect_nanodet_fp32_1_thread", persons_fp32, 1),
+        ("detect_nanodet_int8_1_thread", only(vec![Class::Person], FaceModel::CenterfaceInt8), 1),
         ("detect_default_1_thread", Config::default(), 1),
         ("detect_default_2_threads", Config::default(), 2),
     ] {
@@ -49,6 +54,17 @@ fn stages(c: &mut Criterion) {
         let anonymizer = Anonymizer::new(config).expect("run scripts/setup first (and --model-cache or --build-person-model)");
         g.bench_function(name, |b| b.iter(|| anonymizer.plan(&frame).unwrap()));
     }
+
+    // The person pass's pre-processing alone (the resize to the model's 416×416 input).
+    g.bench_function("nanodet_prepare", |b| b.iter(|| nanodet::prepare(&frame)));
+
+    // Redaction of the default plan's regions (faces and persons), pixelated.
+    let (_, regions) = Anonymizer::new(Config::default()).unwrap().plan(&frame).unwrap();
+    eprintln!("{} regions (faces and persons) on the 1080p photo", regions.len());
+    let params = Params { feather: 0.1, noise: 16.0, seed: 1 };
+    g.bench_function("redact_default_plan", |b| {
+        b.iter_batched_ref(|| frame.clone(), |f| redact::cpu::redact(f, &regions, &params), BatchSize::LargeInput)
+    });
 
     // Redaction of the face regions alone (comparable with earlier runs).
     let (_, regions) = Anonymizer::new(only(vec![Class::Face], FaceModel::CenterfaceInt8)).unwrap().plan(&frame).unwrap();

@@ -94,8 +94,7 @@ fn noise(seed: u32, region: u32, a: u32, b: u32, c: u32) -> f32 {
 
 fn blend(orig: u32, value: f32, m: f32) -> u32 {
     let o = f32(orig);
-    // Rust's f32::round rounds halves away from zero; for the non-negative values that
-    // survive the clamp, floor(x + 0.5) is the same.
+    // floor(x + 0.5), clamped: the CPU backend's math::blend.
     return u32(clamp(floor(o + (value - o) * m + 0.5), 0.0, 255.0));
 }
 

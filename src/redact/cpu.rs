@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::math::{blend, block_size, gaussian_kernel, mask, noise};
+use super::math::{axis, blend, block_size, gaussian_kernel, mask_uv, noise};
 use super::{Params, Region, Style};
 use crate::geometry::PixelRect;
 use crate::image_io::Frame;
@@ -45,20 +45,25 @@ pub fn redact_region(frame: &mut Frame, region: &Region, index: u32, params: &Pa
 }
 
 /// Writes `target(rx, ry)` (region-relative) into the region through the soft mask and
-/// makes the covered pixels opaque.
+/// makes the covered pixels opaque. The mask's axis positions are computed once per
+/// column; a small region is written by one task (rayon's per-task cost would exceed
+/// the work).
 fn write_region(frame: &mut Frame, region: &Region, params: &Params, target: impl Fn(u32, u32) -> [f32; 3] + Sync) {
     let PixelRect { x, y, w, h } = region.rect;
     let (channels, stride) = (frame.channels as usize, frame.stride());
+    let columns: Vec<f32> = (0..w).map(|rx| axis(rx, w)).collect();
     let rows = &mut frame.data[y as usize * stride..(y + h) as usize * stride];
-    rows.par_chunks_mut(stride).enumerate().for_each(|(ry, row)| {
+    let rows_per_task = (PIXELS_PER_TASK / w.max(1) as usize).max(1);
+    rows.par_chunks_mut(stride).with_min_len(rows_per_task).enumerate().for_each(|(ry, row)| {
         let ry = ry as u32;
-        for rx in 0..w {
-            let m = mask(region.shape, params.feather, rx, ry, w, h);
+        let v = axis(ry, h);
+        let row = &mut row[x as usize * channels..][..w as usize * channels];
+        for ((rx, px), &u) in (0..w).zip(row.chunks_exact_mut(channels)).zip(&columns) {
+            let m = mask_uv(region.shape, params.feather, u, v);
             if m <= 0.0 {
                 continue;
             }
             let t = target(rx, ry);
-            let px = &mut row[(x + rx) as usize * channels..][..channels];
             for c in 0..3 {
                 px[c] = blend(px[c], t[c], m);
             }
@@ -69,6 +74,9 @@ fn write_region(frame: &mut Frame, region: &Region, params: &Params, target: imp
     });
 }
 
+/// About how many pixels one rayon task writes.
+const PIXELS_PER_TASK: usize = 16 * 1024;
+
 fn pixelate(frame: &mut Frame, region: &Region, index: u32, cells: u32, params: &Params) {
     let PixelRect { x, y, w, h } = region.rect;
     let b = block_size(w, h, cells);
@@ -78,6 +86,7 @@ fn pixelate(frame: &mut Frame, region: &Region, index: u32, cells: u32, params: 
     // Block means (plus noise), block rows in parallel.
     let values: Vec<[f32; 3]> = (0..nby)
         .into_par_iter()
+        .with_min_len((PIXELS_PER_TASK / (b as usize * w.max(1) as usize)).max(1))
         .flat_map_iter(|by| {
             (0..nbx).map(move |bx| {
                 let (x0, y0) = (x + bx * b, y + by * b);
@@ -101,7 +110,8 @@ fn pixelate(frame: &mut Frame, region: &Region, index: u32, cells: u32, params: 
             })
         })
         .collect();
-    write_region(frame, region, params, |rx, ry| values[((ry / b) * nbx + rx / b) as usize]);
+    let column_block: Vec<u32> = (0..w).map(|rx| rx / b).collect();
+    write_region(frame, region, params, |rx, ry| values[((ry / b) * nbx + column_block[rx as usize]) as usize]);
 }
 
 fn blur(frame: &mut Frame, region: &Region, index: u32, sigma_fraction: f32, params: &Params) {

@@ -6,9 +6,19 @@ use super::Shape;
 
 /// Mask weight in `[0, 1]` of the pixel at (`px`, `py`) relative to a `w`×`h` region.
 pub fn mask(shape: Shape, feather: f32, px: u32, py: u32, w: u32, h: u32) -> f32 {
-    let (hw, hh) = (w as f32 * 0.5, h as f32 * 0.5);
-    let u = (px as f32 + 0.5 - hw) / hw;
-    let v = (py as f32 + 0.5 - hh) / hh;
+    mask_uv(shape, feather, axis(px, w), axis(py, h))
+}
+
+/// Where pixel `p` lies along a region side of `n` pixels: -1 and 1 at the edges, 0 at
+/// the centre (the `u` and `v` of [`mask`]; a backend may compute them once per column
+/// and per row).
+pub fn axis(p: u32, n: u32) -> f32 {
+    let half = n as f32 * 0.5;
+    (p as f32 + 0.5 - half) / half
+}
+
+/// [`mask`] from the pixel's [`axis`] positions.
+pub fn mask_uv(shape: Shape, feather: f32, u: f32, v: f32) -> f32 {
     let d = match shape {
         Shape::Rect => u.abs().max(v.abs()),
         Shape::Ellipse => (u * u + v * v).sqrt(),
@@ -53,10 +63,12 @@ pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
     k
 }
 
-/// Blend `orig` toward `target` by `m` and round to 8 bits.
+/// Blend `orig` toward `target` by `m` and round to 8 bits: `floor(x + 0.5)`, clamped (the
+/// shader's formula; a conversion, not a call to `round`, which costs a library call per
+/// channel on x86-64's baseline).
 pub fn blend(orig: u8, target: f32, m: f32) -> u8 {
     let o = orig as f32;
-    (o + (target - o) * m).round().clamp(0.0, 255.0) as u8
+    (o + (target - o) * m + 0.5).clamp(0.0, 255.0) as u8
 }
 
 #[cfg(test)]
