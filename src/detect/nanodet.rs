@@ -44,8 +44,8 @@ pub struct PersonConfig {
     /// "fp32"`) found by the usual search, checksum-verified. A path given here is used as
     /// is, whatever `precision` says.
     pub model: Option<PathBuf>,
-    /// Which of the two pinned files runs (default INT8: the person pass costs half as
-    /// much, see `benches/RESULTS.md`).
+    /// Which of the two pinned files runs (default INT8: the person pass costs about 40 %
+    /// less, see `benches/RESULTS.md`).
     pub precision: Precision,
     /// Person score threshold (default 0.22, chosen on one half of the shared set, see `benches/RESULTS.md`).
     pub threshold: f32,
