@@ -7,7 +7,9 @@
 //!   (`tests/fixtures/negatives_with_false_regions.txt` lists the ones that do not);
 //! - every person box covered today stays covered (`tests/fixtures/persons_covered.csv`).
 //!
-//! Any new miss or new false region fails the test. After a deliberate change of model or
+//! Any new miss or new false region fails the test. The same lists hold on every
+//! supported CPU: this binary passes unchanged under an emulated AVX2-only CPU
+//! (`qemu-x86_64 -cpu Haswell`; `tests/cpu_levels.rs` checks a sample there in every run). After a deliberate change of model or
 //! default, `OBSCURA_BLESS=1 cargo test --test coverage` rewrites the three lists (review
 //! the diff: it is the change in what Obscura protects).
 
@@ -73,7 +75,7 @@ fn default_detection_covers_must_cover_faces_and_persons_and_keeps_clean_photos_
         eprintln!("now covered (OBSCURA_BLESS=1 removes it from the known-miss list): {fixed}");
     }
     assert_eq!(coverage.must_cover.total, 469);
-    assert!(coverage.must_cover.value() >= 0.98, "must-cover coverage {:.3}", coverage.must_cover.value());
+    assert!(coverage.must_cover.value() >= 0.987, "must-cover coverage {:.3}", coverage.must_cover.value());
     // All faces, the small ones in crowds included (the crowd confirmation's share).
     assert!(coverage.all.value() >= 0.9, "coverage of all faces {:.3}", coverage.all.value());
 

@@ -9,8 +9,17 @@ fed as Obscura feeds each model (resized here with Pillow, not Obscura's resize)
 - centerface: each photo at full size, and the astronaut also at 1/2 and 1/4 size (block
   means, for small faces), padded to multiples of 32, RGB 0-255;
 - nanodet: each photo stretched to 416x416 (bilinear), RGB / 255.
-Activation ranges by MinMax, weights per channel (int8), activations uint8, QOperator
-format (QLinearConv: ONNX Runtime's VNNI kernels). CenterFace's graph is first moved from
+Activation ranges by MinMax, weights per channel in 7 bits (int8 from -64 to 63:
+`reduce_range`), activations uint8, QOperator format (QLinearConv).
+
+Why 7-bit weights: ONNX Runtime multiplies uint8 activations by int8 weights. With
+AVX-512 VNNI it sums the products in 32 bits; on CPUs without VNNI (AVX2, AVX-512
+without VNNI) it adds pairs of products in 16 bits with saturation (vpmaddubsw), and
+255 x 127 x 2 overflows that, so the same model file gave other outputs there (0.51 off
+on NanoDet, up to 3.3 on CenterFace's outputs) and missed large faces. With weights in
+[-64, 63] a pair is at most 255 x 64 x 2 = 32,640 < 32,767: no kernel saturates, and
+the outputs are bit-identical on both kinds of CPU (measured under qemu-user's Haswell,
+benches/RESULTS.md). CenterFace's graph is first moved from
 opset 9 to 13 (per-channel quantisation needs it); NanoDet's already is opset 13.
 
 Deterministic: with the pinned onnx / onnxruntime / numpy / pillow versions the output
@@ -75,7 +84,7 @@ elif kind == "nanodet":
 else:
     sys.exit(f"quantize.py: unknown model kind {kind!r} (centerface or nanodet)")
 quantize_static(model, dst, Reader(inputs), quant_format=QuantFormat.QOperator, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
                 calibrate_method=CalibrationMethod.MinMax)
 if model != src:
     os.remove(model)

@@ -94,7 +94,7 @@ pub(crate) fn load_model(
     let path = crate::assets::locate(explicit.or(in_folder.as_deref()), &[], "models", &[pinned.file.as_str()])
         .map_err(|searched| DetectError::ModelMissing { what: model.what, searched, fix: model.fix })?;
     let sha256 = file_sha256(&path).map_err(|e| DetectError::ModelInvalid { path: path.clone(), reason: e.to_string() })?;
-    if explicit.is_none() && sha256 != pinned.sha256 && !locally_verified(&path, &sha256) {
+    if explicit.is_none() && sha256 != pinned.sha256 && !locally_verified(&path, &sha256, &pinned.sha256) {
         return Err(DetectError::ModelChecksum { path, actual: sha256, expected: pinned.sha256.clone() });
     }
     let (sessions, intra) = rt_config.resolved_threads();
@@ -103,12 +103,15 @@ pub(crate) fn load_model(
     Ok((pool, ModelInfo { name: pinned.name.clone(), path, sha256, device }))
 }
 
-/// Whether the set-up built this file itself and verified it numerically (conversions
-/// that are not byte-reproducible): it then records the sha in `<model>.verified`.
-fn locally_verified(path: &std::path::Path, sha256: &str) -> bool {
+/// Whether the set-up made this file itself and verified it against the model pinned
+/// now (a conversion that is not byte-reproducible, or a quantisation calibrated on a
+/// CPU that rounds differently; see `models/README.md`): it then writes `<model>.verified`
+/// holding the file's sha and the pin it was checked against. A marker left by an older
+/// pin does not count, so a file verified against a replaced model is refused.
+fn locally_verified(path: &std::path::Path, sha256: &str, pin: &str) -> bool {
     let mut marker = path.as_os_str().to_owned();
     marker.push(".verified");
-    std::fs::read_to_string(marker).is_ok_and(|s| s.trim() == sha256)
+    std::fs::read_to_string(marker).is_ok_and(|s| s.split_whitespace().eq([sha256, pin]))
 }
 
 /// sha256 of a file, hex.
@@ -254,14 +257,18 @@ mod tests {
     }
 
     #[test]
-    fn a_locally_built_model_is_accepted_only_with_its_own_recorded_sha() {
+    fn a_locally_built_model_is_accepted_only_with_its_own_recorded_sha_and_the_current_pin() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m.onnx");
         std::fs::write(&model, b"model").unwrap();
         let sha = file_sha256(&model).unwrap();
-        assert!(!locally_verified(&model, &sha), "no marker");
+        let pin = "ab".repeat(32);
+        assert!(!locally_verified(&model, &sha, &pin), "no marker");
+        std::fs::write(dir.path().join("m.onnx.verified"), format!("{sha} {pin}\n")).unwrap();
+        assert!(locally_verified(&model, &sha, &pin));
+        assert!(!locally_verified(&model, "0000", &pin), "marker for another file");
+        assert!(!locally_verified(&model, &sha, &"cd".repeat(32)), "verified against an older pin");
         std::fs::write(dir.path().join("m.onnx.verified"), format!("{sha}\n")).unwrap();
-        assert!(locally_verified(&model, &sha));
-        assert!(!locally_verified(&model, "0000"), "marker for another file");
+        assert!(!locally_verified(&model, &sha, &pin), "a marker of the old format names no pin");
     }
 }

@@ -47,7 +47,7 @@ pub struct PersonConfig {
     /// Which of the two pinned files runs (default INT8: the person pass costs about 40 %
     /// less, see `benches/RESULTS.md`).
     pub precision: Precision,
-    /// Person score threshold (default 0.22, chosen on one half of the shared set, see `benches/RESULTS.md`).
+    /// Person score threshold (default 0.21, chosen on one half of the shared set, see `benches/RESULTS.md`).
     pub threshold: f32,
     /// NMS IoU (default 0.5).
     pub nms_iou: f32,
@@ -64,7 +64,7 @@ pub enum Precision {
 
 impl Default for PersonConfig {
     fn default() -> Self {
-        Self { model: None, precision: Precision::Int8, threshold: 0.22, nms_iou: 0.5 }
+        Self { model: None, precision: Precision::Int8, threshold: 0.21, nms_iou: 0.5 }
     }
 }
 
