@@ -76,6 +76,11 @@ pub struct Entry {
     /// one that [`Store::get`] refuses, such as `../x.jpg` or `a//b.jpg`).
     pub key: String,
     pub size: u64,
+    /// The version the listing saw: the S3 ETag, or for a folder the same
+    /// inode-mtime-size tag [`Store::get_versioned`] returns. `None` when the store gave
+    /// none. A batch journal compares it, so that an object replaced under the same key
+    /// (a raw photo re-uploaded where a clean one was) is done again.
+    pub version: Option<String>,
     /// Why this entry is not an object that can be read (a symbolic link, a name that is
     /// not UTF-8, a folder marker): listed anyway, so that it is reported, not lost.
     pub problem: Option<Problem>,
@@ -234,7 +239,7 @@ impl Store {
                 let size = |m: &object_store::ObjectMeta| m.size;
                 self.inner
                     .list(None)
-                    .map(move |meta| meta.map(|m| Entry { key: m.location.to_string(), size: size(&m), problem: None }).map_err(|cause| StoreError::Io { op: "list", key: "memory:".into(), cause }))
+                    .map(move |meta| meta.map(|m| Entry { key: m.location.to_string(), size: size(&m), version: m.e_tag.clone(), problem: None }).map_err(|cause| StoreError::Io { op: "list", key: "memory:".into(), cause }))
                     .boxed()
             }
         }
@@ -257,10 +262,10 @@ impl Store {
                 let entries: Vec<Result<Entry, StoreError>> = page
                     .keys
                     .into_iter()
-                    .filter_map(|(key, size)| key.strip_prefix(prefix.as_str()).map(|k| (k.to_string(), size)))
-                    .map(|(key, size)| {
+                    .filter_map(|(key, size, version)| key.strip_prefix(prefix.as_str()).map(|k| (k.to_string(), size, version)))
+                    .map(|(key, size, version)| {
                         let problem = (key.ends_with('/') && size == 0).then(|| Problem::Skip("a folder marker, not an object".into()));
-                        Ok(Entry { key, size, problem })
+                        Ok(Entry { key, size, version, problem })
                     })
                     .collect();
                 Ok(Some((futures::stream::iter(entries), page.next.map(Some))))
@@ -285,8 +290,8 @@ impl Store {
         Ok(self.get_versioned(key).await?.0)
     }
 
-    /// Reads a whole object and the version it was read at (the S3 ETag; `None` for a
-    /// folder), for [`Store::replace`].
+    /// Reads a whole object and the version it was read at (the S3 ETag; for a folder an
+    /// inode-mtime-size tag), for [`Store::replace`] and the batch journal.
     pub async fn get_versioned(&self, key: &str) -> Result<(Bytes, Option<String>), StoreError> {
         let io = |cause| StoreError::Io { op: "get", key: key.to_string(), cause };
         let result = self.inner.get(&self.path(key)?).await.map_err(io)?;
@@ -296,28 +301,42 @@ impl Store {
 
     /// Overwrites an object read by [`Store::get_versioned`], only if it is still that
     /// version: an upload that replaced it in the meantime is not clobbered
-    /// ([`StoreError::Changed`]). Folders have no versions: there it is [`Store::put`].
-    pub async fn replace(&self, key: &str, bytes: Vec<u8>, e_tag: Option<&str>) -> Result<(), StoreError> {
-        let Some(e_tag) = e_tag.filter(|_| self.local_root.is_none()) else { return self.put(key, bytes).await };
+    /// ([`StoreError::Changed`]). Returns the version written. On an object store this is
+    /// one conditional PUT (`If-Match`). A folder has no conditional write: the file's
+    /// version is checked just before the new file is renamed over it, so only a
+    /// replacement landing in the moment between that check and the rename (the time to
+    /// write the new file, milliseconds) is overwritten.
+    pub async fn replace(&self, key: &str, bytes: Vec<u8>, e_tag: Option<&str>) -> Result<Option<String>, StoreError> {
+        let Some(e_tag) = e_tag else { return self.put(key, bytes).await };
         let path = self.path(key)?;
+        if self.local_root.is_some() {
+            let now = self.inner.head(&path).await.map_err(|cause| StoreError::Io { op: "head", key: key.to_string(), cause })?;
+            if now.e_tag.as_deref() != Some(e_tag) {
+                return Err(StoreError::Changed { key: key.to_string() });
+            }
+            return self.put(key, bytes).await;
+        }
         let mode = object_store::PutMode::Update(object_store::UpdateVersion { e_tag: Some(e_tag.to_string()), version: None });
         match self.inner.put_opts(&path, PutPayload::from(bytes), mode.into()).await {
-            Ok(_) => Ok(()),
+            Ok(written) => Ok(written.e_tag),
             Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => Err(StoreError::Changed { key: key.to_string() }),
             Err(cause) => Err(StoreError::Io { op: "put", key: key.to_string(), cause }),
         }
     }
 
     /// Writes a whole object atomically: readers see the old object or the new one,
-    /// never a part.
+    /// never a part. Returns the version written (as [`Store::get_versioned`] would read
+    /// it), where the store gives one.
     /// In a folder, a write that fails leaves no folders it created behind.
-    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<Option<String>, StoreError> {
         let path = self.path(key)?;
-        if let Err(cause) = self.inner.put(&path, PutPayload::from(bytes)).await {
-            self.remove_empty_parents(&path);
-            return Err(StoreError::Io { op: "put", key: key.to_string(), cause });
+        match self.inner.put(&path, PutPayload::from(bytes)).await {
+            Ok(written) => Ok(written.e_tag),
+            Err(cause) => {
+                self.remove_empty_parents(&path);
+                Err(StoreError::Io { op: "put", key: key.to_string(), cause })
+            }
         }
-        Ok(())
     }
 
     /// Removes the folders above `path` that are empty, up to the root (a folder store).
@@ -442,13 +461,13 @@ fn list_folder(root: PathBuf) -> BoxStream<'static, Result<Entry, StoreError>> {
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Ok(Entry { key: rel, size: 0, problem: Some(Problem::Fail(format!("unreadable folder: {e}"))) }));
+                    let _ = tx.blocking_send(Ok(Entry { key: rel, size: 0, version: None, problem: Some(Problem::Fail(format!("unreadable folder: {e}"))) }));
                     continue;
                 }
             };
             for entry in entries {
                 let sent = match entry {
-                    Err(e) => tx.blocking_send(Ok(Entry { key: rel.clone(), size: 0, problem: Some(Problem::Fail(format!("unreadable folder entry: {e}"))) })),
+                    Err(e) => tx.blocking_send(Ok(Entry { key: rel.clone(), size: 0, version: None, problem: Some(Problem::Fail(format!("unreadable folder entry: {e}"))) })),
                     Ok(entry) => {
                         let name = entry.file_name();
                         let key = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
@@ -475,8 +494,12 @@ fn list_folder(root: PathBuf) -> BoxStream<'static, Result<Entry, StoreError>> {
                             }
                             _ => None,
                         };
-                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                        tx.blocking_send(Ok(Entry { key, size, problem }))
+                        let meta = entry.metadata().ok();
+                        let size = meta.as_ref().map_or(0, |m| m.len());
+                        // Links and other odd entries get one too (of the entry itself, never
+                        // followed): a skipped entry stays skipped while it is unchanged.
+                        let version = meta.as_ref().map(folder_version);
+                        tx.blocking_send(Ok(Entry { key, size, version, problem }))
                     }
                 };
                 if sent.is_err() {
@@ -489,8 +512,18 @@ fn list_folder(root: PathBuf) -> BoxStream<'static, Result<Entry, StoreError>> {
 }
 
 /// One ListObjectsV2 page: (key, size) pairs and the continuation token, if truncated.
+/// The version tag a folder store's reads return for a file (object_store's local
+/// ETag: inode, modification time in microseconds and size, in hex), computed from a
+/// listing's metadata without opening the file.
+fn folder_version(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default().as_micros();
+    format!("\"{:x}-{mtime:x}-{:x}\"", meta.ino(), meta.len())
+}
+
 struct ListPage {
-    keys: Vec<(String, u64)>,
+    /// Key, size and ETag of each object.
+    keys: Vec<(String, u64, Option<String>)>,
     next: Option<String>,
 }
 
@@ -499,13 +532,13 @@ fn parse_list_page(xml: &[u8]) -> Result<ListPage, String> {
     let mut reader = quick_xml::Reader::from_reader(xml);
     let mut page = ListPage { keys: Vec::new(), next: None };
     let (mut in_contents, mut text, mut truncated) = (false, String::new(), false);
-    let (mut key, mut size) = (None::<String>, 0u64);
+    let (mut key, mut size, mut e_tag) = (None::<String>, 0u64, None::<String>);
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf).map_err(|e| format!("unreadable answer: {e}"))? {
             Event::Start(e) => {
                 if e.local_name().as_ref() == b"Contents" {
-                    (in_contents, key, size) = (true, None, 0);
+                    (in_contents, key, size, e_tag) = (true, None, 0, None);
                 }
                 text.clear();
             }
@@ -513,10 +546,11 @@ fn parse_list_page(xml: &[u8]) -> Result<ListPage, String> {
             Event::GeneralRef(r) => push_entity(&mut text, &r)?,
             Event::End(e) => match e.local_name().as_ref() {
                 b"Key" if in_contents => key = Some(std::mem::take(&mut text)),
+                b"ETag" if in_contents => e_tag = Some(std::mem::take(&mut text)),
                 b"Size" if in_contents => size = text.trim().parse().map_err(|_| format!("bad object size {text:?}"))?,
                 b"Contents" => {
                     in_contents = false;
-                    page.keys.push((key.take().ok_or("an entry without a key")?, size));
+                    page.keys.push((key.take().ok_or("an entry without a key")?, size, e_tag.take()));
                 }
                 b"IsTruncated" => truncated = text.trim() == "true",
                 b"NextContinuationToken" => page.next = Some(std::mem::take(&mut text)),

@@ -111,6 +111,83 @@ fn destination_must_differ_unless_in_place() {
     assert_redacted(&original, &src.join(&keys[0]));
 }
 
+/// The report lines (`--report`) of one run: key → status.
+fn report_statuses(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["key"].as_str().unwrap().to_string(), v["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A raw photo uploaded again under a key that a run cleaned before is anonymised by the
+/// next run, in place and folder to folder (issue 25: the journal was keyed by name, so
+/// the rerun said "already done" and left the new face raw). Unchanged files are not
+/// redone.
+#[test]
+fn a_raw_photo_uploaded_again_under_a_cleaned_key_is_anonymised_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let keys = small_photos(&src, 3);
+    let raw = std::fs::read(src.join(&keys[0])).unwrap();
+    let original = tmp.path().join("original.jpg");
+    std::fs::write(&original, &raw).unwrap();
+    let report = tmp.path().join("report.jsonl");
+
+    // In place.
+    assert!(run(batch(&src, &src).arg("--in-place")).status.success());
+    assert_redacted(&original, &src.join(&keys[0]));
+    assert!(run(batch(&src, &src).arg("--in-place").arg("--report").arg(&report)).status.success());
+    assert!(report_statuses(&report).is_empty(), "nothing redone: {:?}", report_statuses(&report));
+    std::fs::write(src.join(&keys[0]), &raw).unwrap();
+    assert!(run(batch(&src, &src).arg("--in-place").arg("--report").arg(&report)).status.success());
+    assert_eq!(report_statuses(&report), [(keys[0].clone(), "done".to_string())].into(), "only the re-uploaded photo");
+    assert_redacted(&original, &src.join(&keys[0]));
+
+    // Folder to folder: a new photo replaces the source file of a key done before.
+    let (src, dst) = (tmp.path().join("src2"), tmp.path().join("dst2"));
+    let keys = small_photos(&src, 3);
+    assert!(run(&mut batch(&src, &dst)).status.success());
+    let first = std::fs::read(dst.join(&keys[1])).unwrap();
+    let other = image::open(eval_image("wider_27_Spa_Spa_27_212.jpg")).unwrap().resize(320, 320, image::imageops::FilterType::Triangle);
+    other.save(src.join(&keys[1])).unwrap();
+    assert!(run(batch(&src, &dst).arg("--report").arg(&report)).status.success());
+    assert_eq!(report_statuses(&report), [(keys[1].clone(), "done".to_string())].into());
+    let second = image::open(dst.join(&keys[1])).unwrap();
+    assert_ne!(std::fs::read(dst.join(&keys[1])).unwrap(), first, "the new photo's anonymised copy was written");
+    assert_eq!(second.width(), other.width(), "it is the new photo");
+}
+
+/// In place in a folder, a file replaced after it was read is not overwritten with the
+/// anonymised old version: the write is conditional, as on an object store.
+#[test]
+fn in_place_in_a_folder_never_overwrites_a_newer_upload() {
+    use futures::StreamExt;
+    use obscura::store::{Store, StoreError, StoreOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("a.jpg"), b"the old upload").unwrap();
+    let store = Store::open(tmp.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_, version) = store.get_versioned("a.jpg").await.unwrap();
+        assert!(version.is_some(), "a folder reports a version");
+        std::thread::sleep(Duration::from_millis(5));
+        std::fs::write(tmp.path().join("a.jpg"), b"a newer upload").unwrap();
+        let err = store.replace("a.jpg", b"anonymised old".to_vec(), version.as_deref()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Changed { .. }), "{err}");
+        assert_eq!(std::fs::read(tmp.path().join("a.jpg")).unwrap(), b"a newer upload");
+        // Read again, it is replaced, and the version written is what a listing shows.
+        let (_, version) = store.get_versioned("a.jpg").await.unwrap();
+        let written = store.replace("a.jpg", b"anonymised new".to_vec(), version.as_deref()).await.unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("a.jpg")).unwrap(), b"anonymised new");
+        let listed: Vec<_> = store.list().collect::<Vec<_>>().await.into_iter().map(|e| e.unwrap()).collect();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].version, written, "listing and write agree on the version");
+        assert_eq!(store.get_versioned("a.jpg").await.unwrap().1, written);
+    });
+}
+
 #[test]
 fn a_destination_inside_the_source_is_not_read_back() {
     let tmp = tempfile::tempdir().unwrap();

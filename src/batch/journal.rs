@@ -2,6 +2,12 @@
 //! after a crash or `kill -9` skips finished work. An object is recorded `done` only
 //! after its anonymised copy is fully written; a crash between the write and the record
 //! means that one object is done again (the write is atomic, so never half).
+//!
+//! Each record keeps the version of the object it is about (the S3 ETag, or a folder
+//! file's inode-mtime-size tag): the source as read, or in place, the anonymised object
+//! as written. An object counts as finished only while the store still lists that
+//! version, so a photo uploaded again under a key that was cleaned before (a new raw
+//! photo at the same name) is anonymised by the next run, not reported "already done".
 
 use std::path::Path;
 use std::str::FromStr;
@@ -108,12 +114,19 @@ impl Journal {
                 status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'skipped')),
                 regions INTEGER,
                 detail TEXT,
+                version TEXT,
                 updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
             )",
         )
         .execute(&pool)
         .await
         .map_err(err)?;
+        // A journal written before versions were recorded: its records name no version, so
+        // each of its objects is done once more, and recorded with its version then.
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('objects')").fetch_all(&pool).await.map_err(err)?;
+        if !columns.iter().any(|c| c == "version") {
+            sqlx::query("ALTER TABLE objects ADD COLUMN version TEXT").execute(&pool).await.map_err(err)?;
+        }
         Ok(Self { pool, path: name, _lock: std::sync::Arc::new(lock) })
     }
 
@@ -121,28 +134,37 @@ impl Journal {
         JournalError::Db { path: self.path.clone(), source }
     }
 
-    /// True when `key` was anonymised and written (or skipped as not an image) before.
-    pub async fn is_finished(&self, key: &str) -> Result<bool, JournalError> {
-        let row: Option<String> =
-            sqlx::query_scalar("SELECT status FROM objects WHERE key = ?").bind(key).fetch_optional(&self.pool).await.map_err(|e| self.err(e))?;
+    /// True when `key` was anonymised and written (or skipped as not an image) before, at
+    /// the `version` the store lists now. An unknown version is never finished.
+    pub async fn is_finished(&self, key: &str, version: Option<&str>) -> Result<bool, JournalError> {
+        let Some(version) = version else { return Ok(false) };
+        let row: Option<String> = sqlx::query_scalar("SELECT status FROM objects WHERE key = ? AND version = ?")
+            .bind(key)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(matches!(row.as_deref(), Some("done" | "skipped")))
     }
 
-    pub async fn record(&self, key: &str, outcome: &Outcome) -> Result<(), JournalError> {
+    /// Records what happened to `key`; `version` is the object's version that the record
+    /// is about (see the module docs), `None` for a failure.
+    pub async fn record(&self, key: &str, outcome: &Outcome, version: Option<&str>) -> Result<(), JournalError> {
         let (regions, detail) = match outcome {
             Outcome::Done { regions } => (Some(*regions as i64), None),
             Outcome::Failed { error } => (None, Some(error.as_str())),
             Outcome::Skipped { reason } => (None, Some(reason.as_str())),
         };
         sqlx::query(
-            "INSERT INTO objects (key, status, regions, detail) VALUES (?, ?, ?, ?)
+            "INSERT INTO objects (key, status, regions, detail, version) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (key) DO UPDATE SET status = excluded.status, regions = excluded.regions,
-                detail = excluded.detail, updated_at = excluded.updated_at",
+                detail = excluded.detail, version = excluded.version, updated_at = excluded.updated_at",
         )
         .bind(key)
         .bind(outcome.status())
         .bind(regions)
         .bind(detail)
+        .bind(version)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -170,7 +170,7 @@ pub async fn run(
             if !options.filter.accepts(&entry.key) || dst_inside_src.as_ref().is_some_and(|p| entry.key.starts_with(p.as_str())) {
                 continue;
             }
-            if journal.is_finished(&entry.key).await? {
+            if journal.is_finished(&entry.key, entry.version.as_deref()).await? {
                 already_done += 1;
                 continue;
             }
@@ -189,16 +189,16 @@ pub async fn run(
                 let t = Instant::now();
                 // An odd entry (a link, an unusable name, a folder marker) is reported
                 // with its reason, and the rest go on.
-                let outcome = match entry.problem {
-                    Some(Problem::Skip(reason)) => Outcome::Skipped { reason },
-                    Some(Problem::Fail(error)) => Outcome::Failed { error },
+                let (outcome, version) = match entry.problem {
+                    Some(Problem::Skip(reason)) => (Outcome::Skipped { reason }, entry.version.clone()),
+                    Some(Problem::Fail(error)) => (Outcome::Failed { error }, None),
                     None => process(anonymizer, src, dst, &entry.key, options.in_place).await,
                 };
-                ObjectReport { key: entry.key, outcome, ms: t.elapsed().as_secs_f64() * 1000.0 }
+                (ObjectReport { key: entry.key, outcome, ms: t.elapsed().as_secs_f64() * 1000.0 }, version)
             })
             .buffer_unordered(options.in_flight.max(1));
-        while let Some(report) = work.next().await {
-            journal.record(&report.key, &report.outcome).await?;
+        while let Some((report, version)) = work.next().await {
+            journal.record(&report.key, &report.outcome, version.as_deref()).await?;
             match report.outcome {
                 Outcome::Done { .. } => summary.this_run.done += 1,
                 Outcome::Failed { .. } => summary.this_run.failed += 1,
@@ -219,24 +219,31 @@ pub async fn run(
 }
 
 /// One object end to end. Never writes anything unless anonymisation succeeded; in
-/// place, never overwrites an object that changed since it was read.
-async fn process(anonymizer: &Anonymizer, src: &Store, dst: &Store, key: &str, in_place: bool) -> Outcome {
+/// place, never overwrites an object that changed since it was read. Returns the outcome
+/// and the version the journal records with it: the source as read, or in place the
+/// object as written (what the next listing will show if nobody replaces it).
+async fn process(anonymizer: &Anonymizer, src: &Store, dst: &Store, key: &str, in_place: bool) -> (Outcome, Option<String>) {
     let (bytes, version) = match src.get_versioned(key).await {
         Ok(b) => b,
-        Err(e) => return Outcome::Failed { error: e.to_string() },
+        Err(e) => return (Outcome::Failed { error: e.to_string() }, None),
     };
     if image::guess_format(&bytes).is_err() {
-        return Outcome::Skipped { reason: "not an image (by content)".into() };
+        return (Outcome::Skipped { reason: "not an image (by content)".into() }, version);
     }
     let out = match anonymizer.anonymize_async(bytes.to_vec()).await {
         Ok(out) => out,
-        Err(e) => return Outcome::Failed { error: e.to_string() },
+        Err(e) => return (Outcome::Failed { error: e.to_string() }, None),
     };
     let regions = out.report.regions.len();
-    let written = if in_place { dst.replace(key, out.bytes, version.as_deref()).await } else { dst.put(key, out.bytes).await };
-    match written {
-        Ok(()) => Outcome::Done { regions },
-        Err(e) => Outcome::Failed { error: e.to_string() },
+    if !in_place {
+        return match dst.put(key, out.bytes).await {
+            Ok(_) => (Outcome::Done { regions }, version),
+            Err(e) => (Outcome::Failed { error: e.to_string() }, None),
+        };
+    }
+    match dst.replace(key, out.bytes, version.as_deref()).await {
+        Ok(written) => (Outcome::Done { regions }, written),
+        Err(e) => (Outcome::Failed { error: e.to_string() }, None),
     }
 }
 
