@@ -69,6 +69,8 @@ on_both_databases!(
     a_forgotten_subject_leaves_no_trace_on_disk,
     audit_verify_detects_a_catalog_rolled_back_to_an_older_copy,
     status_reports_expiries_no_scheduler_has_queued_as_overdue,
+    a_class_the_policy_no_longer_names_is_still_reached_and_reported,
+    the_cli_erases_uploads_of_a_class_the_policy_no_longer_names,
 );
 
 const POLICY: &str = r#"
@@ -488,6 +490,84 @@ async fn status_reports_expiries_no_scheduler_has_queued_as_overdue(db: Db) {
     r.tick(&RunOptions::default()).await.unwrap();
     let status = r.status().await.unwrap();
     assert_eq!((status.overdue, status.expiries_unqueued, status.jobs_due), (0, 0, 0), "{status:?}");
+}
+
+/// Issue 25, case 1: uploads registered under a class that a later policy removes. Before
+/// the fix, erasure queued nothing ("no active uploads"), exited 0 and left the photos;
+/// status ignored them. Now every event reaches them by the strictest rule (purge at once)
+/// and status names the class until none is left.
+async fn a_class_the_policy_no_longer_names_is_still_reached_and_reported(db: Db) {
+    let (dir, store) = folder_with(&["g/1.jpg", "g/2.jpg", "h/1.jpg", "i/1.jpg", "j/1.jpg"]);
+    let legacy = "\n[classes.legacy]\non_expiry = \"anonymise\"\non_unsubscribe = \"anonymise\"\ngrace = \"30d\"\nlegal_hold = true\n";
+    let r = open(&db, &format!("{POLICY}{legacy}")).await;
+    r.register_many(&[
+        upload("g1", "gil", &store, "g/1.jpg", "photo"),
+        upload("g2", "gil", &store, "g/2.jpg", "legacy"),
+        upload("h1", "hal", &store, "h/1.jpg", "legacy"),
+        upload("i1", "ida", &store, "i/1.jpg", "legacy"),
+        upload("j1", "jon", &store, "j/1.jpg", "photo"),
+    ])
+    .await
+    .unwrap();
+    drop(r);
+    // The policy is edited: `legacy` is gone (removed or renamed).
+    let r = open(&db, POLICY).await;
+    let status = r.status().await.unwrap();
+    assert_eq!(status.unaccounted, vec![obscura::retention::Unaccounted { class: "legacy".into(), uploads: 3 }], "{status:?}");
+
+    let erased = r.erase_subject("gil").await.unwrap();
+    assert_eq!((erased.queued, erased.done, erased.pending, erased.held), (2, 2, 0, 0), "{erased:?}");
+    assert!(!dir.path().join("g/1.jpg").exists() && !dir.path().join("g/2.jpg").exists(), "gil's photos survived the erasure");
+    let log = r.audit(Some("gil"), None, 0, 100).await.unwrap();
+    let queued = log.iter().find(|a| a.event == "erase_subject").unwrap();
+    assert!(queued.detail.contains("1 legacy → purge (class not in the policy: strictest rule)"), "{queued:?}");
+
+    // Unsubscribe: no grace, no hold, no anonymising (the policy states none of them now).
+    let unsubscribed = r.unsubscribe("hal").await.unwrap();
+    assert_eq!((unsubscribed.queued, unsubscribed.done, unsubscribed.pending, unsubscribed.held), (1, 1, 0, 0), "{unsubscribed:?}");
+    assert!(!dir.path().join("h/1.jpg").exists());
+    assert_eq!(r.status().await.unwrap().unaccounted[0].uploads, 1);
+
+    // Wind-down reaches it too, and the scheduler finishes it.
+    let wound = r.wind_down(None).await.unwrap();
+    assert_eq!(wound.queued, 2, "ida's legacy upload and jon's photo: {wound:?}");
+    assert_eq!(r.tick(&RunOptions::default()).await.unwrap().purged, 2);
+    assert_eq!(count_files(dir.path()), 0);
+    let status = r.status().await.unwrap();
+    assert_eq!((status.uploads_active, status.unaccounted.len()), (0, 0), "{status:?}");
+    assert_audit_clean(&r, &["gil", "hal", "ida", "jon"]).await;
+}
+
+/// The same through the command line: `status` names the class and exits 1; `erase`
+/// removes the photo (it printed "0 upload(s) queued" and exited 0 before).
+async fn the_cli_erases_uploads_of_a_class_the_policy_no_longer_names(db: Db) {
+    let dir = db.dir.path();
+    let store = dir.join("store");
+    std::fs::create_dir_all(store.join("k")).unwrap();
+    std::fs::write(store.join("k/1.jpg"), b"kim's photo").unwrap();
+    let old = dir.join("old.toml");
+    std::fs::write(&old, format!("{POLICY}\n[classes.legacy]\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n")).unwrap();
+    let new = dir.join("new.toml");
+    std::fs::write(&new, POLICY).unwrap();
+    let register = retention_cmd(&db.url, &old, dir)
+        .args(["register", "--id", "k1", "--subject", "kim", "--key", "k/1.jpg", "--class", "legacy", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(register.status.success(), "{}", String::from_utf8_lossy(&register.stderr));
+
+    let status = retention_cmd(&db.url, &new, dir).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(1), "{text}");
+    assert!(text.contains("UNACCOUNTED: 1 active upload(s) of class \"legacy\""), "{text}");
+
+    let erase = retention_cmd(&db.url, &new, dir).args(["erase", "--subject", "kim"]).output().unwrap();
+    let text = String::from_utf8_lossy(&erase.stdout);
+    assert!(erase.status.success(), "{text}{}", String::from_utf8_lossy(&erase.stderr));
+    assert!(text.contains("1 upload(s) queued"), "{text}");
+    assert!(!store.join("k/1.jpg").exists(), "the erasure left the photo: {text}");
+    let status = retention_cmd(&db.url, &new, dir).arg("status").output().unwrap();
+    assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
 }
 
 async fn wind_down_queues_everything_and_the_scheduler_finishes_it(db: Db) {

@@ -461,6 +461,52 @@ async fn unsubscribe_over_http_on_postgresql_removes_the_objects_before_answerin
     unsubscribe_over_http_removes_the_objects_before_answering(true).await;
 }
 
+/// Issue 25, case 1, over HTTP: an upload registered under a class that the policy later
+/// dropped. Before the fix the erase answered 200 having queued nothing, and the export
+/// still returned the photo.
+async fn erasure_over_http_reaches_a_class_the_policy_no_longer_names(postgres: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(catalog) = catalog(postgres, dir.path()).await else { return };
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("lea")).unwrap();
+    std::fs::write(store.join("lea/1.jpg"), b"photo bytes").unwrap();
+    let (old, new) = (dir.path().join("old.toml"), dir.path().join("new.toml"));
+    std::fs::write(&old, format!("{POLICY}[classes.legacy]\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\n")).unwrap();
+    std::fs::write(&new, POLICY).unwrap();
+    let secret = dir.path().join("secret").display().to_string();
+    let registered = obscura()
+        .args(["retention", "--catalog", &catalog, "--secret-file", &secret, "--policy"])
+        .arg(&old)
+        .args(["register", "--id", "l1", "--subject", "lea", "--key", "lea/1.jpg", "--class", "legacy", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stderr));
+    let (new, store) = (new.display().to_string(), store.display().to_string());
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &new, "--secret-file", &secret, "--allow-store", &store]);
+    let (_, report) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
+    assert_eq!(report["unaccounted"], serde_json::json!([{ "class": "legacy", "uploads": 1 }]), "{report}");
+    let response = post(&service, "/v1/subjects/lea/erase", Some(RETENTION_ONLY), Vec::new()).await;
+    assert_eq!(response.status(), 200);
+    let summary: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!((summary["queued"].as_u64(), summary["done"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert!(!Path::new(&store).join("lea/1.jpg").exists(), "the erasure left the photo");
+    let response = client().get(service.url("/v1/subjects/lea/export")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    assert_eq!(error_code(response, 404).await, "unknown_subject");
+    let (_, report) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
+    assert_eq!(report["unaccounted"], serde_json::json!([]), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erasure_over_http_on_sqlite_reaches_a_class_the_policy_no_longer_names() {
+    erasure_over_http_reaches_a_class_the_policy_no_longer_names(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erasure_over_http_on_postgresql_reaches_a_class_the_policy_no_longer_names() {
+    erasure_over_http_reaches_a_class_the_policy_no_longer_names(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_catalog_the_retention_routes_do_not_exist() {
     let service = Service::start(&["--targets", "face"]);

@@ -104,7 +104,8 @@ pub enum RetentionCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Counts, overdue actions and failing ones. Exit 1 when something is overdue.
+    /// Counts, overdue actions and failing ones. Exit 1 when something is overdue, or when
+    /// uploads belong to a class the policy no longer names.
     Status,
     /// Read the audit log, or check its chain with --verify (exit 1 if broken).
     Audit(AuditArgs),
@@ -276,8 +277,15 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
                     for f in &s.failing {
                         println!("failing: {} {} after {} attempt(s), next try {}: {}", f.action, f.upload, f.attempts, time(f.next_try_at), f.last_error);
                     }
+                    for u in &s.unaccounted {
+                        println!(
+                            "UNACCOUNTED: {} active upload(s) of class {:?}, which the policy does not name: they never expire; \
+                             unsubscribe and erasure purge them. Put [classes.{}] back in the policy, or erase them.",
+                            u.uploads, u.class, u.class
+                        );
+                    }
                 }
-                Ok(if s.overdue > 0 { 1 } else { 0 })
+                Ok(if s.overdue > 0 || !s.unaccounted.is_empty() { 1 } else { 0 })
             }
             RetentionCommand::Audit(a) if a.verify => {
                 let v = retention.verify_audit().await?;

@@ -664,6 +664,21 @@ impl Catalog {
         Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.subject_id = $7 AND u.class = $8", &[subject_hash, class]).await
     }
 
+    /// Active uploads per class, of one subject (by keyed hash) or of everyone. Events that
+    /// must reach every upload (unsubscribe, erasure, wind-down) start from this, not from
+    /// the policy's classes, so an upload whose class the policy no longer names is reached.
+    pub(crate) async fn active_classes(tx: &mut Transaction<'static, Any>, subject_hash: Option<&str>) -> Result<Vec<(String, u64)>, CatalogError> {
+        let rows: Vec<(String, i64)> = match subject_hash {
+            Some(hash) => sqlx::query_as("SELECT class, COUNT(*) AS n FROM uploads WHERE state = 'active' AND subject_id = $1 GROUP BY class ORDER BY class")
+                .bind(hash)
+                .fetch_all(&mut **tx)
+                .await,
+            None => sqlx::query_as("SELECT class, COUNT(*) AS n FROM uploads WHERE state = 'active' GROUP BY class ORDER BY class").fetch_all(&mut **tx).await,
+        }
+        .map_err(q("counting uploads per class"))?;
+        Ok(rows.into_iter().map(|(class, n)| (class, n as u64)).collect())
+    }
+
     /// Queues a job for every active upload of `class`.
     pub(crate) async fn enqueue_class(tx: &mut Transaction<'static, Any>, class: &str, job: &NewJob<'_>, now: i64) -> Result<u64, CatalogError> {
         Self::enqueue_where(tx, job, now, "u.state = 'active' AND u.class = $7", &[class]).await

@@ -234,6 +234,18 @@ pub struct Status {
     pub oldest_due_at: Option<i64>,
     /// Jobs that failed at least once and are waiting for a retry.
     pub failing: Vec<Failing>,
+    /// Active uploads of classes the policy does not name (it was edited after they were
+    /// registered). They never expire, since their `max_age` is unknown; unsubscribe,
+    /// erasure and wind-down still reach them, by the strictest rule. Not empty: `status`
+    /// exits 1.
+    pub unaccounted: Vec<Unaccounted>,
+}
+
+/// Active uploads of one class the policy does not name.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Unaccounted {
+    pub class: String,
+    pub uploads: u64,
 }
 
 /// A job being retried.
@@ -378,6 +390,43 @@ impl Retention {
         self.inner.catalog.display()
     }
 
+    /// The rule an event applies to uploads of `class`: the policy's, or for a class the
+    /// policy no longer names, the strictest: purge at once, with no legal hold (the policy
+    /// states none). `status` reports such uploads as unaccounted.
+    fn rule_for(&self, class: &str) -> std::borrow::Cow<'_, ClassRule> {
+        match self.policy().class(class) {
+            Some(rule) => std::borrow::Cow::Borrowed(rule),
+            None => std::borrow::Cow::Owned(ClassRule {
+                max_age: None,
+                on_expiry: Action::Purge,
+                on_unsubscribe: Action::Purge,
+                grace: Duration::ZERO,
+                legal_hold: false,
+            }),
+        }
+    }
+
+    /// What an event's audit detail says about `class`'s rule besides its action.
+    fn rule_note(&self, class: &str) -> &'static str {
+        match self.policy().class(class) {
+            None => " (class not in the policy: strictest rule)",
+            Some(rule) if rule.legal_hold => " (legal hold)",
+            Some(_) => "",
+        }
+    }
+
+    /// Active uploads of classes the policy does not name (see [`Status::unaccounted`]).
+    pub async fn unaccounted(&self) -> Result<Vec<Unaccounted>, RetentionError> {
+        let mut tx = self.catalog().begin().await?;
+        let classes = Catalog::active_classes(&mut tx, None).await?;
+        Catalog::rollback(tx).await?;
+        Ok(classes
+            .into_iter()
+            .filter(|(class, _)| self.policy().class(class).is_none())
+            .map(|(class, uploads)| Unaccounted { class, uploads })
+            .collect())
+    }
+
     /// One upload's catalog row (state, class, times), or `None` if it is not catalogued
     /// (never registered, or purged and forgotten).
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>, RetentionError> {
@@ -490,15 +539,17 @@ impl Retention {
         }
         let mut summary = EventSummary::default();
         let mut rules = Vec::new();
-        for (class, rule) in &self.policy().classes {
+        // Every class the person has uploads in, not only those the policy names now.
+        for (class, _) in Catalog::active_classes(&mut tx, Some(&hash)).await? {
+            let rule = self.rule_for(&class);
             let (action, reason, due, name) = match force {
                 Some(action) => (action, Reason::EraseSubject, now, format!("erasure request ({class})")),
                 None => (rule.on_unsubscribe, Reason::Unsubscribe, now + catalog::ms(rule.grace), format!("{class}.on_unsubscribe")),
             };
             let job = NewJob { action, reason, rule: &name, due_at: due, held: rule.legal_hold };
-            let n = Catalog::enqueue_subject_class(&mut tx, &hash, class, &job, now).await?;
+            let n = Catalog::enqueue_subject_class(&mut tx, &hash, &class, &job, now).await?;
             if n > 0 {
-                rules.push(format!("{n} {class} → {}{}", action.as_str(), if rule.legal_hold { " (legal hold)" } else { "" }));
+                rules.push(format!("{n} {class} → {}{}", action.as_str(), self.rule_note(&class)));
             }
             summary.queued += n;
         }
@@ -581,14 +632,15 @@ impl Retention {
         let mut summary = EventSummary::default();
         let mut parts = Vec::new();
         let mut tx = self.catalog().begin().await?;
-        for (class, rule) in &self.policy().classes {
+        for (class, _) in Catalog::active_classes(&mut tx, None).await? {
+            let rule = self.rule_for(&class);
             let action = action.unwrap_or(rule.on_expiry);
             let name = format!("wind-down ({class})");
             let job = NewJob { action, reason: Reason::WindDown, rule: &name, due_at: now, held: rule.legal_hold };
-            let n = Catalog::enqueue_class(&mut tx, class, &job, now).await?;
+            let n = Catalog::enqueue_class(&mut tx, &class, &job, now).await?;
             summary.queued += n;
             if n > 0 {
-                parts.push(format!("{n} {class} → {}{}", action.as_str(), if rule.legal_hold { " (legal hold)" } else { "" }));
+                parts.push(format!("{n} {class} → {}{}", action.as_str(), self.rule_note(&class)));
             }
         }
         let detail = if parts.is_empty() { "no active uploads".to_string() } else { parts.join(", ") };
@@ -729,6 +781,7 @@ impl Retention {
             }
         }
         status.failing = self.catalog().failing(20).await?;
+        status.unaccounted = self.unaccounted().await?;
         Ok(status)
     }
 

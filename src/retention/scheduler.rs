@@ -82,6 +82,14 @@ impl Retention {
                 tracing::info!(released, "took back jobs claimed by a scheduler that stopped");
             }
         }
+        for u in self.unaccounted().await? {
+            tracing::error!(
+                class = %u.class,
+                uploads = u.uploads,
+                "uploads of a class the policy does not name never expire: put [classes.{}] back in the policy, or erase them",
+                u.class
+            );
+        }
         let mut total = RunSummary::default();
         tokio::pin!(shutdown);
         loop {
