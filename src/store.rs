@@ -27,6 +27,10 @@ pub enum StoreError {
     Key { key: String, message: String },
     #[error("{key} changed since it was read; not overwritten")]
     Changed { key: String },
+    /// A folder store's key that is, or lies under, a symbolic link: refused, since the
+    /// link could lead anywhere on the machine.
+    #[error("{key}: {name} is a symbolic link; a folder store never follows one (it could lead outside the store)")]
+    Link { key: String, name: String },
     /// The store's own message already includes its causes, so it is not chained again.
     #[error("{op} {key}: {cause}")]
     Io { op: &'static str, key: String, cause: object_store::Error },
@@ -222,7 +226,34 @@ impl Store {
         if self.local_root.is_some() && rel.parts().last().is_some_and(|last| last.as_ref().ends_with([':', '|'])) {
             return Err(StoreError::Key { key: key.to_string(), message: "a folder store cannot hold a name ending in `:` or `|`".into() });
         }
-        Ok(self.prefix.parts().chain(rel.parts()).collect())
+        let path: Path = self.prefix.parts().chain(rel.parts()).collect();
+        self.refuse_links(key, &path)?;
+        Ok(path)
+    }
+
+    /// In a folder store, refuses a key that is a symbolic link or lies under one: every
+    /// operation (read, write, delete) addresses keys through [`Store::path`], so none
+    /// reads or writes outside the folder through a link, and none deletes a link while
+    /// the file it points to stays. Missing parts are fine (a write creates them). The
+    /// check runs right before each operation; someone who can write inside the store
+    /// while Obscura runs could still swap a folder for a link in between.
+    fn refuse_links(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+        let (Some(root), Some(local)) = (&self.local_root, &self.local) else { return Ok(()) };
+        let Ok(full) = local.path_to_filesystem(path) else { return Ok(()) };
+        let Ok(rel) = full.strip_prefix(root) else { return Ok(()) };
+        let mut at = root.clone();
+        for part in rel.components() {
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    let name = at.strip_prefix(root).unwrap_or(&at).display().to_string();
+                    return Err(StoreError::Link { key: key.to_string(), name });
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     /// Every entry under the location, streamed (S3 lists 1,000 keys per request), in no

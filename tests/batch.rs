@@ -302,6 +302,34 @@ fn a_second_run_on_the_same_journal_is_refused_and_a_killed_run_keeps_its_report
     assert_eq!(keys_in(&dst), keys.iter().cloned().collect::<BTreeSet<_>>());
 }
 
+/// Issue 25, case 3, for batch: a folder in the destination store that is a link to a
+/// folder outside it. The outputs under it would have been written outside the store;
+/// they fail naming the link, and every other photo is done.
+#[cfg(unix)]
+#[test]
+fn a_linked_folder_in_the_destination_store_is_not_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, elsewhere) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("elsewhere"));
+    let keys = small_photos(&src, 8);
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dst.join("d0")).unwrap();
+    let report = tmp.path().join("report.jsonl");
+    let out = run(batch(&src, &dst).arg("--report").arg(&report));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(keys_in(&elsewhere), BTreeSet::new(), "an output was written through the link");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for k in &keys {
+        let line = lines.iter().find(|l| l["key"] == k.as_str()).unwrap_or_else(|| panic!("{k}: {lines:?}"));
+        if k.starts_with("d0/") {
+            assert_eq!(line["status"], "failed", "{line}");
+            assert!(line["error"].as_str().unwrap().contains("d0 is a symbolic link"), "{line}");
+        } else {
+            assert_eq!(line["status"], "done", "{line}");
+        }
+    }
+}
+
 /// The review's case: one odd entry in a source folder (a symbolic link loop, a name
 /// that is not UTF-8, a newline in a name) stopped the whole batch with exit 2. Each is
 /// now reported with its reason, and every other photo is anonymised.

@@ -71,6 +71,7 @@ on_both_databases!(
     status_reports_expiries_no_scheduler_has_queued_as_overdue,
     a_class_the_policy_no_longer_names_is_still_reached_and_reported,
     the_cli_erases_uploads_of_a_class_the_policy_no_longer_names,
+    symbolic_links_in_a_folder_store_are_refused_not_followed,
 );
 
 const POLICY: &str = r#"
@@ -570,6 +571,50 @@ async fn the_cli_erases_uploads_of_a_class_the_policy_no_longer_names(db: Db) {
     assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
 }
 
+/// A store beside a folder outside it, with a key that is a link to a file outside and
+/// a folder that is a link to a folder outside: (store dir, store location, outside dir).
+fn store_with_links() -> (TempDir, String, PathBuf) {
+    let (dir, store) = folder_with(&["o/real.jpg"]);
+    let outside = dir.path().parent().unwrap().join(format!("{}-outside", dir.path().file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.key"), b"THE DEPLOYMENT SECRET").unwrap();
+    std::fs::write(outside.join("p.jpg"), b"THE PHOTO OUTSIDE").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.key"), dir.path().join("o/link.jpg")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.path().join("linked")).unwrap();
+    (dir, store, outside)
+}
+
+/// Issue 25, case 3: a folder-store key that is a link, or under a linked folder, was read
+/// through (the export returned a file from outside the store), and purge deleted the
+/// link alone while reporting the upload purged. Now every store operation refuses links:
+/// the export fails, the purge stays pending and reported, and nothing outside is touched.
+async fn symbolic_links_in_a_folder_store_are_refused_not_followed(db: Db) {
+    let (dir, store, outside) = store_with_links();
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("o1", "oda", &store, "o/link.jpg", "photo"), upload("o2", "oda", &store, "linked/p.jpg", "photo"), upload("o3", "oda", &store, "o/real.jpg", "photo")])
+        .await
+        .unwrap();
+    let out_dir = TempDir::new().unwrap();
+    let out = Store::open(&out_dir.path().display().to_string(), &StoreOptions::default()).unwrap();
+    let err = r.export("oda", &out).await.unwrap_err();
+    assert!(err.to_string().contains("is a symbolic link"), "{err}");
+    assert_eq!(files_containing(out_dir.path(), b"THE DEPLOYMENT SECRET"), Vec::<PathBuf>::new());
+    assert_eq!(files_containing(out_dir.path(), b"THE PHOTO OUTSIDE"), Vec::<PathBuf>::new());
+
+    let summary = r.erase_subject("oda").await.unwrap();
+    assert_eq!((summary.queued, summary.done, summary.pending), (3, 1, 2), "{summary:?}");
+    assert!(summary.errors.iter().all(|e| e.contains("symbolic link")), "{:?}", summary.errors);
+    assert!(!dir.path().join("o/real.jpg").exists());
+    // Nothing outside deleted, and the links stay too: deleting a link alone while the
+    // photo it names stays would be reported as a purge that did not happen.
+    assert!(outside.join("secret.key").exists() && outside.join("p.jpg").exists());
+    assert!(dir.path().join("o/link.jpg").symlink_metadata().is_ok() && dir.path().join("linked").symlink_metadata().is_ok());
+    let status = r.status().await.unwrap();
+    assert_eq!((status.uploads_active, status.jobs_pending, status.failing.len()), (2, 2, 2), "{status:?}");
+    assert!(status.failing.iter().all(|f| f.last_error.contains("symbolic link")), "{status:?}");
+    std::fs::remove_dir_all(&outside).unwrap();
+}
+
 async fn wind_down_queues_everything_and_the_scheduler_finishes_it(db: Db) {
     let (dir, store) = folder_with(&["w/1.jpg", "w/2.jpg", "x/1.jpg", "x/held.jpg"]);
     let r = open(&db, POLICY).await;
@@ -692,6 +737,26 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
     assert_audit_clean(&r, &["kim-3"]).await;
 }
 
+/// Expiry-anonymise through a link: it reported "anonymised 1" and rewrote the link
+/// alone, leaving the photo it pointed to. Now the job fails and the photo is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_anonymise_refuses_a_key_that_is_a_symbolic_link() {
+    let db = Db::sqlite();
+    let (dir, store, outside) = store_with_links();
+    std::fs::write(outside.join("p.jpg"), std::fs::read(face_photo()).unwrap()).unwrap();
+    let before = std::fs::read(outside.join("p.jpg")).unwrap();
+    let r = open(&db, ANONYMISE).await;
+    let mut linked = upload("q1", "quy", &store, "linked/p.jpg", "photo");
+    linked.uploaded_at = Some(obscura::retention::now_ms() - 365 * 86_400_000);
+    r.register(&linked).await.unwrap();
+    let run = r.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!((run.anonymised, run.purged, run.purged_instead, run.failed_attempts), (0, 0, 0, 1), "{run:?}");
+    assert_eq!(std::fs::read(outside.join("p.jpg")).unwrap(), before, "the photo behind the link was rewritten");
+    assert!(dir.path().join("linked").symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(r.upload("q1").await.unwrap().unwrap().state, UploadState::Active);
+    std::fs::remove_dir_all(&outside).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_model_makes_anonymise_jobs_wait_not_purge() {
     let db = Db::sqlite();
@@ -768,6 +833,27 @@ fn the_export_command_refuses_a_folder_holding_another_export() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(e.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["subject"], "bob", "the first export is untouched");
     assert_eq!(count_files(&e), 2, "bob's photo and manifest only");
+}
+
+/// The review's case: `retention export` followed a linked folder in the store and
+/// copied what lay outside. It now fails naming the link, and leaves no partial export.
+#[test]
+fn the_export_command_refuses_a_linked_folder() {
+    let tmp = TempDir::new().unwrap();
+    let (_dir, store, outside) = store_with_links();
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let catalog = tmp.path().join("c.sqlite").display().to_string();
+    for (id, key) in [("r1", "o/real.jpg"), ("r2", "linked/p.jpg")] {
+        let out = run(retention_cmd(&catalog, &policy, tmp.path()).args(["register", "--id", id, "--subject", "rae", "--store", &store, "--key", key, "--class", "photo"]));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let e = tmp.path().join("E");
+    let out = run(retention_cmd(&catalog, &policy, tmp.path()).args(["export", "rae", "--out"]).arg(&e));
+    assert_eq!(out.status.code(), Some(2), "an error, not a partial result");
+    assert!(stderr(&out).contains("linked is a symbolic link"), "{}", stderr(&out));
+    assert_eq!(count_files(&e), 0, "a failed export leaves nothing behind");
+    std::fs::remove_dir_all(&outside).unwrap();
 }
 
 /// Putting back an older copy of the catalog (a backup, a snapshot) rolls the log back

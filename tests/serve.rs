@@ -507,6 +507,86 @@ async fn erasure_over_http_on_postgresql_reaches_a_class_the_policy_no_longer_na
     erasure_over_http_reaches_a_class_the_policy_no_longer_names(true).await;
 }
 
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Issue 25, case 5: a 1.2 GB export peaked at 2.5 GB of memory (made whole in memory,
+/// then copied into the archive). Streamed, an export of 300 MB raises the service's peak
+/// memory by far less than its size, and the archive is complete and exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_export_over_http_is_streamed_not_held_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("tia")).unwrap();
+    let (n, size) = (12usize, 25usize << 20);
+    for i in 0..n {
+        std::fs::write(store.join(format!("tia/{i}.jpg")), vec![i as u8; size]).unwrap();
+    }
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("audit.key").display().to_string());
+    let store = store.display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &store]);
+    for i in 0..n {
+        let body = serde_json::json!({ "id": format!("t{i}"), "subject": "tia", "store": store, "key": format!("tia/{i}.jpg"), "class": "photo" }).to_string();
+        assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body.into_bytes()).await.status(), 200);
+    }
+    let before = peak_memory(service.child.id());
+    let mut response = client().get(service.url("/v1/subjects/tia/export")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let archive = dir.path().join("export.tar");
+    let mut file = std::fs::File::create(&archive).unwrap();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        file.write_all(&chunk).unwrap();
+    }
+    drop(file);
+    let grown = peak_memory(service.child.id()).saturating_sub(before);
+    let total = (n * size) as u64;
+    // Made in memory it was twice the export; streamed it is a few photos at most.
+    assert!(grown < 4 * size as u64, "the service's peak memory grew by {} MB for a {} MB export", grown >> 20, total >> 20);
+    let unpacked = dir.path().join("export");
+    std::fs::create_dir(&unpacked).unwrap();
+    assert!(std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&unpacked).status().unwrap().success());
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    let uploads = manifest["uploads"].as_array().unwrap();
+    assert_eq!(uploads.len(), n);
+    for u in uploads {
+        let i: u8 = u["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(std::fs::read(unpacked.join(u["file"].as_str().unwrap())).unwrap(), vec![i; size]);
+    }
+    eprintln!("peak memory grew by {} MB for a {} MB export", grown >> 20, total >> 20);
+}
+
+/// Issue 25, case 3, over HTTP: the export followed a key that was a link and returned the
+/// deployment's secret file byte for byte. Now it is refused and nothing of it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_export_over_http_never_follows_a_symbolic_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("sam")).unwrap();
+    std::fs::write(dir.path().join("secret"), b"").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("tokens-and-secrets"), store.join("sam/1.jpg")).unwrap();
+    std::fs::write(dir.path().join("tokens-and-secrets"), b"THE DEPLOYMENT SECRET").unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("audit.key").display().to_string());
+    let store = store.display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &store]);
+    let body = serde_json::json!({ "id": "s1", "subject": "sam", "store": store, "key": "sam/1.jpg", "class": "photo" }).to_string();
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body.into_bytes()).await.status(), 200);
+    let response = client().get(service.url("/v1/subjects/sam/export")).bearer_auth(RETENTION_ONLY).send().await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap_or_default();
+    assert!(!bytes.windows(21).any(|w| w == b"THE DEPLOYMENT SECRET"), "the export sent the secret");
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&bytes));
+    let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(error["error"]["code"], "symbolic_link", "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_catalog_the_retention_routes_do_not_exist() {
     let service = Service::start(&["--targets", "face"]);

@@ -682,9 +682,9 @@ impl Retention {
 
     /// Access request: copies the subject's active uploads into `out` (a folder or
     /// bucket prefix) with a `manifest.json`, and logs the export. `out` must be empty, so
-    /// that an export holds exactly one person's data and nothing else.
+    /// that an export holds exactly one person's data and nothing else. An export that
+    /// fails part-way deletes what it wrote, so no partial copy is left to hand over.
     pub async fn export(&self, subject: &str, out: &crate::store::Store) -> Result<Export, RetentionError> {
-        use sha2::Digest;
         let hash = self.secret().subject_hash(subject);
         if self.catalog().subject_state(&hash).await?.is_none() {
             return Err(RetentionError::UnknownSubject(subject.to_string()));
@@ -692,36 +692,102 @@ impl Retention {
         if !out.is_empty().await? {
             return Err(RetentionError::ExportNotEmpty(out.location().to_string()));
         }
+        let result = self
+            .export_with(subject, |file, bytes| {
+                let out = out.clone();
+                async move { Ok(out.put(&file, bytes.to_vec()).await.map(|_| ())?) }
+            })
+            .await;
+        if result.is_err() {
+            // `out` was empty: whatever is in it now is this export's.
+            let mut listing = out.list();
+            while let Some(Ok(entry)) = futures::StreamExt::next(&mut listing).await {
+                if let Err(e) = out.delete(&entry.key).await {
+                    tracing::error!("a failed export could not remove {} from {}: {e}", entry.key, out.location());
+                }
+            }
+        }
+        result
+    }
+
+    /// Access request, streamed: hands the subject's active uploads to `sink` one at a
+    /// time as `(file name, bytes)` (`uploads/0001-NAME`, …), then `manifest.json`, and
+    /// logs the export. At most one upload is held in memory at a time, whatever the
+    /// export's size. Every upload is checked to be readable before the first is handed
+    /// over (a key that is a symbolic link in a folder store fails here), so a refused
+    /// export sends nothing. An export that fails after `sink` got something is logged as
+    /// interrupted.
+    ///
+    /// ```no_run
+    /// # async fn f(retention: obscura::retention::Retention) -> Result<(), obscura::retention::RetentionError> {
+    /// let export = retention.export_with("alice", |name: String, bytes: bytes::Bytes| async move {
+    ///     println!("{name}: {} bytes", bytes.len()); // write to a socket, an archive…
+    ///     Ok(())
+    /// }).await?;
+    /// println!("{} upload(s)", export.uploads.len());
+    /// # Ok(()) }
+    /// ```
+    pub async fn export_with<F>(
+        &self,
+        subject: &str,
+        mut sink: impl FnMut(String, bytes::Bytes) -> F,
+    ) -> Result<Export, RetentionError>
+    where
+        F: std::future::Future<Output = Result<(), RetentionError>>,
+    {
+        use sha2::Digest;
+        let hash = self.secret().subject_hash(subject);
+        if self.catalog().subject_state(&hash).await?.is_none() {
+            return Err(RetentionError::UnknownSubject(subject.to_string()));
+        }
         let now = now_ms();
+        let uploads: Vec<_> = self.catalog().subject_uploads(&hash).await?.into_iter().filter(|u| u.key.is_some()).collect();
+        for upload in &uploads {
+            let key = upload.key.as_deref().unwrap_or_default();
+            if !self.inner.stores.get(&upload.store)?.exists(key).await? {
+                return Err(RetentionError::Io(format!("upload {} is missing from its store", upload.id)));
+            }
+        }
         let mut export = Export { subject: subject.to_string(), exported_at: now, uploads: Vec::new() };
-        for (n, upload) in self.catalog().subject_uploads(&hash).await?.into_iter().enumerate() {
-            let Some(key) = upload.key.as_deref() else { continue };
-            let store = self.inner.stores.get(&upload.store)?;
-            let bytes = store.get(key).await?;
+        let mut sent = 0;
+        let mut result = Ok(());
+        for (n, upload) in uploads.iter().enumerate() {
+            let key = upload.key.as_deref().unwrap_or_default();
+            let bytes = match self.inner.stores.get(&upload.store) {
+                Ok(store) => store.get(key).await.map_err(RetentionError::from),
+                Err(e) => Err(e.into()),
+            };
+            let bytes = match bytes {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
             let name = key.rsplit('/').next().unwrap_or(key);
             let file = format!("uploads/{:04}-{}", n + 1, sanitize(name));
-            out.put(&file, bytes.to_vec()).await?;
-            export.uploads.push(ExportedUpload {
-                id: upload.id.clone(),
-                class: upload.class.clone(),
-                uploaded_at: upload.uploaded_at,
-                file,
-                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-                bytes: bytes.len() as u64,
-            });
+            let (sha256, len) = (hex::encode(sha2::Sha256::digest(&bytes)), bytes.len() as u64);
+            sent += 1;
+            if let Err(e) = sink(file.clone(), bytes).await {
+                result = Err(e);
+                break;
+            }
+            export.uploads.push(ExportedUpload { id: upload.id.clone(), class: upload.class.clone(), uploaded_at: upload.uploaded_at, file, sha256, bytes: len });
         }
-        let manifest = serde_json::to_vec_pretty(&export).expect("export serialises");
-        out.put("manifest.json", manifest).await?;
-        let tx = self.catalog().begin().await?;
-        let entry = AuditEntry {
-            event: "export",
-            subject_hash: Some(hash),
-            outcome: "done",
-            detail: format!("{} upload(s) exported", export.uploads.len()),
-            ..Default::default()
+        if result.is_ok() {
+            let manifest = serde_json::to_vec_pretty(&export).expect("export serialises");
+            sent += 1;
+            result = sink("manifest.json".to_string(), manifest.into()).await;
+        }
+        let (outcome, detail) = match &result {
+            Ok(()) => ("done", format!("{} upload(s) exported", export.uploads.len())),
+            Err(_) if sent == 0 => return result.map(|_| export),
+            Err(e) => ("interrupted", format!("{} of {} upload(s) handed over before it stopped: {e}", export.uploads.len(), uploads.len())),
         };
+        let tx = self.catalog().begin().await?;
+        let entry = AuditEntry { event: "export", subject_hash: Some(hash), outcome, detail, ..Default::default() };
         self.commit_audited(tx, &entry, now).await?;
-        Ok(export)
+        result.map(|_| export)
     }
 
     /// Dry run: what will happen to whom and when, up to `horizon` from now — queued jobs

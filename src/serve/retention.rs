@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::{Json, Router};
+use futures::StreamExt;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as Extract};
 use axum::http::{HeaderMap, StatusCode};
@@ -56,6 +57,7 @@ impl From<RetentionError> for ApiError {
             RetentionError::Unsubscribed(_) => (StatusCode::CONFLICT, "subject_unsubscribed"),
             RetentionError::Erased => (StatusCode::CONFLICT, "subject_erased"),
             RetentionError::ExportNotEmpty(_) => (StatusCode::CONFLICT, "export_not_empty"),
+            RetentionError::Store(crate::store::StoreError::Link { .. }) => (StatusCode::CONFLICT, "symbolic_link"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "retention_failed"),
         };
         ApiError::new(status, code, e.to_string())
@@ -116,27 +118,53 @@ async fn erase_upload(Extract(state): Extract<State>, headers: HeaderMap, Path(u
     call(&state, "/v1/uploads/{id}", &headers, Scope::Retention, async |r| Ok(Json(r.erase_upload(&upload).await?))).await
 }
 
-/// Access request: the person's uploads and the export's `manifest.json` as a tar archive.
-/// The export is made in memory (`Store::memory`): the photos never touch this machine's
-/// disk on their way out.
+/// Access request: the person's uploads and the export's `manifest.json` as a tar archive,
+/// streamed: one upload is read at a time and goes out as it is read, so an export of any
+/// size holds about one photo in memory, and none touches this machine's disk. Every
+/// upload is checked before the answer starts, so an export refused (unknown subject, a
+/// key that is a symbolic link) gets its error status; a store failing later cuts the
+/// archive short (no end-of-archive blocks, the connection is reset), which every tar
+/// reader reports.
 async fn export(Extract(state): Extract<State>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
     call(&state, "/v1/subjects/{id}/export", &headers, Scope::Retention, async |r| {
-        let store = crate::store::Store::memory();
-        let export = r.export(&subject, &store).await?;
-        let mtime = (export.exported_at / 1000).max(0) as u64;
-        let failed = |e: crate::store::StoreError| ApiError::from(RetentionError::from(e));
-        let mut archive = Vec::new();
-        super::tar::append(&mut archive, "manifest.json", &store.get("manifest.json").await.map_err(failed)?, mtime);
-        for upload in &export.uploads {
-            super::tar::append(&mut archive, &upload.file, &store.get(&upload.file).await.map_err(failed)?, mtime);
-        }
-        super::tar::finish(&mut archive);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, RetentionError>>(2);
+        let retention = r.clone();
+        tokio::spawn(async move {
+            let mtime = (crate::retention::now_ms() / 1000).max(0) as u64;
+            let result = retention
+                .export_with(&subject, |file: String, bytes: Bytes| {
+                    let tx = tx.clone();
+                    async move {
+                        // Header, data (not copied), padding: one photo in memory at a time.
+                        let size = bytes.len() as u64;
+                        let header = Bytes::from(super::tar::entry_header(&file, size, mtime));
+                        for chunk in [header, bytes, Bytes::from_static(super::tar::padding(size))] {
+                            tx.send(Ok(chunk)).await.map_err(|_| RetentionError::Io("the client stopped reading the export".into()))?;
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+            let last = result.map(|_| {
+                let mut end = Vec::new();
+                super::tar::finish(&mut end);
+                Bytes::from(end)
+            });
+            let _ = tx.send(last).await;
+        });
+        let first = match rx.recv().await {
+            Some(Ok(first)) => first,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "retention_failed", "the export stopped")),
+        };
+        let rest = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let body = futures::stream::once(async { Ok(first) }).chain(rest).map(|item| item.map_err(std::io::Error::other));
         let headers = [
             (axum::http::header::CONTENT_TYPE, "application/x-tar"),
             (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"export.tar\""),
             (axum::http::header::CACHE_CONTROL, "no-store"),
         ];
-        Ok((headers, archive))
+        Ok((headers, axum::body::Body::from_stream(body)))
     })
     .await
 }

@@ -4,6 +4,16 @@
 
 /// Appends one regular file (`path`, mode 0644, mtime `mtime` Unix seconds) to `out`.
 pub fn append(out: &mut Vec<u8>, path: &str, data: &[u8], mtime: u64) {
+    out.extend_from_slice(&entry_header(path, data.len() as u64, mtime));
+    out.extend_from_slice(data);
+    out.extend_from_slice(padding(data.len() as u64));
+}
+
+/// What goes before a file's `size` bytes of data: its header blocks (with a PAX header
+/// for a path over 100 bytes). After the data come [`padding`]'s bytes. For a writer that
+/// streams the data without copying it.
+pub fn entry_header(path: &str, size: u64, mtime: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1536);
     if path.len() > 100 {
         // PAX extended header: "LEN path=VALUE\n", where LEN counts the whole record.
         let body = format!(" path={path}\n");
@@ -12,13 +22,18 @@ pub fn append(out: &mut Vec<u8>, path: &str, data: &[u8], mtime: u64) {
             len = len.to_string().len() + body.len();
         }
         let record = format!("{len}{body}");
-        header(out, "PaxHeader", record.len() as u64, mtime, b'x');
-        pad(out, record.as_bytes());
-        header(out, &path[path.len() - 100..], data.len() as u64, mtime, b'0');
+        header(&mut out, "PaxHeader", record.len() as u64, mtime, b'x');
+        pad(&mut out, record.as_bytes());
+        header(&mut out, &path[path.len() - 100..], size, mtime, b'0');
     } else {
-        header(out, path, data.len() as u64, mtime, b'0');
+        header(&mut out, path, size, mtime, b'0');
     }
-    pad(out, data);
+    out
+}
+
+/// The zero bytes that follow `size` bytes of file data, up to the next 512-byte block.
+pub fn padding(size: u64) -> &'static [u8] {
+    &[0u8; 512][..((512 - size % 512) % 512) as usize]
 }
 
 /// Ends the archive (two zero blocks).
