@@ -96,10 +96,64 @@ fn report_json(report: &obscura::Report) -> PyResult<String> {
     serde_json::to_string(report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
-/// The anonymiser: built once, shared by every thread.
+/// The anonymiser: built once, shared by every thread, and built again in a child
+/// process after `fork()`.
+///
+/// Why: a forked child has only the thread that called `fork()`. The worker threads of
+/// ONNX Runtime's sessions and of the rayon pool that redaction runs on stay behind in
+/// the parent, and the first call that waits for them waits forever (gunicorn
+/// `--preload`, multiprocessing's fork pool). So every call runs on this process's own
+/// [`Built`]: a call in a process other than the one that built it builds a new one (the
+/// models load again, about a second) and leaks the inherited one, whose drop would wait
+/// for those threads too.
 #[pyclass(frozen, module = "obscura._native")]
 struct Anonymizer {
+    config: Config,
+    built: std::sync::RwLock<std::sync::Arc<Built>>,
+}
+
+/// What one process runs an [`Anonymizer`] on.
+struct Built {
+    pid: u32,
     core: Core,
+    /// Redaction (and decoding) run on this pool, not rayon's global one: a child process
+    /// can build a new pool, but never a new global one.
+    pool: rayon::ThreadPool,
+}
+
+impl Built {
+    fn new(config: Config) -> Result<Self, Failure> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("obscura-{i}"))
+            .build()
+            .map_err(|e| Failure::new("SetupError", format!("starting worker threads: {e}")))?;
+        let core = Core::new(config).map_err(|e| Failure::of(e, true))?;
+        Ok(Self { pid: std::process::id(), core, pool })
+    }
+}
+
+impl Anonymizer {
+    /// This process's [`Built`], made now if the current one was inherited through `fork()`.
+    fn built(&self) -> Result<std::sync::Arc<Built>, Failure> {
+        let pid = std::process::id();
+        let current = self.built.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if current.pid == pid {
+            return Ok(current);
+        }
+        let mut slot = self.built.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.pid != pid {
+            let fresh = std::sync::Arc::new(Built::new(self.config.clone())?);
+            // Never dropped: its threads are the parent's, and dropping it would wait for them.
+            std::mem::forget(std::mem::replace(&mut *slot, fresh));
+        }
+        Ok(slot.clone())
+    }
+
+    /// Runs `f` on this process's anonymiser, on its own pool.
+    fn run<T: Send>(&self, f: impl FnOnce(&Core) -> Result<T, Failure> + Send) -> Result<T, Failure> {
+        let built = self.built()?;
+        built.pool.install(|| f(&built.core))
+    }
 }
 
 #[pymethods]
@@ -110,25 +164,26 @@ impl Anonymizer {
         let mut value: serde_json::Value = serde_json::from_str(settings).map_err(|e| Failure::new("ConfigError", format!("invalid settings: {e}")))?;
         expand_styles(&mut value)?;
         let config: Config = serde_json::from_value(value).map_err(|e| Failure::new("ConfigError", format!("invalid settings: {e}")))?;
-        let core = py.detach(|| Core::new(config)).map_err(|e| Failure::of(e, true))?;
-        Ok(Self { core })
+        let built = py.detach(|| Built::new(config.clone()))?;
+        Ok(Self { config: built.core.config().clone(), built: std::sync::RwLock::new(std::sync::Arc::new(built)) })
     }
 
     /// The effective settings, as JSON.
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(self.core.config()).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+        serde_json::to_string(&self.config).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
     /// The models in use, as JSON.
-    fn models_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.core.models()).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    fn models_json(&self, py: Python<'_>) -> PyResult<String> {
+        let built = py.detach(|| self.built())?;
+        serde_json::to_string(&built.core.models()).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
     /// Encoded image in, `(bytes, report JSON)` out (the report names the format); the GIL is released meanwhile.
     #[pyo3(signature = (data, format=None))]
     fn anonymize<'py>(&self, py: Python<'py>, data: &[u8], format: Option<&str>) -> PyResult<(Bound<'py, PyBytes>, String)> {
         let format = format_named(format)?;
-        let out = py.detach(|| self.core.anonymize_to(data, format)).map_err(|e| Failure::of(e, false))?;
+        let out = py.detach(|| self.run(|core| core.anonymize_to(data, format).map_err(|e| Failure::of(e, false))))?;
         Ok((PyBytes::new(py, &out.bytes), report_json(&out.report)?))
     }
 
@@ -153,7 +208,7 @@ impl Anonymizer {
             if same_file(&src, &dst) {
                 return Err(Failure::new("FileExistsError", format!("{} is the source file: Obscura never overwrites its input", dst.display())));
             }
-            let out = self.core.anonymize_to(&data, format).map_err(|e| Failure::of(e, false))?;
+            let out = self.run(|core| core.anonymize_to(&data, format).map_err(|e| Failure::of(e, false)))?;
             image_io::write_atomic(&dst, &out.bytes).map_err(|e| Failure::io(&dst, &e.source))?;
             Ok(out.report)
         })?;
@@ -163,7 +218,7 @@ impl Anonymizer {
     /// Whether pixels of this size are within the image limits (`ImageTooLarge` if not):
     /// the Python side asks before it copies an array.
     fn check_size(&self, width: u32, height: u32) -> PyResult<()> {
-        self.core.config().image.check_size(width, height).map_err(|e| Failure::of(e.into(), false).into())
+        self.config.image.check_size(width, height).map_err(|e| Failure::of(e.into(), false).into())
     }
 
     /// Packed pixels (`height × width × channels`, 3 or 4 channels) redacted in place of
@@ -178,10 +233,13 @@ impl Anonymizer {
         self.check_size(width, height)?;
         let (pixels, report) = py.detach(|| {
             let mut frame = Frame::new(width, height, channels, data.to_vec());
-            let (detections, regions, timings) = self.core.redact_frame(&mut frame).map_err(|e| Failure::of(e, false))?;
+            let (detections, regions, timings, models) = self.run(|core| {
+                let (detections, regions, timings) = core.redact_frame(&mut frame).map_err(|e| Failure::of(e, false))?;
+                Ok((detections, regions, timings, core.models()))
+            })?;
             let report = serde_json::json!({
                 "width": width, "height": height, "detections": detections, "regions": regions,
-                "models": self.core.models(), "timings_ms": timings,
+                "models": models, "timings_ms": timings,
             });
             Ok::<_, Failure>((frame.into_data(), report.to_string()))
         })?;
