@@ -594,6 +594,69 @@ async fn without_a_catalog_the_retention_routes_do_not_exist() {
     assert_eq!(error_code(response, 404).await, "not_found");
 }
 
+/// Polls `/readyz` until it answers `status`, for at most `secs`; returns the last body.
+async fn readyz_until(service: &Service, status: u16, secs: u64) -> String {
+    let mut last = String::new();
+    for _ in 0..secs * 10 {
+        let response = client().get(service.url("/readyz")).send().await.unwrap();
+        let got = response.status().as_u16();
+        last = response.text().await.unwrap();
+        if got == status {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never answered {status}: {last}");
+}
+
+/// The review's case: `serve --scheduler` on a SQLite catalog whose scheduler lock another
+/// process holds logged an error, kept answering 200 on /readyz and never tried again, so
+/// nothing expired once the other process stopped. Now /readyz says 503 with the reason
+/// while it waits in standby, and the service takes over when the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_scheduler_in_standby_says_so_and_takes_over_when_the_lock_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("old")).unwrap();
+    std::fs::write(store.join("old/1.jpg"), b"photo bytes").unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("secret").display().to_string());
+    // Another scheduler (the CLI's) holds the lock.
+    let mut other = obscura()
+        .args(["retention", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "run", "--interval", "1h"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = format!("{catalog}.scheduler-lock");
+    for _ in 0..300 {
+        if Path::new(&lock).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let allowed = store.display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--scheduler", "--allow-store", &allowed]);
+    let body = readyz_until(&service, 503, 60).await;
+    assert!(body.contains("scheduler_not_running") && body.contains("standby: another scheduler holds"), "{body}");
+    // The expired upload waits while the other scheduler sleeps for an hour.
+    let two_years_ago = obscura::retention::now_ms() - 2 * 365 * 86_400_000;
+    let upload = serde_json::json!({ "id": "o1", "subject": "olga", "store": allowed, "key": "old/1.jpg", "class": "photo", "uploaded_at": two_years_ago });
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), upload.to_string().into_bytes()).await.status(), 200);
+    // The other scheduler stops: the service's takes over within its retry interval.
+    other.kill().unwrap();
+    other.wait().unwrap();
+    readyz_until(&service, 200, 60).await;
+    for _ in 0..600 {
+        if !store.join("old/1.jpg").exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the service's scheduler never took over");
+}
+
 /// `--scheduler` runs the retention scheduler in the service: an expired upload is purged
 /// without any request, and SIGTERM stops both (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args};
 use obscura::Anonymizer;
-use obscura::retention::{Retention, RunOptions};
+use obscura::retention::Retention;
 use obscura::serve::auth::Tokens;
 use obscura::serve::{Backends, ServeSettings, Server};
 
@@ -106,23 +106,9 @@ pub fn run(args: &ServeArgs, m: &ArgMatches) -> Result<i32> {
         let metrics = server.metrics_addr().map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default();
         // One signal stops both the server and the scheduler (between its batches).
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let scheduler = match (&retention, args.scheduler) {
-            (Some(r), true) => {
-                let (r, mut stopped) = (r.clone(), stopped.clone());
-                Some(tokio::spawn(async move {
-                    let options = RunOptions::default();
-                    let result = r
-                        .run(&options, async move {
-                            let _ = stopped.wait_for(|s| *s).await;
-                        })
-                        .await;
-                    // Said at once, not only at shutdown: the service keeps serving requests.
-                    if let Err(e) = &result {
-                        tracing::error!("the retention scheduler stopped: {e}");
-                    }
-                    result
-                }))
-            }
+        let health = (retention.is_some() && args.scheduler).then(obscura::serve::scheduler::SchedulerHealth::new);
+        let scheduler = match (&retention, &health) {
+            (Some(r), Some(h)) => Some(tokio::spawn(obscura::serve::scheduler::supervise(r.clone(), h.clone(), stopped.clone()))),
             _ => None,
         };
         // The one line scripts and tests wait for (stderr, whatever the log level).
@@ -132,9 +118,9 @@ pub fn run(args: &ServeArgs, m: &ArgMatches) -> Result<i32> {
             shutdown_signal("stopping: no new requests; finishing those in flight").await;
             let _ = stop.send(true);
         };
-        server.run(Backends { anonymizer, tokens, retention }, settings, signal).await?;
+        server.run(Backends { anonymizer, tokens, retention, scheduler: health }, settings, signal).await?;
         if let Some(task) = scheduler {
-            let summary = task.await.context("the scheduler task")??;
+            let summary = task.await.context("the scheduler task")?;
             tracing::info!(?summary, "scheduler stopped");
         }
         Ok::<_, anyhow::Error>(())

@@ -9,6 +9,8 @@
 //! `FOR UPDATE SKIP LOCKED`).
 
 use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -28,11 +30,35 @@ pub struct RunOptions {
     pub until_idle: bool,
     /// Jobs claimed at a time (default 64).
     pub batch: i64,
+    /// Set while this run holds the scheduler lock and runs (after the lock and the
+    /// models are taken), cleared when it returns: what a service's readiness reads.
+    pub running: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(10), until_idle: false, batch: 64 }
+        Self { interval: Duration::from_secs(10), until_idle: false, batch: 64, running: None }
+    }
+}
+
+/// Clears [`RunOptions::running`] however `run` returns.
+struct Running<'a>(Option<&'a AtomicBool>);
+
+impl<'a> Running<'a> {
+    fn start(flag: Option<&'a Arc<AtomicBool>>) -> Self {
+        let flag = flag.map(|f| &**f);
+        if let Some(f) = flag {
+            f.store(true, Ordering::SeqCst);
+        }
+        Running(flag)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            f.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -82,6 +108,7 @@ impl Retention {
                 tracing::info!(released, "took back jobs claimed by a scheduler that stopped");
             }
         }
+        let _running = Running::start(options.running.as_ref());
         for u in self.unaccounted().await? {
             tracing::error!(
                 class = %u.class,
@@ -156,7 +183,7 @@ struct Tick {
 }
 
 impl RunSummary {
-    fn add(&mut self, other: &RunSummary) {
+    pub(crate) fn add(&mut self, other: &RunSummary) {
         self.expiries_queued += other.expiries_queued;
         self.purged += other.purged;
         self.anonymised += other.anonymised;

@@ -5,7 +5,7 @@
 //! | route | scope | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | the process is up |
-//! | `GET /readyz` | none | models loaded and accepting requests (503 while shutting down) |
+//! | `GET /readyz` | none | models loaded and accepting requests (503 while shutting down, while the catalog is unreachable, or while the scheduler `--scheduler` asked for is not running) |
 //! | `GET /openapi.json` | none | this table and the options, as OpenAPI 3.1 |
 //! | `POST /v1/anonymise` | `anonymise` | body: an image; returns it anonymised, same format (or `?format=`), or with `?report=json` the report instead |
 //! | `POST /v1/detect` | `anonymise` | body: an image; returns the detections and regions as JSON, no pixels |
@@ -49,6 +49,8 @@ struct Inner {
     tokens: Tokens,
     #[cfg(feature = "retention")]
     retention: Option<crate::retention::Retention>,
+    #[cfg(feature = "retention")]
+    scheduler: Option<Arc<super::scheduler::SchedulerHealth>>,
     settings: ServeSettings,
     metrics: Arc<Metrics>,
     /// Admission: workers plus queue; a request that gets no slot is refused at once.
@@ -61,12 +63,14 @@ impl State {
     pub fn new(backends: super::Backends, settings: ServeSettings, metrics: Arc<Metrics>) -> State {
         let workers = settings.workers();
         let slots = Arc::new(Semaphore::new(workers + settings.queue_depth()));
-        let super::Backends { anonymizer, tokens, #[cfg(feature = "retention")] retention } = backends;
+        let super::Backends { anonymizer, tokens, #[cfg(feature = "retention")] retention, #[cfg(feature = "retention")] scheduler } = backends;
         State(Arc::new(Inner {
             anonymizer,
             tokens,
             #[cfg(feature = "retention")]
             retention,
+            #[cfg(feature = "retention")]
+            scheduler,
             settings,
             metrics,
             slots,
@@ -142,6 +146,10 @@ async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Res
             tracing::warn!("readyz: the retention catalog is unreachable: {e}");
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catalog_unreachable", "the retention catalog is unreachable").into_response();
         }
+    }
+    #[cfg(feature = "retention")]
+    if let Some(why) = state.0.scheduler.as_ref().and_then(|s| s.not_running()) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "scheduler_not_running", format!("the retention scheduler is not running: {why}")).into_response();
     }
     "ready\n".into_response()
 }

@@ -16,7 +16,7 @@
 //! let tokens = Tokens::load(std::path::Path::new("tokens.txt"))?;
 //! let server = Server::bind(&settings).await?;
 //! println!("listening on {}", server.local_addr());
-//! let backends = obscura::serve::Backends { anonymizer, tokens, retention: None };
+//! let backends = obscura::serve::Backends { anonymizer, tokens, retention: None, scheduler: None };
 //! server.run(backends, settings, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
@@ -27,6 +27,8 @@ pub mod error;
 pub mod metrics;
 #[cfg(feature = "retention")]
 pub mod retention;
+#[cfg(feature = "retention")]
+pub mod scheduler;
 #[cfg(feature = "retention")]
 mod tar;
 
@@ -129,6 +131,9 @@ pub struct Backends {
     pub tokens: Tokens,
     #[cfg(feature = "retention")]
     pub retention: Option<crate::retention::Retention>,
+    /// The scheduler this service runs (`serve --scheduler`), for `/readyz`.
+    #[cfg(feature = "retention")]
+    pub scheduler: Option<Arc<scheduler::SchedulerHealth>>,
 }
 
 /// Why the service could not start or stopped.

@@ -3,6 +3,7 @@
 //! archive library. It owns only the format; what goes in is the caller's.
 
 /// Appends one regular file (`path`, mode 0644, mtime `mtime` Unix seconds) to `out`.
+#[cfg(test)]
 pub fn append(out: &mut Vec<u8>, path: &str, data: &[u8], mtime: u64) {
     out.extend_from_slice(&entry_header(path, data.len() as u64, mtime));
     out.extend_from_slice(data);
