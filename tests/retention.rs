@@ -72,6 +72,7 @@ on_both_databases!(
     a_class_the_policy_no_longer_names_is_still_reached_and_reported,
     the_cli_erases_uploads_of_a_class_the_policy_no_longer_names,
     symbolic_links_in_a_folder_store_are_refused_not_followed,
+    a_subject_id_is_one_person_however_it_is_spelled,
 );
 
 const POLICY: &str = r#"
@@ -569,6 +570,35 @@ async fn the_cli_erases_uploads_of_a_class_the_policy_no_longer_names(db: Db) {
     assert!(!store.join("k/1.jpg").exists(), "the erasure left the photo: {text}");
     let status = retention_cmd(&db.url, &new, dir).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
+}
+
+/// The review's case: ids were compared byte for byte, so after "José" (NFC) was erased,
+/// "José" (NFD, as a Mac types it) registered again, and so did "alice " after "alice".
+/// Ids are now compared trimmed and in NFC, through the library and the command line.
+async fn a_subject_id_is_one_person_however_it_is_spelled(db: Db) {
+    let (dir, store) = folder_with(&["j/1.jpg", "j/2.jpg", "a/1.jpg"]);
+    let (nfc, nfd) = ("Jos\u{e9}", "Jose\u{301}");
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("j1", nfc, &store, "j/1.jpg", "photo"), upload("j2", nfd, &store, "j/2.jpg", "photo"), upload("a1", "alice", &store, "a/1.jpg", "photo")]).await.unwrap();
+    assert_eq!(r.subject_state(&format!(" {nfd}\n")).await.unwrap().as_deref(), Some("subscribed"));
+    let erased = r.erase_subject(nfd).await.unwrap();
+    assert_eq!((erased.queued, erased.done), (2, 2), "both spellings are one person: {erased:?}");
+    assert!(!dir.path().join("j/1.jpg").exists() && !dir.path().join("j/2.jpg").exists());
+    for again in [nfc, nfd, " Jos\u{e9} "] {
+        let result = r.register(&upload("j3", again, &store, "j/3.jpg", "photo")).await;
+        assert!(matches!(result, Err(RetentionError::Erased)), "{again:?}: {result:?}");
+    }
+    // The command line normalises the same way (it calls the library).
+    let policy = db.dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let secret_dir = TempDir::new().unwrap();
+    std::fs::write(secret_dir.path().join("secret"), b"test secret, 32 bytes at least..").unwrap();
+    let out = retention_cmd(&db.url, &policy, secret_dir.path()).args(["erase", "--subject", "alice\t"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 upload(s) queued: 1 done now"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!dir.path().join("a/1.jpg").exists());
+    let result = r.register(&upload("a2", "alice ", &store, "a/2.jpg", "photo")).await;
+    assert!(matches!(result, Err(RetentionError::Erased)), "{result:?}");
 }
 
 /// A store beside a folder outside it, with a key that is a link to a file outside and

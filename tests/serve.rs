@@ -507,6 +507,30 @@ async fn erasure_over_http_on_postgresql_reaches_a_class_the_policy_no_longer_na
     erasure_over_http_reaches_a_class_the_policy_no_longer_names(true).await;
 }
 
+/// Subject ids over HTTP are compared trimmed and in NFC, as everywhere: "José" registered
+/// in NFC is erased by a request naming it in NFD (percent-encoded in the path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subject_id_over_http_is_one_person_however_it_is_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("j")).unwrap();
+    std::fs::write(store.join("j/1.jpg"), b"photo bytes").unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("audit.key").display().to_string());
+    let store = store.display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &store]);
+    let body = serde_json::json!({ "id": "j1", "subject": "Jos\u{e9}", "store": store, "key": "j/1.jpg", "class": "photo" }).to_string();
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body.into_bytes()).await.status(), 200);
+    let response = post(&service, "/v1/subjects/Jose%CC%81%20/erase", Some(RETENTION_ONLY), Vec::new()).await;
+    assert_eq!(response.status(), 200);
+    let summary: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!((summary["queued"].as_u64(), summary["done"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert!(!Path::new(&store).join("j/1.jpg").exists());
+    let again = serde_json::json!({ "id": "j2", "subject": "Jose\u{301}", "store": store, "key": "j/2.jpg", "class": "photo" }).to_string();
+    assert_eq!(error_code(post(&service, "/v1/uploads", Some(RETENTION_ONLY), again.into_bytes()).await, 409).await, "subject_erased");
+}
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -46,6 +46,19 @@ pub enum SecretError {
     Short { path: String, len: usize },
 }
 
+/// How subject ids are compared: without surrounding whitespace, in Unicode NFC. So
+/// "José" typed on a Mac (NFD) and on Windows (NFC) is one person, and "alice " is
+/// "alice". Case is kept: ids are the caller's, and many are case-sensitive.
+///
+/// ```
+/// use obscura::retention::normalize_subject;
+/// assert_eq!(normalize_subject(" Jose\u{301}\n"), "Jos\u{e9}");
+/// ```
+pub fn normalize_subject(subject: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    subject.trim().nfc().collect()
+}
+
 impl Secret {
     /// Wraps raw bytes (at least 32).
     pub fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
@@ -98,10 +111,33 @@ impl Secret {
         HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
     }
 
-    /// The stand-in for a subject id in the audit log: HMAC-SHA256 of the id, hex. The
-    /// same id always gives the same hash (so the log can be searched by subject), but it
-    /// cannot be reversed or tested without the secret.
+    /// The stand-in for a subject id in the catalog and the audit log: HMAC-SHA256 of the
+    /// id as [`normalize_subject`] gives it, hex. The same person always gives the same
+    /// hash (so the log can be searched by subject), but it cannot be reversed or tested
+    /// without the secret.
     pub fn subject_hash(&self, subject: &str) -> String {
+        self.hash_exactly(&normalize_subject(subject))
+    }
+
+    /// Every hash under which the catalog may hold `subject`: [`Secret::subject_hash`]
+    /// first, then those a catalog written before ids were normalised used (the id's
+    /// bytes as given, trimmed or not, in NFC or NFD), so that an erasure still finds a
+    /// person registered then.
+    pub(crate) fn subject_hashes(&self, subject: &str) -> Vec<String> {
+        use unicode_normalization::UnicodeNormalization;
+        let mut hashes = vec![self.subject_hash(subject)];
+        for form in [subject, subject.trim()] {
+            for variant in [form.to_string(), form.nfc().collect(), form.nfd().collect()] {
+                let hash = self.hash_exactly(&variant);
+                if !hashes.contains(&hash) {
+                    hashes.push(hash);
+                }
+            }
+        }
+        hashes
+    }
+
+    fn hash_exactly(&self, subject: &str) -> String {
         let mut mac = self.mac();
         mac.update(b"obscura subject\0");
         mac.update(subject.as_bytes());
@@ -277,6 +313,14 @@ mod tests {
         assert_ne!(secret(1).subject_hash("alice"), secret(2).subject_hash("alice"));
         assert_ne!(secret(1).subject_hash("alice"), secret(1).subject_hash("bob"));
         assert!(!secret(1).subject_hash("alice").contains("alice"));
+        // One person however the id is spelled in Unicode or padded.
+        assert_eq!(secret(1).subject_hash("Jos\u{e9}"), secret(1).subject_hash("Jose\u{301}"));
+        assert_eq!(secret(1).subject_hash("alice"), secret(1).subject_hash(" alice\t"));
+        assert_ne!(secret(1).subject_hash("alice"), secret(1).subject_hash("Alice"));
+        // A catalog from before normalisation hashed the bytes as given: still found.
+        let legacy = secret(1).hash_exactly("Jose\u{301} ");
+        assert!(secret(1).subject_hashes("Jose\u{301} ").contains(&legacy));
+        assert!(secret(1).subject_hashes("Jos\u{e9} ").contains(&legacy), "the NFD form of an NFC request");
     }
 
     #[test]

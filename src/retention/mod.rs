@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use audit::{Secret, SecretError, Witness, WitnessError, WitnessedHead};
+pub use audit::{Secret, SecretError, Witness, WitnessError, WitnessedHead, normalize_subject};
 pub use catalog::{AuditRecord, AuditVerdict, CatalogError, Reason, Upload, UploadState, now_ms};
 pub(crate) use catalog::Catalog;
 pub use policy::{Action, ClassRule, Policy, PolicyError};
@@ -436,7 +436,27 @@ impl Retention {
     /// `Some("subscribed" | "unsubscribed")` for a known subject, `None` for an unknown
     /// or forgotten one.
     pub async fn subject_state(&self, subject: &str) -> Result<Option<String>, RetentionError> {
-        Ok(self.catalog().subject_state(&self.secret().subject_hash(subject)).await?)
+        for hash in self.secret().subject_hashes(subject) {
+            if let Some(state) = self.catalog().subject_state(&hash).await? {
+                return Ok(Some(state));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The hashes the catalog holds `subject` under (usually one; see
+    /// [`Secret::subject_hashes`]), or [`RetentionError::UnknownSubject`].
+    async fn known_hashes(&self, subject: &str) -> Result<Vec<String>, RetentionError> {
+        let mut known = Vec::new();
+        for hash in self.secret().subject_hashes(subject) {
+            if self.catalog().subject_state(&hash).await?.is_some() {
+                known.push(hash);
+            }
+        }
+        if known.is_empty() {
+            return Err(RetentionError::UnknownSubject(subject.to_string()));
+        }
+        Ok(known)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -467,16 +487,29 @@ impl Retention {
             if self.policy().class(&u.class).is_none() {
                 return Err(RetentionError::UnknownClass(u.class.clone()));
             }
-            if u.subject.trim().is_empty() {
+            let subject = normalize_subject(&u.subject);
+            if subject.is_empty() {
                 return Err(RetentionError::InvalidUpload { id: u.id.clone(), message: "empty subject".into() });
             }
             // Upload ids stay in the audit log after erasure: one that names the person
             // would outlive their erasure there.
-            if u.id.contains(u.subject.as_str()) {
+            if u.id.contains(subject.as_str()) || u.id.contains(u.subject.as_str()) {
                 return Err(RetentionError::InvalidUpload {
                     id: u.id.clone(),
                     message: "the upload id contains the subject id; upload ids are kept in the audit log after erasure, so they must not name the person".into(),
                 });
+            }
+        }
+        // A person erased or unsubscribed under a hash from before ids were normalised
+        // stays so (see `Secret::subject_hashes`).
+        for u in uploads {
+            for legacy in self.secret().subject_hashes(&u.subject).iter().skip(1) {
+                if self.catalog().subject_erased(legacy).await? {
+                    return Err(RetentionError::Erased);
+                }
+                if self.catalog().subject_state(legacy).await?.is_some_and(|s| s != "subscribed") {
+                    return Err(RetentionError::Unsubscribed(u.subject.clone()));
+                }
             }
         }
         let mut tx = self.catalog().begin().await?;
@@ -484,7 +517,7 @@ impl Retention {
         // running at the same time either comes first (and this is refused) or waits and
         // then sees these uploads. Locked in sorted order, so two batches sharing people
         // cannot deadlock.
-        let subjects: std::collections::BTreeMap<&str, String> = uploads.iter().map(|u| (u.subject.as_str(), self.secret().subject_hash(&u.subject))).collect();
+        let subjects: std::collections::BTreeMap<String, String> = uploads.iter().map(|u| (normalize_subject(&u.subject), self.secret().subject_hash(&u.subject))).collect();
         for (subject, hash) in &subjects {
             match Catalog::lock_subject(&mut tx, hash, now).await?.as_deref() {
                 None => return Err(RetentionError::Erased),
@@ -495,8 +528,8 @@ impl Retention {
         for u in uploads {
             let row = Upload {
                 id: u.id.clone(),
-                subject_hash: Some(subjects[u.subject.as_str()].clone()),
-                key_names_subject: u.key.contains(u.subject.as_str()),
+                subject_hash: Some(subjects[&normalize_subject(&u.subject)].clone()),
+                key_names_subject: u.key.contains(normalize_subject(&u.subject).as_str()) || u.key.contains(u.subject.as_str()),
                 store: u.store.clone(),
                 key: Some(u.key.clone()),
                 class: u.class.clone(),
@@ -525,17 +558,37 @@ impl Retention {
         self.subject_event(subject, "erase_subject", Some(Action::Purge)).await
     }
 
+    /// An unsubscribe or erasure for every hash the catalog may hold the person under
+    /// (see [`Secret::subject_hashes`]).
     async fn subject_event(&self, subject: &str, event: &'static str, force: Option<Action>) -> Result<EventSummary, RetentionError> {
+        let mut total: Option<EventSummary> = None;
+        let mut erased = false;
+        for hash in self.secret().subject_hashes(subject) {
+            match self.subject_event_on(&hash, event, force).await? {
+                Some(summary) => {
+                    let t = total.get_or_insert_with(EventSummary::default);
+                    (t.queued, t.done, t.held, t.pending) = (t.queued + summary.queued, t.done + summary.done, t.held + summary.held, t.pending + summary.pending);
+                    t.errors.extend(summary.errors);
+                }
+                None => erased |= self.catalog().subject_erased(&hash).await?,
+            }
+        }
+        match total {
+            Some(summary) => Ok(summary),
+            None if erased => Ok(EventSummary::default()),
+            None => Err(RetentionError::UnknownSubject(subject.to_string())),
+        }
+    }
+
+    /// The event for the subject with keyed hash `hash`; `None` if the catalog has no such subject.
+    async fn subject_event_on(&self, hash: &str, event: &'static str, force: Option<Action>) -> Result<Option<EventSummary>, RetentionError> {
         let now = now_ms();
-        let hash = self.secret().subject_hash(subject);
+        let hash = hash.to_string();
         let mut tx = self.catalog().begin().await?;
         let changed = Catalog::mark_unsubscribed(&mut tx, &hash, now).await?;
         if !changed && self.catalog().subject_state(&hash).await?.is_none() {
             drop(tx);
-            if self.catalog().subject_erased(&hash).await? {
-                return Ok(EventSummary::default());
-            }
-            return Err(RetentionError::UnknownSubject(subject.to_string()));
+            return Ok(None);
         }
         let mut summary = EventSummary::default();
         let mut rules = Vec::new();
@@ -559,7 +612,7 @@ impl Retention {
         self.run_now(Scope::Subject(&hash), &mut summary).await?;
         self.count_open(Scope::Subject(&hash), &mut summary).await?;
         self.forget_finished_subjects(Some(&hash)).await?;
-        Ok(summary)
+        Ok(Some(summary))
     }
 
     /// Deletes unsubscribed subjects (all of them, or just the one with keyed hash `only`)
@@ -685,10 +738,7 @@ impl Retention {
     /// that an export holds exactly one person's data and nothing else. An export that
     /// fails part-way deletes what it wrote, so no partial copy is left to hand over.
     pub async fn export(&self, subject: &str, out: &crate::store::Store) -> Result<Export, RetentionError> {
-        let hash = self.secret().subject_hash(subject);
-        if self.catalog().subject_state(&hash).await?.is_none() {
-            return Err(RetentionError::UnknownSubject(subject.to_string()));
-        }
+        self.known_hashes(subject).await?;
         if !out.is_empty().await? {
             return Err(RetentionError::ExportNotEmpty(out.location().to_string()));
         }
@@ -736,12 +786,12 @@ impl Retention {
         F: std::future::Future<Output = Result<(), RetentionError>>,
     {
         use sha2::Digest;
-        let hash = self.secret().subject_hash(subject);
-        if self.catalog().subject_state(&hash).await?.is_none() {
-            return Err(RetentionError::UnknownSubject(subject.to_string()));
-        }
+        let hashes = self.known_hashes(subject).await?;
         let now = now_ms();
-        let uploads: Vec<_> = self.catalog().subject_uploads(&hash).await?.into_iter().filter(|u| u.key.is_some()).collect();
+        let mut uploads = Vec::new();
+        for hash in &hashes {
+            uploads.extend(self.catalog().subject_uploads(hash).await?.into_iter().filter(|u| u.key.is_some()));
+        }
         for upload in &uploads {
             let key = upload.key.as_deref().unwrap_or_default();
             if !self.inner.stores.get(&upload.store)?.exists(key).await? {
@@ -785,7 +835,7 @@ impl Retention {
             Err(e) => ("interrupted", format!("{} of {} upload(s) handed over before it stopped: {e}", export.uploads.len(), uploads.len())),
         };
         let tx = self.catalog().begin().await?;
-        let entry = AuditEntry { event: "export", subject_hash: Some(hash), outcome, detail, ..Default::default() };
+        let entry = AuditEntry { event: "export", subject_hash: Some(hashes[0].clone()), outcome, detail, ..Default::default() };
         self.commit_audited(tx, &entry, now).await?;
         result.map(|_| export)
     }
