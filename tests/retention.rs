@@ -261,6 +261,18 @@ async fn bad_requests_get_clear_errors(db: Db) {
     assert!(batch.is_err());
     assert!(r.upload("g1").await.unwrap().is_none(), "half a batch was registered");
     assert_eq!(r.status().await.unwrap().uploads_active, 1);
+    // Upload times that would never expire, or are nonsense, are refused (the review
+    // registered i64::MAX, i64::MIN and the year 2099); an hour of clock skew is allowed.
+    let now = obscura::retention::now_ms();
+    for (at, why) in [(i64::MAX, "ahead of this machine's clock"), (i64::MIN, "before 1970"), (4_070_908_800_000, "ahead"), (now + 2 * 3_600_000, "ahead"), (-1, "before 1970")] {
+        let mut u = upload("h1", "hana", &store, "h/1.jpg", "photo");
+        u.uploaded_at = Some(at);
+        let e = r.register(&u).await.unwrap_err();
+        assert!(matches!(e, RetentionError::InvalidUpload { .. }) && e.to_string().contains(why), "{at}: {e}");
+    }
+    let mut skewed = upload("h2", "hana", &store, "h/2.jpg", "photo");
+    skewed.uploaded_at = Some(now + 30 * 60_000);
+    r.register(&skewed).await.unwrap();
 }
 
 async fn unreachable_store_is_retried_then_reported_overdue(db: Db) {
@@ -884,6 +896,24 @@ fn the_export_command_refuses_a_linked_folder() {
     assert!(stderr(&out).contains("linked is a symbolic link"), "{}", stderr(&out));
     assert_eq!(count_files(&e), 0, "a failed export leaves nothing behind");
     std::fs::remove_dir_all(&outside).unwrap();
+}
+
+/// `register --uploaded-at`: a date in the far future (it would never expire) or before
+/// 1970 (it became 0, silently) is refused with the reason.
+#[test]
+fn the_register_command_refuses_upload_times_that_would_never_expire() {
+    let tmp = TempDir::new().unwrap();
+    let (_dir, store) = folder_with(&["v/1.jpg"]);
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let catalog = tmp.path().join("c.sqlite").display().to_string();
+    for (at, why) in [("2099-01-01T00:00:00Z", "ahead of this machine's clock"), ("1969-07-20T20:17:00Z", "out of range"), ("9223372036854775807", "ahead")] {
+        let out = run(retention_cmd(&catalog, &policy, tmp.path()).args(["register", "--id", "v1", "--subject", "vic", "--store", &store, "--key", "v/1.jpg", "--class", "photo", "--uploaded-at", at]));
+        assert_eq!(out.status.code(), Some(2), "{at}");
+        assert!(stderr(&out).contains(why), "{at}: {}", stderr(&out));
+    }
+    let out = run(retention_cmd(&catalog, &policy, tmp.path()).args(["register", "--id", "v1", "--subject", "vic", "--store", &store, "--key", "v/1.jpg", "--class", "photo", "--uploaded-at", "2024-01-31T12:00:00Z"]));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Putting back an older copy of the catalog (a backup, a snapshot) rolls the log back

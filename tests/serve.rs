@@ -531,6 +531,28 @@ async fn a_subject_id_over_http_is_one_person_however_it_is_spelled() {
     assert_eq!(error_code(post(&service, "/v1/uploads", Some(RETENTION_ONLY), again.into_bytes()).await, 409).await, "subject_erased");
 }
 
+/// `uploaded_at` over HTTP: RFC 3339 is taken as the CLI takes it (it was refused), and a
+/// time that would never expire (year 2099, i64::MAX) is refused as invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_times_over_http_take_rfc3339_and_refuse_the_far_future() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let (policy, secret) = (dir.path().join("policy.toml").display().to_string(), dir.path().join("audit.key").display().to_string());
+    let store = store.display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &store]);
+    let body = |id: &str, at: serde_json::Value| serde_json::json!({ "id": id, "subject": "uma", "store": store, "key": format!("u/{id}.jpg"), "class": "photo", "uploaded_at": at }).to_string().into_bytes();
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body("u1", serde_json::json!("2024-01-31T12:00:00Z"))).await.status(), 200);
+    let (_, plan) = get_json(&service, "/v1/retention/plan?horizon=1d&limit=5", RETENTION_ONLY).await;
+    assert_eq!(plan["purge"], 1, "an upload of January 2024 with a max_age of 365 days is due: {plan}");
+    for (id, at) in [("u2", serde_json::json!("2099-01-01T00:00:00Z")), ("u3", serde_json::json!(i64::MAX)), ("u4", serde_json::json!("yesterday")), ("u5", serde_json::json!("1969-07-20T20:17:00Z"))] {
+        let response = post(&service, "/v1/uploads", Some(RETENTION_ONLY), body(id, at.clone())).await;
+        assert_eq!(error_code(response, 400).await, "invalid_upload", "{at}");
+    }
+}
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -199,11 +199,7 @@ fn time(ms: i64) -> String {
 }
 
 fn parse_time(s: &str) -> Result<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    let t = humantime::parse_rfc3339_weak(s).with_context(|| format!("--uploaded-at {s:?}: use RFC 3339 or Unix milliseconds"))?;
-    Ok(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+    obscura::retention::parse_time(s).map_err(|e| anyhow::anyhow!("--uploaded-at {e}"))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

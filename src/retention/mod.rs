@@ -151,12 +151,48 @@ pub struct NewUpload {
     pub key: String,
     /// A class named in the policy.
     pub class: String,
-    /// Unix ms; default now.
-    #[serde(default)]
+    /// Unix ms; default now. In JSON also an RFC 3339 string (see [`parse_time`]). From
+    /// 1970 up to an hour ahead of this machine's clock: an upload dated later would
+    /// never expire.
+    #[serde(default, deserialize_with = "time_field")]
     pub uploaded_at: Option<i64>,
     /// Thumbnails and other copies in the same store, deleted with the original.
     #[serde(default)]
     pub derived: Vec<String>,
+}
+
+/// How far ahead of this machine's clock an `uploaded_at` may be (clock skew between hosts).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// A time as the CLI, CSV files and the HTTP service take it: Unix milliseconds, or RFC
+/// 3339 in UTC (`2026-01-31T12:00:00Z`). Times before 1970 are refused.
+///
+/// ```
+/// assert_eq!(obscura::retention::parse_time("2026-01-31T12:00:00Z"), Ok(1_769_860_800_000));
+/// assert_eq!(obscura::retention::parse_time("1769860800000"), Ok(1_769_860_800_000));
+/// assert!(obscura::retention::parse_time("1969-12-31T23:59:59Z").is_err());
+/// ```
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s.trim()).map_err(|e| format!("{s:?}: {e}; use RFC 3339 in UTC (2026-01-31T12:00:00Z) or Unix milliseconds"))?;
+    let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?;
+    i64::try_from(since.as_millis()).map_err(|_| format!("{s:?} is out of range"))
+}
+
+fn time_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Ms(i64),
+        Text(String),
+    }
+    match <Option<Time> as serde::Deserialize>::deserialize(d)? {
+        None => Ok(None),
+        Some(Time::Ms(ms)) => Ok(Some(ms)),
+        Some(Time::Text(text)) => parse_time(&text).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 impl NewUpload {
@@ -486,6 +522,17 @@ impl Retention {
             }
             if self.policy().class(&u.class).is_none() {
                 return Err(RetentionError::UnknownClass(u.class.clone()));
+            }
+            if let Some(at) = u.uploaded_at {
+                if at < 0 {
+                    return Err(RetentionError::InvalidUpload { id: u.id.clone(), message: format!("uploaded_at {at} is before 1970") });
+                }
+                if at > now.saturating_add(catalog::ms(MAX_CLOCK_SKEW)) {
+                    return Err(RetentionError::InvalidUpload {
+                        id: u.id.clone(),
+                        message: format!("uploaded_at {at} is more than an hour ahead of this machine's clock ({now}); an upload dated in the future would not expire on time"),
+                    });
+                }
             }
             let subject = normalize_subject(&u.subject);
             if subject.is_empty() {
