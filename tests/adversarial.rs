@@ -78,6 +78,35 @@ fn a_link_planted_in_the_output_folder_does_not_lead_outputs_out() {
     assert!(out_dir.join("b.jpg").is_file(), "the other input was still processed");
 }
 
+/// The review's case: `anonymise DIR` skipped files of other formats without a word
+/// ("0 of 0 image(s)", exit 0). Each skipped file is now listed with its reason, on
+/// stderr and in the report; a link in the folder is skipped, not read through.
+#[cfg(unix)]
+#[test]
+fn a_folder_run_lists_every_file_it_skips_and_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    copy_one_face(&input, "a.jpg");
+    copy_one_face(&input, "sub/old.anonymized.jpg");
+    let outside = copy_one_face(tmp.path(), "outside.jpg");
+    std::fs::write(input.join("IMG_0001.HEIC"), b"ftypheic").unwrap();
+    std::fs::write(input.join("notes"), b"text").unwrap();
+    std::os::unix::fs::symlink(&outside, input.join("sub/link.jpg")).unwrap();
+    let (out_dir, report) = (tmp.path().join("out"), tmp.path().join("report.json"));
+    // Not quiet (`-q` keeps only errors; the report still lists what was skipped).
+    let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(&input).arg("--out-dir").arg(&out_dir).arg("--report").arg(&report));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    for (name, why) in [("IMG_0001.HEIC", ".HEIC is not a format Obscura reads"), ("notes", "no extension"), ("sub/link.jpg", "a symbolic link"), ("sub/old.anonymized.jpg", "an earlier output")] {
+        assert!(err.contains(&format!("skipped: {}: {why}", input.join(name).display())), "{name}: {err}");
+    }
+    assert!(err.contains("1 of 1 image(s) anonymised") && err.contains("4 other file(s) skipped"), "{err}");
+    assert_eq!(tree(&out_dir), ["a.jpg"], "the link was not read through");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let skipped = report["images"].as_array().unwrap().iter().filter(|i| i["status"] == "skipped").count();
+    assert_eq!(skipped, 4, "{report}");
+}
+
 #[test]
 fn an_output_extension_names_the_format_written() {
     let tmp = tempfile::tempdir().unwrap();

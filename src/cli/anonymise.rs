@@ -61,7 +61,8 @@ struct RunReport {
 
 /// Runs the subcommand; returns the process exit code.
 pub fn run(args: &AnonymiseArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
-    let jobs = plan_jobs(args)?;
+    let mut skipped = Vec::new();
+    let jobs = plan_jobs(args, &mut skipped)?;
     let parallel = parallelism(args.jobs);
     let anonymizer = Anonymizer::new(args.config(parallel, jobs.len(), m)?)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(parallel).build().context("starting worker threads")?;
@@ -83,9 +84,22 @@ pub fn run(args: &AnonymiseArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
         images.iter().filter_map(|r| r.error.as_ref().map(|e| (r.input.clone(), e.clone()))).collect();
     let regions: usize = images.iter().filter_map(|r| r.report.as_ref()).map(|r| r.regions.len()).sum();
     if let Some(path) = &args.report {
+        let mut images = images;
+        images.extend(skipped.iter().map(|(path, why)| ImageReport {
+            input: path.display().to_string(),
+            output: None,
+            status: "skipped",
+            error: Some(why.clone()),
+            report: None,
+        }));
         let report = RunReport { obscura_version: env!("CARGO_PKG_VERSION"), images };
         let json = serde_json::to_vec_pretty(&report).context("serialising the report")?;
         write_atomic(path, &json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if !quiet {
+        for (path, why) in &skipped {
+            eprintln!("skipped: {}: {why}", path.display());
+        }
     }
     for (input, error) in &failed {
         eprintln!("error: {input}: {error}");
@@ -93,10 +107,11 @@ pub fn run(args: &AnonymiseArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
     let total = jobs.len();
     if !quiet {
         eprintln!(
-            "obscura: {} of {total} image(s) anonymised, {regions} region(s) redacted, in {:.2} s{}",
+            "obscura: {} of {total} image(s) anonymised, {regions} region(s) redacted, in {:.2} s{}{}",
             total - failed.len(),
             started.elapsed().as_secs_f64(),
-            if failed.is_empty() { String::new() } else { format!("; {} failed (no output written for them)", failed.len()) }
+            if failed.is_empty() { String::new() } else { format!("; {} failed (no output written for them)", failed.len()) },
+            if skipped.is_empty() { String::new() } else { format!("; {} other file(s) skipped (listed above)", skipped.len()) }
         );
     }
     Ok(if failed.is_empty() { 0 } else { 1 })
@@ -172,7 +187,7 @@ impl CleanedDirs {
     }
 }
 
-fn plan_jobs(args: &AnonymiseArgs) -> Result<Vec<Job>> {
+fn plan_jobs(args: &AnonymiseArgs, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<Job>> {
     let mut sources: Vec<(Source, Option<PathBuf>, String)> = Vec::new(); // (source, path relative to a folder input, name)
     let mut stdin_seen = false;
     for input in &args.inputs {
@@ -184,7 +199,8 @@ fn plan_jobs(args: &AnonymiseArgs) -> Result<Vec<Job>> {
             sources.push((Source::Stdin, None, "-".into()));
         } else if input.is_dir() {
             let mut files = Vec::new();
-            walk(input, &mut files).with_context(|| format!("listing {}", input.display()))?;
+            walk(input, &mut files, skipped).with_context(|| format!("listing {}", input.display()))?;
+            skipped.sort();
             files.sort();
             for f in files {
                 let rel = f.strip_prefix(input).map(Path::to_path_buf).unwrap_or_else(|_| f.clone());
@@ -278,19 +294,37 @@ fn is_input(path: &Path, inputs: &[PathBuf]) -> bool {
     path.canonicalize().map(|c| inputs.contains(&c)).unwrap_or(false)
 }
 
-/// Image files under `dir`, recursively. Symbolic links to folders are not followed.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Image files under `dir`, recursively, and every other entry with why it is skipped:
+/// other formats, earlier outputs, symbolic links (never followed: they could lead out of
+/// the folder) and anything that is not a regular file.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<(PathBuf, String)>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         let kind = entry.file_type()?;
-        if kind.is_dir() {
-            walk(&path, out)?;
-        } else if path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension).is_some()
-            && !path.file_stem().is_some_and(|s| s.to_string_lossy().ends_with(".anonymized"))
-        {
-            out.push(path);
-        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let why = if kind.is_symlink() {
+            "a symbolic link (not followed: it could lead out of the folder)".to_string()
+        } else if kind.is_dir() {
+            walk(&path, out, skipped)?;
+            continue;
+        } else if !kind.is_file() {
+            "not a regular file".to_string()
+        } else if name.starts_with(".obscura-") && name.ends_with(".tmp") {
+            continue; // a killed run's partial output, removed by this run
+        } else if path.file_stem().is_some_and(|s| s.to_string_lossy().ends_with(".anonymized")) {
+            "an earlier output (*.anonymized.*)".to_string()
+        } else {
+            match path.extension().map(|e| e.to_string_lossy().into_owned()) {
+                Some(ext) if Format::from_extension(&ext).is_some() => {
+                    out.push(path);
+                    continue;
+                }
+                Some(ext) => format!(".{ext} is not a format Obscura reads (JPEG, PNG or WebP)"),
+                None => "no extension: give the file by name to have it read whatever it holds".to_string(),
+            }
+        };
+        skipped.push((path, why));
     }
     Ok(())
 }
