@@ -107,6 +107,21 @@ fn a_folder_run_lists_every_file_it_skips_and_why() {
     assert_eq!(skipped, 4, "{report}");
 }
 
+/// The review's case: a valid arithmetic-coded JPEG (tests/fixtures/arithmetic.jpg, made
+/// with `jpegtran -arithmetic` from scikit-image's public-domain astronaut) failed closed
+/// but was called "corrupt". It is refused as unsupported, saying what to do.
+#[test]
+fn an_arithmetic_coded_jpeg_is_unsupported_not_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("a.jpg");
+    std::fs::copy(root().join("tests/fixtures/arithmetic.jpg"), &input).unwrap();
+    let out = run(anonymise().arg(&input));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("an arithmetic-coded JPEG is not supported") && err.contains("convert it first") && !err.contains("corrupt"), "{err}");
+    assert!(!tmp.path().join("a.anonymized.jpg").exists());
+}
+
 #[test]
 fn an_output_extension_names_the_format_written() {
     let tmp = tempfile::tempdir().unwrap();

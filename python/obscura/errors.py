@@ -32,7 +32,8 @@ class ImageTooLarge(InvalidImage):
 
 
 class UnsupportedImage(InvalidImage):
-    """An image Obscura refuses rather than alter silently (animated PNG or WebP)."""
+    """An image Obscura refuses rather than alter silently (animated PNG or WebP), or a
+    valid image of a kind it cannot read (arithmetic-coded, lossless or hierarchical JPEG)."""
 
 
 class SetupError(Error, RuntimeError):

@@ -35,7 +35,7 @@ impl Failure {
             Error::Decode(DecodeError::Empty | DecodeError::UnsupportedFormat) => "NotAnImage",
             Error::Decode(DecodeError::Corrupt { .. }) => "CorruptImage",
             Error::Decode(DecodeError::TooLarge { .. }) => "ImageTooLarge",
-            Error::Decode(DecodeError::Animated { .. }) => "UnsupportedImage",
+            Error::Decode(DecodeError::Animated { .. } | DecodeError::Unsupported { .. }) => "UnsupportedImage",
             _ if building => "SetupError",
             _ => "ProcessingError",
         };

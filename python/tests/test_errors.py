@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 import obscura
-from photos import photo, must_cover_faces
+from photos import ROOT, photo, must_cover_faces
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -48,6 +48,8 @@ BAD_INPUTS = [
     ("truncated png", png(64, 64)[:-40], obscura.CorruptImage, "PNG"),
     ("huge png header", png_header(100_000, 100_000) + png_chunk(b"IDAT", b"x"), obscura.ImageTooLarge, "100000×100000"),
     ("animated png", png(32, 32, frames=2), obscura.UnsupportedImage, "animated PNG"),
+    # A valid arithmetic-coded JPEG (jpegtran -arithmetic): unsupported, not corrupt.
+    ("arithmetic jpeg", (ROOT / "tests" / "fixtures" / "arithmetic.jpg").read_bytes(), obscura.UnsupportedImage, "arithmetic-coded JPEG is not supported"),
 ]
 
 

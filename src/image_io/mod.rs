@@ -216,6 +216,10 @@ pub enum DecodeError {
     Corrupt { format: Format, reason: String },
     #[error("animated {} is not supported: only its first frame would be anonymised, and the other frames would be lost (split it into frames first)", format.name())]
     Animated { format: Format },
+    /// A valid file of a kind the decoder cannot read (an arithmetic-coded, lossless or
+    /// hierarchical JPEG): refused as unsupported, not called corrupt.
+    #[error("{what} is not supported: Obscura reads baseline and progressive (Huffman-coded) JPEG; convert it first")]
+    Unsupported { format: Format, what: &'static str },
 }
 
 /// Encoding failed (should not happen for a valid [`Frame`]).
@@ -268,7 +272,10 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     };
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
     if format == Format::Jpeg {
-        jpeg_check_structure(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
+        jpeg_check_structure(bytes).map_err(|problem| match problem {
+            JpegProblem::Corrupt(reason) => DecodeError::Corrupt { format, reason: reason.into() },
+            JpegProblem::Unsupported(what) => DecodeError::Unsupported { format, what },
+        })?;
     }
     // Read the header under the memory limit but no size limit, check the size ourselves
     // so the error can say how large the image claims to be, then decode. The memory limit
@@ -314,11 +321,27 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
 }
 
+/// What is wrong with a JPEG's structure.
+#[derive(Debug, PartialEq, Eq)]
+enum JpegProblem {
+    Corrupt(&'static str),
+    /// A coding process the decoder does not implement (named).
+    Unsupported(&'static str),
+}
+
+impl From<&'static str> for JpegProblem {
+    fn from(reason: &'static str) -> Self {
+        JpegProblem::Corrupt(reason)
+    }
+}
+
 /// Walks a JPEG's segments and entropy-coded scans to its end-of-image marker. The
 /// decoder is lenient and would return a truncated photo with its missing part grey; we
 /// refuse it, and say what is wrong. Bytes after the end-of-image marker (a trailer, or
-/// another file appended) are ignored: the output is re-encoded without them.
-fn jpeg_check_structure(bytes: &[u8]) -> Result<(), &'static str> {
+/// another file appended) are ignored: the output is re-encoded without them. A frame
+/// coded in a process the decoder lacks (lossless, hierarchical, arithmetic) is refused
+/// as unsupported.
+fn jpeg_check_structure(bytes: &[u8]) -> Result<(), JpegProblem> {
     const TRUNCATED: &str = "the data ends before the image does (no end-of-image marker)";
     let mut i = 2; // after SOI (checked by format detection)
     let mut scans = 0;
@@ -328,25 +351,28 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<(), &'static str> {
             i += 1;
         }
         match (bytes.get(i), bytes.get(i + 1)) {
-            (None, _) | (_, None) => return Err(TRUNCATED),
+            (None, _) | (_, None) => return Err(TRUNCATED.into()),
             (Some(0xFF), Some(&marker)) => {
                 i += 2;
                 match marker {
                     0xD9 if scans > 0 => return Ok(()),
-                    0xD9 => return Err("the image ends before any image data (end-of-image marker before the first scan)"),
+                    0xD9 => return Err("the image ends before any image data (end-of-image marker before the first scan)".into()),
                     0xD0..=0xD7 | 0x01 => continue,
+                    0xC3 => return Err(JpegProblem::Unsupported("a lossless JPEG (SOF3)")),
+                    0xC5..=0xC7 => return Err(JpegProblem::Unsupported("a hierarchical JPEG (SOF5-7)")),
+                    0xC9..=0xCB | 0xCD..=0xCF | 0xCC => return Err(JpegProblem::Unsupported("an arithmetic-coded JPEG")),
                     _ => {}
                 }
                 let len = match bytes.get(i..i + 2) {
                     Some(l) => usize::from(u16::from_be_bytes([l[0], l[1]])),
-                    None => return Err(TRUNCATED),
+                    None => return Err(TRUNCATED.into()),
                 };
                 if len < 2 {
-                    return Err("a segment has an invalid length");
+                    return Err("a segment has an invalid length".into());
                 }
                 i += len;
                 if i > bytes.len() {
-                    return Err(TRUNCATED);
+                    return Err(TRUNCATED.into());
                 }
                 if marker == 0xDA {
                     scans += 1;
@@ -354,7 +380,7 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<(), &'static str> {
                     // marker; anything else is the next marker.
                     loop {
                         match bytes.get(i..i + 2) {
-                            None => return Err(TRUNCATED),
+                            None => return Err(TRUNCATED.into()),
                             Some([0xFF, 0x00 | 0xD0..=0xD7]) => i += 2,
                             Some([0xFF, _]) => break,
                             Some(_) => i += 1,
@@ -434,4 +460,31 @@ pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_qualit
     };
     result.map_err(|e| err(&e))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A baseline JPEG whose start-of-frame marker is changed to `sof`.
+    fn with_frame_marker(sof: u8) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let frame = Frame::new(16, 16, 3, vec![128; 16 * 16 * 3]);
+        bytes.extend(encode(frame, Format::Jpeg, &KeptMetadata::default(), 90).unwrap());
+        let at = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline frame");
+        bytes[at + 1] = sof;
+        bytes
+    }
+
+    #[test]
+    fn jpeg_coding_processes_the_decoder_lacks_are_unsupported_not_corrupt() {
+        for (sof, what) in [(0xC3, "lossless"), (0xC5, "hierarchical"), (0xC7, "hierarchical"), (0xC9, "arithmetic"), (0xCB, "arithmetic"), (0xCD, "arithmetic")] {
+            let err = decode(&with_frame_marker(sof), &ImageConfig::default()).unwrap_err();
+            assert!(matches!(err, DecodeError::Unsupported { format: Format::Jpeg, .. }), "{sof:#x}: {err}");
+            assert!(err.to_string().contains(what), "{sof:#x}: {err}");
+        }
+        // Baseline, extended sequential and progressive frames are read.
+        assert!(decode(&with_frame_marker(0xC0), &ImageConfig::default()).is_ok());
+        assert!(decode(&with_frame_marker(0xC1), &ImageConfig::default()).is_ok());
+    }
 }

@@ -72,6 +72,7 @@ impl From<Error> for ApiError {
             Error::Decode(DecodeError::TooLarge { .. }) => unprocessable("too_many_pixels", &e),
             Error::Decode(DecodeError::Corrupt { .. }) => unprocessable("corrupt_image", &e),
             Error::Decode(DecodeError::Animated { .. }) => unprocessable("animated_image", &e),
+            Error::Decode(DecodeError::Unsupported { .. }) => unprocessable("unsupported_image", &e),
             Error::Config(c) => ApiError::bad_option(c.to_string()),
             Error::ShuttingDown => ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()) },
             // Ours: detection, redaction, encoding or a worker failed. Fail closed.
