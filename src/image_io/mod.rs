@@ -310,7 +310,15 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     } else {
         KeptMetadata::default()
     };
-    let mut image = DynamicImage::from_decoder(decoder).map_err(limited)?;
+    let mut image = match format {
+        // Strict: a scan that ends early fails instead of being filled in (image's own
+        // JPEG decoder is the same zune-jpeg, lenient).
+        Format::Jpeg => {
+            drop(decoder);
+            jpeg_pixels(bytes, config)?
+        }
+        _ => DynamicImage::from_decoder(decoder).map_err(limited)?,
+    };
     image.apply_orientation(orientation);
     let (width, height) = (image.width(), image.height());
     let frame = if image.color().has_alpha() {
@@ -319,6 +327,86 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         Frame::new(width, height, 3, image.into_rgb8().into_raw())
     };
     Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
+}
+
+/// A JPEG's pixels, decoded by zune-jpeg (the decoder `image` uses) in strict mode, in
+/// the colour type `image` would give (grey stays grey; YCbCr and CMYK become RGB):
+/// markers inside coded data and other spec violations the lenient mode papers over are
+/// errors (every photo of the evaluation set still decodes, to the same pixels). Before
+/// any pixel is allocated, the header is checked against how much coded data the file
+/// holds, so a header that claims far more pixels than the data can hold is refused at
+/// once. Not caught yet: a file cut inside its coded data and given a new end-of-image
+/// marker (zune-jpeg fills the rest in, strict or not).
+fn jpeg_pixels(bytes: &[u8], config: &ImageConfig) -> Result<DynamicImage, DecodeError> {
+    use zune_core::colorspace::ColorSpace;
+    let format = Format::Jpeg;
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| DecodeError::Corrupt { format, reason: e.to_string() };
+    let max = config.max_dimension as usize;
+    let options = zune_core::options::DecoderOptions::default().set_strict_mode(true).set_max_width(max).set_max_height(max);
+    let mut header = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    header.decode_headers().map_err(corrupt)?;
+    let (width, height) = header.dimensions().ok_or_else(|| DecodeError::Corrupt { format, reason: "no frame header".into() })?;
+    let (width, height) = (width as u32, height as u32);
+    let out = match header.input_colorspace() {
+        Some(c @ (ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::Luma | ColorSpace::LumaA)) => c,
+        _ => ColorSpace::RGB,
+    };
+    if u64::from(width) * u64::from(height) * out.num_components() as u64 > config.max_alloc_bytes {
+        return Err(DecodeError::TooLarge { width, height, limit: format!("{} bytes of memory", config.max_alloc_bytes) });
+    }
+    if let Some(reason) = jpeg_data_too_short(bytes, width, height) {
+        return Err(DecodeError::Corrupt { format, reason });
+    }
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options.jpeg_set_out_colorspace(out));
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let built = match out {
+        ColorSpace::Luma => image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8),
+        ColorSpace::LumaA => image::GrayAlphaImage::from_raw(width, height, pixels).map(DynamicImage::ImageLumaA8),
+        ColorSpace::RGBA => image::RgbaImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgba8),
+        _ => image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+    };
+    built.ok_or_else(|| DecodeError::Corrupt { format, reason: "the decoded data does not match the image's size".into() })
+}
+
+/// Whether a JPEG's coded data is too short for the pixels its header claims: every 8×8
+/// block of every component costs at least one bit (its DC code) in the first scan that
+/// codes it, so a file with fewer bits of scan data than blocks is cut short, whatever a
+/// lenient decoder would fill in. Returns why, or `None`.
+fn jpeg_data_too_short(bytes: &[u8], width: u32, height: u32) -> Option<String> {
+    let (mut sampling, mut scan_bytes, mut i) = (Vec::<(u32, u32)>::new(), 0u64, 2usize);
+    while let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) {
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        if marker == 0xD9 {
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([*bytes.get(i + 2)?, *bytes.get(i + 3)?]));
+        let segment = bytes.get(i + 4..i + 2 + len)?;
+        if matches!(marker, 0xC0..=0xC2) && segment.len() >= 6 {
+            let n = usize::from(segment[5]);
+            sampling = (0..n).filter_map(|c| segment.get(6 + 3 * c + 1)).map(|&hv| (u32::from(hv >> 4).max(1), u32::from(hv & 15).max(1))).collect();
+        }
+        i += 2 + len;
+        if marker == 0xDA {
+            let start = i;
+            while let Some(pair) = bytes.get(i..i + 2) {
+                match pair {
+                    [0xFF, 0x00 | 0xD0..=0xD7] => i += 2,
+                    [0xFF, _] => break,
+                    _ => i += 1,
+                }
+            }
+            scan_bytes += (i - start) as u64;
+        }
+    }
+    let (h_max, v_max) = sampling.iter().fold((1, 1), |(h, v), &(a, b)| (h.max(a), v.max(b)));
+    let blocks: u64 = sampling
+        .iter()
+        .map(|&(h, v)| u64::from((width * h).div_ceil(h_max).div_ceil(8)) * u64::from((height * v).div_ceil(v_max).div_ceil(8)))
+        .sum();
+    (blocks > scan_bytes * 8).then(|| format!("its header claims {width}×{height} pixels ({blocks} blocks), more than its {scan_bytes} bytes of coded data can hold"))
 }
 
 /// What is wrong with a JPEG's structure.
@@ -486,5 +574,44 @@ mod tests {
         // Baseline, extended sequential and progressive frames are read.
         assert!(decode(&with_frame_marker(0xC0), &ImageConfig::default()).is_ok());
         assert!(decode(&with_frame_marker(0xC1), &ImageConfig::default()).is_ok());
+    }
+
+    fn eval_images() -> Vec<std::path::PathBuf> {
+        let eval = std::env::var_os("OBSCURA_EVAL_DIR").map(std::path::PathBuf::from);
+        let eval = eval.unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval"));
+        let mut photos: Vec<_> = std::fs::read_dir(eval.join("images")).expect("the shared eval photos").map(|e| e.unwrap().path()).collect();
+        photos.sort();
+        photos
+    }
+
+    /// A header that claims far more pixels than the data holds (here 16000×6000 from a
+    /// 16×16 file) is refused before its pixels are allocated, not decoded grey.
+    #[test]
+    fn a_jpeg_header_claiming_more_pixels_than_its_data_holds_is_refused() {
+        let mut bytes = encode(Frame::new(16, 16, 3, vec![90; 16 * 16 * 3]), Format::Jpeg, &KeptMetadata::default(), 90).unwrap();
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0x17, 0x70, 0x3E, 0x80]); // height 6000, width 16000
+        let err = decode(&bytes, &ImageConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("claims 16000×6000 pixels"), "{err}");
+    }
+
+    /// Strict decoding reads every photo of the evaluation set exactly as `image`'s own
+    /// (lenient) decoder does.
+    #[test]
+    fn strict_jpeg_decoding_reads_every_eval_photo_as_image_does() {
+        let config = ImageConfig::default();
+        let mut jpegs = 0;
+        for path in eval_images() {
+            let bytes = std::fs::read(&path).unwrap();
+            if image::guess_format(&bytes).ok() != Some(ImageFormat::Jpeg) {
+                continue;
+            }
+            let strict = jpeg_pixels(&bytes, &config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let lenient = image::load_from_memory_with_format(&bytes, ImageFormat::Jpeg).unwrap();
+            assert_eq!(strict.color(), lenient.color(), "{}", path.display());
+            assert!(strict.as_bytes() == lenient.as_bytes(), "{}: pixels differ", path.display());
+            jpegs += 1;
+        }
+        assert!(jpegs > 300, "{jpegs} JPEGs read");
     }
 }
