@@ -29,7 +29,7 @@ pub enum StoreError {
     Changed { key: String },
     /// A folder store's key that is, or lies under, a symbolic link: refused, since the
     /// link could lead anywhere on the machine.
-    #[error("{key}: {name} is a symbolic link; a folder store never follows one (it could lead outside the store)")]
+    #[error("{}{name} is a symbolic link; a folder store never follows one (it could lead outside the store)", if key == name { String::new() } else { format!("{key}: ") })]
     Link { key: String, name: String },
     /// The store's own message already includes its causes, so it is not chained again.
     #[error("{op} {key}: {cause}")]

@@ -330,6 +330,30 @@ fn a_linked_folder_in_the_destination_store_is_not_written_through() {
     }
 }
 
+/// The review's case: the batch journal in `DST/.obscura` was written through a link
+/// planted there (the journal file, or the folder), overwriting a file outside the store.
+#[cfg(unix)]
+#[test]
+fn the_batch_journal_is_never_written_through_a_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, victim) = (tmp.path().join("src"), tmp.path().join("victim"));
+    small_photos(&src, 1);
+    std::fs::write(&victim, b"").unwrap();
+    let (file_link, dir_link) = (tmp.path().join("dst1"), tmp.path().join("dst2"));
+    std::fs::create_dir_all(file_link.join(".obscura")).unwrap();
+    std::os::unix::fs::symlink(&victim, file_link.join(".obscura/journal-0-of-1.sqlite")).unwrap();
+    std::fs::create_dir_all(&dir_link).unwrap();
+    std::fs::create_dir_all(tmp.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir_link.join(".obscura")).unwrap();
+    for dst in [&file_link, &dir_link] {
+        let out = run(&mut batch(&src, dst));
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("is a symbolic link"), "{}", stderr(&out));
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"", "the file behind the link was overwritten");
+    assert_eq!(keys_in(&tmp.path().join("elsewhere")), BTreeSet::new());
+}
+
 /// The review's case: one odd entry in a source folder (a symbolic link loop, a name
 /// that is not UTF-8, a newline in a name) stopped the whole batch with exit 2. Each is
 /// now reported with its reason, and every other photo is anonymised.

@@ -73,6 +73,7 @@ on_both_databases!(
     the_cli_erases_uploads_of_a_class_the_policy_no_longer_names,
     symbolic_links_in_a_folder_store_are_refused_not_followed,
     a_subject_id_is_one_person_however_it_is_spelled,
+    a_legal_hold_ends_with_the_class_that_set_it,
 );
 
 const POLICY: &str = r#"
@@ -552,6 +553,34 @@ async fn a_class_the_policy_no_longer_names_is_still_reached_and_reported(db: Db
     assert_audit_clean(&r, &["gil", "hal", "ida", "jon"]).await;
 }
 
+/// The review's case: an upload unsubscribed while its class had a legal hold (its job
+/// held), then the class removed from the policy. The hold outlived the class: erase,
+/// wind-down and the scheduler all left the photo. A hold comes from the policy; with the
+/// class gone it ends, by the strictest rule, wherever the job is picked up again.
+async fn a_legal_hold_ends_with_the_class_that_set_it(db: Db) {
+    let (dir, store) = folder_with(&["p/1.jpg", "q/1.jpg"]);
+    let r = open(&db, POLICY).await;
+    r.register_many(&[upload("p1", "pia", &store, "p/1.jpg", "evidence"), upload("q1", "quinn", &store, "q/1.jpg", "evidence")]).await.unwrap();
+    for subject in ["pia", "quinn"] {
+        let held = r.unsubscribe(subject).await.unwrap();
+        assert_eq!((held.queued, held.held), (1, 1), "{held:?}");
+    }
+    drop(r);
+    let without = POLICY.replace("[classes.evidence]\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\nlegal_hold = true\n", "");
+    assert!(!without.contains("evidence"));
+    let r = open(&db, &without).await;
+    // An erasure releases it and purges at once.
+    let erased = r.erase_subject("pia").await.unwrap();
+    assert_eq!((erased.done, erased.held), (1, 0), "{erased:?}");
+    assert!(!dir.path().join("p/1.jpg").exists());
+    // The scheduler releases the other one when it starts.
+    let run = r.run(&RunOptions { until_idle: true, ..RunOptions::default() }, std::future::pending()).await.unwrap();
+    assert_eq!(run.purged, 1, "{run:?}");
+    assert_eq!(count_files(dir.path()), 0);
+    let status = r.status().await.unwrap();
+    assert_eq!((status.jobs_held, status.uploads_active, status.unaccounted.len()), (0, 0, 0), "{status:?}");
+}
+
 /// The same through the command line: `status` names the class and exits 1; `erase`
 /// removes the photo (it printed "0 upload(s) queued" and exited 0 before).
 async fn the_cli_erases_uploads_of_a_class_the_policy_no_longer_names(db: Db) {
@@ -611,6 +640,14 @@ async fn a_subject_id_is_one_person_however_it_is_spelled(db: Db) {
     assert!(!dir.path().join("a/1.jpg").exists());
     let result = r.register(&upload("a2", "alice ", &store, "a/2.jpg", "photo")).await;
     assert!(matches!(result, Err(RetentionError::Erased)), "{result:?}");
+    // The review's cases: an upload id naming the person in another normal form was
+    // accepted (and stayed in the audit log after erasure), and a key naming them in
+    // another form was not moved to a random key when anonymised.
+    let (renee_nfc, renee_nfd) = ("Ren\u{e9}e", "Rene\u{301}e");
+    let result = r.register(&upload(&format!("x-{renee_nfd}-y"), renee_nfc, &store, "r/1.jpg", "photo")).await;
+    assert!(matches!(result, Err(RetentionError::InvalidUpload { .. })), "{result:?}");
+    r.register(&upload("r2", renee_nfc, &store, &format!("{renee_nfd}/2.jpg"), "photo")).await.unwrap();
+    assert!(r.upload("r2").await.unwrap().unwrap().key_names_subject, "an NFD key names an NFC subject");
 }
 
 /// A store beside a folder outside it, with a key that is a link to a file outside and
@@ -1109,10 +1146,17 @@ async fn only_one_scheduler_runs_on_a_sqlite_catalog() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let second = run(retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]));
+    // The review's case: the same catalog through a link to its file took a lock of its
+    // own, and a second scheduler ran.
+    let alias = dir.path().join("alias.sqlite");
+    std::os::unix::fs::symlink(&catalog, &alias).unwrap();
+    let third = run(retention_cmd(&alias.display().to_string(), &policy, dir.path()).args(["run", "--until-idle"]));
     first.kill().unwrap();
     first.wait().unwrap();
-    assert_eq!(second.status.code(), Some(2));
-    assert!(stderr(&second).contains("another scheduler holds"), "{}", stderr(&second));
+    for other in [second, third] {
+        assert_eq!(other.status.code(), Some(2));
+        assert!(stderr(&other).contains("another scheduler holds"), "{}", stderr(&other));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -55,6 +55,8 @@ pub enum JournalError {
     },
     #[error("journal {path} is in use by another batch run ({holder}); wait for it to finish, or split the work with --shard")]
     Locked { path: String, holder: String },
+    #[error("journal {path} is a symbolic link; a journal is never written through one (it could lead anywhere)")]
+    Link { path: String },
 }
 
 /// A journal file (created on first use), held by one run at a time: two runs on the
@@ -97,6 +99,15 @@ impl Journal {
         let err = |source| JournalError::Db { path: name.clone(), source };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
+        }
+        // The journal, SQLite's files beside it and the lock file are written: none may
+        // be a link planted to make this run overwrite a file elsewhere.
+        for suffix in ["", "-wal", "-shm", "-journal", ".lock"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            if std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(JournalError::Link { path: std::path::PathBuf::from(file).display().to_string() });
+            }
         }
         let lock = lock(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")

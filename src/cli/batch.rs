@@ -28,7 +28,13 @@ pub fn run(args: &BatchArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
         let dst = Store::open(&args.dst, &store_options)?;
         let journal_path = match (&args.journal, dst.local_root()) {
             (Some(p), _) => p.clone(),
-            (None, Some(root)) => root.join(JOURNAL_DIR).join(format!("journal-{}-of-{}.sqlite", args.shard.index, args.shard.count)),
+            (None, Some(root)) => {
+                let dir = root.join(JOURNAL_DIR);
+                if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                    bail!("{} is a symbolic link; the batch journal is never written through one (it could lead outside the destination)", dir.display());
+                }
+                dir.join(format!("journal-{}-of-{}.sqlite", args.shard.index, args.shard.count))
+            }
             (None, None) => bail!("--journal PATH is required when the destination is an object store"),
         };
         let journal = Journal::open(&journal_path).await?;

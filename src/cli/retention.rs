@@ -229,8 +229,18 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
             },
             RetentionCommand::WindDown { action } => event(args, retention.wind_down(*action).await?),
             RetentionCommand::Export { subject, out } => {
+                let created = !out.contains("://") && !std::path::Path::new(out).exists();
                 let out = Store::open(out, &StoreOptions::default())?;
-                let export = retention.export(subject, &out).await?;
+                let export = match retention.export(subject, &out).await {
+                    Ok(export) => export,
+                    Err(e) => {
+                        // A folder this command made is not left behind, empty, by a failed export.
+                        if let Some(root) = out.local_root().filter(|_| created) {
+                            let _ = std::fs::remove_dir(root);
+                        }
+                        return Err(e.into());
+                    }
+                };
                 if args.json {
                     print_json(&export)?;
                 } else {

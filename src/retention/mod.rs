@@ -451,6 +451,15 @@ impl Retention {
         }
     }
 
+    /// A hold comes from the policy: jobs held under a class it no longer names are
+    /// released (an upload queued while its class had a hold, before the class was removed).
+    pub(crate) async fn release_unnamed_holds(&self, classes: &[String]) -> Result<(), RetentionError> {
+        for class in classes.iter().filter(|c| self.policy().class(c).is_none()) {
+            self.catalog().apply_hold(class, false).await?;
+        }
+        Ok(())
+    }
+
     /// Active uploads of classes the policy does not name (see [`Status::unaccounted`]).
     pub async fn unaccounted(&self) -> Result<Vec<Unaccounted>, RetentionError> {
         let mut tx = self.catalog().begin().await?;
@@ -540,7 +549,7 @@ impl Retention {
             }
             // Upload ids stay in the audit log after erasure: one that names the person
             // would outlive their erasure there.
-            if u.id.contains(subject.as_str()) || u.id.contains(u.subject.as_str()) {
+            if names_subject(&u.id, &u.subject) {
                 return Err(RetentionError::InvalidUpload {
                     id: u.id.clone(),
                     message: "the upload id contains the subject id; upload ids are kept in the audit log after erasure, so they must not name the person".into(),
@@ -576,7 +585,7 @@ impl Retention {
             let row = Upload {
                 id: u.id.clone(),
                 subject_hash: Some(subjects[&normalize_subject(&u.subject)].clone()),
-                key_names_subject: u.key.contains(normalize_subject(&u.subject).as_str()) || u.key.contains(u.subject.as_str()),
+                key_names_subject: names_subject(&u.key, &u.subject),
                 store: u.store.clone(),
                 key: Some(u.key.clone()),
                 class: u.class.clone(),
@@ -639,8 +648,12 @@ impl Retention {
         }
         let mut summary = EventSummary::default();
         let mut rules = Vec::new();
+        let mut unnamed = Vec::new();
         // Every class the person has uploads in, not only those the policy names now.
         for (class, _) in Catalog::active_classes(&mut tx, Some(&hash)).await? {
+            if self.policy().class(&class).is_none() {
+                unnamed.push(class.clone());
+            }
             let rule = self.rule_for(&class);
             let (action, reason, due, name) = match force {
                 Some(action) => (action, Reason::EraseSubject, now, format!("erasure request ({class})")),
@@ -656,6 +669,7 @@ impl Retention {
         let detail = if rules.is_empty() { "no active uploads".to_string() } else { rules.join(", ") };
         let entry = AuditEntry { event, subject_hash: Some(hash.clone()), outcome: "queued", detail, ..Default::default() };
         self.commit_audited(tx, &entry, now).await?;
+        self.release_unnamed_holds(&unnamed).await?;
         self.run_now(Scope::Subject(&hash), &mut summary).await?;
         self.count_open(Scope::Subject(&hash), &mut summary).await?;
         self.forget_finished_subjects(Some(&hash)).await?;
@@ -718,6 +732,7 @@ impl Retention {
             detail: if held { "legal hold: waiting".into() } else { "purge queued".into() },
         };
         self.commit_audited(tx, &entry, now).await?;
+        self.release_unnamed_holds(std::slice::from_ref(&upload.class)).await?;
         self.run_now(Scope::Upload(upload_id), &mut summary).await?;
         self.count_open(Scope::Upload(upload_id), &mut summary).await?;
         Ok(summary)
@@ -732,7 +747,9 @@ impl Retention {
         let mut summary = EventSummary::default();
         let mut parts = Vec::new();
         let mut tx = self.catalog().begin().await?;
-        for (class, _) in Catalog::active_classes(&mut tx, None).await? {
+        let classes = Catalog::active_classes(&mut tx, None).await?;
+        for (class, _) in &classes {
+            let class = class.clone();
             let rule = self.rule_for(&class);
             let action = action.unwrap_or(rule.on_expiry);
             let name = format!("wind-down ({class})");
@@ -746,6 +763,7 @@ impl Retention {
         let detail = if parts.is_empty() { "no active uploads".to_string() } else { parts.join(", ") };
         let entry = AuditEntry { event: "wind_down", outcome: "queued", detail, ..Default::default() };
         self.commit_audited(tx, &entry, now).await?;
+        self.release_unnamed_holds(&classes.into_iter().map(|(c, _)| c).collect::<Vec<_>>()).await?;
         let status = self.status().await?;
         summary.pending = status.jobs_pending;
         summary.held = status.jobs_held;
@@ -845,7 +863,7 @@ impl Retention {
                 return Err(RetentionError::Io(format!("upload {} is missing from its store", upload.id)));
             }
         }
-        let mut export = Export { subject: subject.to_string(), exported_at: now, uploads: Vec::new() };
+        let mut export = Export { subject: normalize_subject(subject), exported_at: now, uploads: Vec::new() };
         let mut sent = 0;
         let mut result = Ok(());
         for (n, upload) in uploads.iter().enumerate() {
@@ -978,6 +996,14 @@ impl Plan {
             (false, Action::Anonymise) => self.anonymise += n,
         }
     }
+}
+
+/// Whether `text` (an upload id or key) contains the subject id, compared as ids are
+/// (see [`normalize_subject`]): "Rene\u{301}e/1.jpg" names "Ren\u{e9}e" too.
+fn names_subject(text: &str, subject: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    let normalized: String = text.nfc().collect();
+    normalized.contains(normalize_subject(subject).as_str()) || text.contains(subject)
 }
 
 /// A file name safe in any folder: letters, digits, `.`, `-`, `_`; others become `_`.

@@ -84,6 +84,8 @@ fn lock_instance(catalog: &Catalog, url: &str) -> Result<InstanceLock, Retention
         return Ok(InstanceLock { _file: None });
     }
     let db = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    // The file's real path: a catalog opened through a link must find the same lock.
+    let db = std::fs::canonicalize(db).map_or_else(|_| db.to_string(), |p| p.display().to_string());
     let path = format!("{db}.scheduler-lock");
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| RetentionError::Io(format!("{path}: {e}")))?;
     match file.try_lock() {
@@ -109,7 +111,10 @@ impl Retention {
             }
         }
         let _running = Running::start(options.running.as_ref());
-        for u in self.unaccounted().await? {
+        // The policy is read once per process: a class it dropped is found here, once.
+        let unaccounted = self.unaccounted().await?;
+        self.release_unnamed_holds(&unaccounted.iter().map(|u| u.class.clone()).collect::<Vec<_>>()).await?;
+        for u in unaccounted {
             tracing::error!(
                 class = %u.class,
                 uploads = u.uploads,
