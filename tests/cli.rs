@@ -104,11 +104,13 @@ fn bad_inputs_fail_one_by_one_with_clear_errors_and_no_output() {
     std::fs::write(d.join("empty.jpg"), b"").unwrap();
     let full = std::fs::read(eval_image(ONE_FACE)).unwrap();
     std::fs::write(d.join("truncated.jpg"), &full[..full.len() * 2 / 5]).unwrap();
+    // Cut, and given a new end-of-image marker: every decoder would fill the rest in.
+    std::fs::write(d.join("cut.jpg"), [&full[..full.len() * 2 / 3], &[0xFF, 0xD9][..]].concat()).unwrap();
     std::fs::write(d.join("text.jpg"), b"this is not an image\n").unwrap();
     std::fs::write(d.join("bomb.png"), png_claiming(100_000, 100_000)).unwrap();
     copy_one_face(d, "good.jpg");
     let out_dir = d.join("out");
-    let names = ["empty.jpg", "truncated.jpg", "text.jpg", "bomb.png", "good.jpg", "missing.jpg"];
+    let names = ["empty.jpg", "truncated.jpg", "cut.jpg", "text.jpg", "bomb.png", "good.jpg", "missing.jpg"];
     let out = run(obscura().arg("anonymise").arg("--out-dir").arg(&out_dir).args(names.map(|n| d.join(n))));
     assert_eq!(out.status.code(), Some(1), "some images failed");
     assert_eq!(files_in(&out_dir), ["good.jpg"], "only the good image has an output");
@@ -116,10 +118,11 @@ fn bad_inputs_fail_one_by_one_with_clear_errors_and_no_output() {
     let line_for = |name: &str| err.lines().find(|l| l.starts_with("error:") && l.contains(name)).unwrap_or_else(|| panic!("no error line for {name}"));
     assert!(line_for("empty.jpg").contains("empty input"));
     assert!(line_for("truncated.jpg").contains("corrupt or truncated"));
+    assert!(line_for("cut.jpg").contains("corrupt or truncated JPEG") && line_for("cut.jpg").contains("cut short"), "{err}");
     assert!(line_for("text.jpg").contains("not a JPEG, PNG or WebP"));
     assert!(line_for("bomb.png").contains("100000×100000") && line_for("bomb.png").contains("over the limit"));
     assert!(line_for("missing.jpg").contains("No such file"));
-    assert!(err.contains("5 failed"));
+    assert!(err.contains("6 failed"));
 }
 
 #[test]

@@ -155,6 +155,7 @@ async fn bad_input_gets_the_documented_4xx_and_never_image_bytes() {
         ("empty", Vec::new(), 400, "empty_body"),
         ("not an image", b"GIF89a\x01\x00\x01\x00".to_vec(), 415, "not_an_image"),
         ("truncated", jpeg[..jpeg.len() / 3].to_vec(), 422, "corrupt_image"),
+        ("cut, with a new end-of-image marker", [&jpeg[..jpeg.len() * 2 / 3], &[0xFF, 0xD9][..]].concat(), 422, "corrupt_image"),
         ("decompression bomb", png_claiming(60_000, 60_000), 422, "too_many_pixels"),
         ("arithmetic-coded JPEG", std::fs::read(root().join("tests/fixtures/arithmetic.jpg")).unwrap(), 422, "unsupported_image"),
     ];

@@ -45,6 +45,8 @@ BAD_INPUTS = [
     ("text", b"name,email\ncarol,carol@example.org\n", obscura.NotAnImage, "not a JPEG, PNG or WebP"),
     ("gif", b"GIF89a" + b"\x00" * 64, obscura.NotAnImage, "not a JPEG, PNG or WebP"),
     ("truncated jpeg", None, obscura.CorruptImage, "truncated"),
+    # Cut, then given a new end-of-image marker (decoders fill the rest in): refused.
+    ("cut jpeg with a new end marker", "cut", obscura.CorruptImage, "cut short"),
     ("truncated png", png(64, 64)[:-40], obscura.CorruptImage, "PNG"),
     ("huge png header", png_header(100_000, 100_000) + png_chunk(b"IDAT", b"x"), obscura.ImageTooLarge, "100000×100000"),
     ("animated png", png(32, 32, frames=2), obscura.UnsupportedImage, "animated PNG"),
@@ -58,6 +60,9 @@ def test_each_bad_input_raises_its_own_error(anonymizer: obscura.Anonymizer, lab
     if data is None:
         whole = jpeg()
         data = whole[: len(whole) // 2]
+    elif data == "cut":
+        whole = jpeg()
+        data = whole[: len(whole) * 2 // 3] + b"\xff\xd9"
     with pytest.raises(error, match=message) as caught:
         anonymizer.anonymize(data)
     assert isinstance(caught.value, obscura.InvalidImage)

@@ -5,6 +5,7 @@
 //! This module owns bytes ⇄ pixels and files on disk. It knows nothing of detection or
 //! redaction; pixels travel as a [`Frame`].
 
+mod jpeg_entropy;
 mod metadata;
 mod write;
 
@@ -271,8 +272,9 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         _ => return Err(DecodeError::UnsupportedFormat),
     };
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
+    let mut jpeg_stray = Vec::new();
     if format == Format::Jpeg {
-        jpeg_check_structure(bytes).map_err(|problem| match problem {
+        jpeg_stray = jpeg_check_structure(bytes).map_err(|problem| match problem {
             JpegProblem::Corrupt(reason) => DecodeError::Corrupt { format, reason: reason.into() },
             JpegProblem::Unsupported(what) => DecodeError::Unsupported { format, what },
         })?;
@@ -315,7 +317,18 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         // JPEG decoder is the same zune-jpeg, lenient).
         Format::Jpeg => {
             drop(decoder);
-            jpeg_pixels(bytes, config)?
+            if jpeg_stray.is_empty() {
+                jpeg_pixels(bytes, config)?
+            } else {
+                let mut kept = Vec::with_capacity(bytes.len());
+                let mut from = 0;
+                for run in &jpeg_stray {
+                    kept.extend_from_slice(&bytes[from..run.start]);
+                    from = run.end;
+                }
+                kept.extend_from_slice(&bytes[from..]);
+                jpeg_pixels(&kept, config)?
+            }
         }
         _ => DynamicImage::from_decoder(decoder).map_err(limited)?,
     };
@@ -335,8 +348,9 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
 /// errors (every photo of the evaluation set still decodes, to the same pixels). Before
 /// any pixel is allocated, the header is checked against how much coded data the file
 /// holds, so a header that claims far more pixels than the data can hold is refused at
-/// once. Not caught yet: a file cut inside its coded data and given a new end-of-image
-/// marker (zune-jpeg fills the rest in, strict or not).
+/// once; then every scan's coded data is walked to its last block ([`jpeg_entropy`]), so a
+/// file cut inside its coded data and given a new end-of-image marker, which zune-jpeg
+/// fills in, strict or not, is refused.
 fn jpeg_pixels(bytes: &[u8], config: &ImageConfig) -> Result<DynamicImage, DecodeError> {
     use zune_core::colorspace::ColorSpace;
     let format = Format::Jpeg;
@@ -357,6 +371,7 @@ fn jpeg_pixels(bytes: &[u8], config: &ImageConfig) -> Result<DynamicImage, Decod
     if let Some(reason) = jpeg_data_too_short(bytes, width, height) {
         return Err(DecodeError::Corrupt { format, reason });
     }
+    jpeg_entropy::check(bytes).map_err(|reason| DecodeError::Corrupt { format, reason })?;
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options.jpeg_set_out_colorspace(out));
     let pixels = decoder.decode().map_err(corrupt)?;
     let built = match out {
@@ -429,10 +444,14 @@ impl From<&'static str> for JpegProblem {
 /// another file appended) are ignored: the output is re-encoded without them. A frame
 /// coded in a process the decoder lacks (lossless, hierarchical, arithmetic) is refused
 /// as unsupported.
-fn jpeg_check_structure(bytes: &[u8]) -> Result<(), JpegProblem> {
+///
+/// Returns where stray bytes between segments are (which strict decoding refuses, and
+/// libjpeg skips), so that they can be left out.
+fn jpeg_check_structure(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, JpegProblem> {
     const TRUNCATED: &str = "the data ends before the image does (no end-of-image marker)";
     let mut i = 2; // after SOI (checked by format detection)
     let mut scans = 0;
+    let mut stray: Vec<std::ops::Range<usize>> = Vec::new();
     loop {
         // Fill bytes (FF FF …) may precede a marker.
         while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
@@ -443,7 +462,7 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<(), JpegProblem> {
             (Some(0xFF), Some(&marker)) => {
                 i += 2;
                 match marker {
-                    0xD9 if scans > 0 => return Ok(()),
+                    0xD9 if scans > 0 => return Ok(stray),
                     0xD9 => return Err("the image ends before any image data (end-of-image marker before the first scan)".into()),
                     0xD0..=0xD7 | 0x01 => continue,
                     0xC3 => return Err(JpegProblem::Unsupported("a lossless JPEG (SOF3)")),
@@ -477,7 +496,13 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<(), JpegProblem> {
                 }
             }
             // Stray bytes between segments (some writers pad): skipped, as libjpeg does.
-            _ => i += 1,
+            _ => {
+                match stray.last_mut() {
+                    Some(run) if run.end == i => run.end += 1,
+                    _ => stray.push(i..i + 1),
+                }
+                i += 1;
+            }
         }
     }
 }
