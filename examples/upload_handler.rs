@@ -17,7 +17,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use obscura::image_io::Format;
 use obscura::{Anonymizer, Config, Error};
 
 #[tokio::main]
@@ -37,11 +36,7 @@ async fn main() -> anyhow::Result<()> {
 async fn upload(State(anonymizer): State<Anonymizer>, body: Bytes) -> Response {
     match anonymizer.anonymize_async(body.to_vec()).await {
         Ok(out) => {
-            let mime = match out.format {
-                Format::Jpeg => "image/jpeg",
-                Format::Png => "image/png",
-                Format::Webp => "image/webp",
-            };
+            let mime = out.format.mime();
             // Here a real service would store `out.bytes`; never the upload itself.
             (StatusCode::OK, [(header::CONTENT_TYPE, mime)], out.bytes).into_response()
         }

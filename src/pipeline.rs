@@ -134,7 +134,7 @@ impl Anonymizer {
         self.inner.detectors.iter().map(|d| d.model().clone()).collect()
     }
 
-    /// Anonymises an encoded image (JPEG, PNG or WebP) and returns it in the same format.
+    /// Anonymises an encoded image (JPEG, PNG, WebP, GIF or TIFF) and returns it in the same format.
     /// Blocks the calling thread; from async code use [`Anonymizer::anonymize_async`].
     pub fn anonymize(&self, bytes: &[u8]) -> Result<Anonymized, Error> {
         self.anonymize_to(bytes, None)

@@ -126,11 +126,11 @@ fn an_arithmetic_coded_jpeg_is_unsupported_not_corrupt() {
 fn an_output_extension_names_the_format_written() {
     let tmp = tempfile::tempdir().unwrap();
     let a = copy_one_face(tmp.path(), "a.jpg");
-    let gif = tmp.path().join("x.gif");
-    let out = run(anonymise().arg(&a).arg("-o").arg(&gif));
+    let bmp = tmp.path().join("x.bmp");
+    let out = run(anonymise().arg(&a).arg("-o").arg(&bmp));
     assert_eq!(out.status.code(), Some(2), "a usage error");
-    assert!(stderr(&out).contains(".gif is not a format Obscura writes"), "{}", stderr(&out));
-    assert!(!gif.exists());
+    assert!(stderr(&out).contains(".bmp is not a format Obscura writes"), "{}", stderr(&out));
+    assert!(!bmp.exists());
     // A named input whose extension lies gets no output under that name either.
     let txt = tmp.path().join("photo.txt");
     std::fs::copy(&a, &txt).unwrap();

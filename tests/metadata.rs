@@ -362,6 +362,70 @@ fn hostile_webp(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
     riff_chunk(b"RIFF", &body)
 }
 
+/// A GIF with a comment block, an XMP application block and an ICC application block
+/// (the face preview inside), before its image.
+fn hostile_gif(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    image::codecs::gif::GifEncoder::new_with_speed(&mut plain, 30).write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8).unwrap();
+    let sub_blocks = |data: &[u8]| -> Vec<u8> { data.chunks(255).flat_map(|c| [&[c.len() as u8][..], c].concat()).chain([0]).collect() };
+    let table = if plain[10] & 0x80 != 0 { 3 << ((plain[10] & 7) + 1) } else { 0 };
+    let at = 13 + table;
+    let extra = [
+        [&[0x21, 0xFE][..], &sub_blocks(b"SECRET-COM SECRET-GPS")].concat(),
+        [&[0x21, 0xFF, 11][..], b"XMP DataXMP", &sub_blocks(XMP.as_bytes())].concat(),
+        [&[0x21, 0xFF, 11][..], b"ICCRGBG1012", &sub_blocks(&icc_with_payload(preview))].concat(),
+    ]
+    .concat();
+    [&plain[..at], &extra, &plain[at..]].concat()
+}
+
+/// A TIFF whose directory also holds an ImageDescription, Artist, XMP, IPTC, an ICC
+/// profile (the face preview inside), an EXIF block (GPS, serial, MakerNote preview)
+/// and a SubIFD pointer: the tags a camera or archive writes.
+fn hostile_tiff(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
+    let mut tiff = std::io::Cursor::new(Vec::new());
+    image::codecs::tiff::TiffEncoder::new(&mut tiff).write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8).unwrap();
+    let mut tiff = tiff.into_inner();
+    let (at, n) = first_ifd(&tiff);
+    let mut entries: Vec<[u8; 12]> = (0..n).map(|k| tiff[at + 2 + 12 * k..at + 14 + 12 * k].try_into().unwrap()).collect();
+    // Values go after the image; each extra tag points at its own (type UNDEFINED/ASCII).
+    let exif = hostile_exif(preview);
+    let exif_body = &exif[6..]; // without "Exif\0\0"
+    let extras: [(u16, u16, Vec<u8>); 6] = [
+        (270, 2, b"SECRET-TEXT\0".to_vec()),
+        (315, 2, b"SECRET-ARTIST\0".to_vec()),
+        (700, 1, XMP.as_bytes().to_vec()),
+        (33723, 7, b"SECRET-IPTC".to_vec()),
+        (34675, 7, icc_with_payload(preview)),
+        (34665, 7, exif_body.to_vec()),
+    ];
+    for (tag, kind, value) in extras {
+        if tiff.len() % 2 == 1 {
+            tiff.push(0);
+        }
+        let offset = u32::try_from(tiff.len()).unwrap();
+        tiff.extend_from_slice(&value);
+        let mut entry = [0u8; 12];
+        entry[..2].copy_from_slice(&tag.to_le_bytes());
+        entry[2..4].copy_from_slice(&kind.to_le_bytes());
+        entry[4..8].copy_from_slice(&u32::try_from(value.len()).unwrap().to_le_bytes());
+        entry[8..].copy_from_slice(&offset.to_le_bytes());
+        entries.push(entry);
+    }
+    entries.sort_by_key(|e| u16::from_le_bytes([e[0], e[1]]));
+    if tiff.len() % 2 == 1 {
+        tiff.push(0);
+    }
+    let ifd = u32::try_from(tiff.len()).unwrap();
+    tiff.extend_from_slice(&u16::try_from(entries.len()).unwrap().to_le_bytes());
+    for e in &entries {
+        tiff.extend_from_slice(e);
+    }
+    tiff.extend_from_slice(&[0; 4]);
+    tiff[4..8].copy_from_slice(&ifd.to_le_bytes());
+    tiff
+}
+
 /// The containers' metadata in an output: what is there, or what should not be.
 fn audit_output(bytes: &[u8], keep: bool, preview: &[u8]) -> Result<String, String> {
     let mut kept = Vec::new();
@@ -413,9 +477,51 @@ fn audit_output(bytes: &[u8], keep: bool, preview: &[u8]) -> Result<String, Stri
                 i += 8 + len + len % 2;
             }
         }
+        image::ImageFormat::Gif => {
+            // Header, screen descriptor and palette, then blocks: only the image and its
+            // graphic control extension (timing, transparency) may be there.
+            let table = |flags: u8| if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
+            let skip = |mut i: usize| {
+                while bytes[i] != 0 {
+                    i += 1 + usize::from(bytes[i]);
+                }
+                i + 1
+            };
+            let (mut i, mut images) = (13 + table(bytes[10]), 0);
+            while bytes[i] != 0x3B {
+                match (bytes[i], bytes[i + 1]) {
+                    (0x21, 0xF9) => i = skip(i + 2),
+                    (0x21, label) => deny(format!("GIF extension block {label:#04x}"))?,
+                    (0x2C, _) => {
+                        images += 1;
+                        i = skip(i + 11 + table(bytes[i + 9]));
+                    }
+                    (other, _) => deny(format!("GIF block {other:#04x}"))?,
+                }
+            }
+            if images != 1 {
+                deny(format!("{images} images in the GIF"))?;
+            }
+        }
+        image::ImageFormat::Tiff => {
+            let (at, n) = first_ifd(bytes);
+            for k in 0..n {
+                match u16::from_le_bytes([bytes[at + 2 + 12 * k], bytes[at + 3 + 12 * k]]) {
+                    // The pixels' own description: size, samples, compression, strips, resolution.
+                    256..=259 | 262 | 273 | 277..=279 | 282..=284 | 296 | 317 | 338 | 339 => {}
+                    34675 if keep => kept.push("ICC".into()),
+                    tag => deny(format!("TIFF tag {tag}"))?,
+                }
+            }
+            if bytes[at + 2 + 12 * n..at + 6 + 12 * n] != [0; 4] {
+                deny("a second TIFF directory (a thumbnail or another page)".into())?;
+            }
+        }
         other => deny(format!("unexpected format {other:?}"))?,
     }
-    if let Ok(parsed) = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)) {
+    // (A TIFF is itself read as an EXIF block: its tags were audited above.)
+    let exif = if format == image::ImageFormat::Tiff { Err(exif::Error::NotFound("TIFF")) } else { exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)) };
+    if let Ok(parsed) = exif {
         for f in parsed.fields() {
             if !(obscura::image_io::EXIF_ALLOWLIST.contains(&f.tag) || matches!(f.tag, Tag::Orientation | Tag::ExifIFDPointer)) {
                 deny(format!("EXIF tag {} kept", f.tag))?;
@@ -446,7 +552,13 @@ fn every_kind_of_metadata_in_every_output_mode_leaves_only_the_allowlist() {
     let tmp = tempfile::tempdir().unwrap();
     let img = image::imageops::thumbnail(&load_rgb(&eval_image(ONE_FACE)), 512, 354);
     let preview = face_preview();
-    let inputs = [("hostile.jpg", hostile_jpeg(&img, &preview)), ("hostile.png", hostile_png(&img, &preview)), ("hostile.webp", hostile_webp(&img, &preview))];
+    let inputs = [
+        ("hostile.jpg", hostile_jpeg(&img, &preview)),
+        ("hostile.png", hostile_png(&img, &preview)),
+        ("hostile.webp", hostile_webp(&img, &preview)),
+        ("hostile.gif", hostile_gif(&img, &preview)),
+        ("hostile.tif", hostile_tiff(&img, &preview)),
+    ];
     let in_dir = tmp.path().join("in");
     std::fs::create_dir_all(&in_dir).unwrap();
     for (name, bytes) in &inputs {
@@ -472,7 +584,7 @@ fn every_kind_of_metadata_in_every_output_mode_leaves_only_the_allowlist() {
     println!("{:<28} {:<14} {:<6} kept", "mode", "input", "");
     for keep in [false, true] {
         for (name, _) in &inputs {
-            for ext in ["jpg", "png", "webp"] {
+            for ext in ["jpg", "png", "webp", "gif", "tif"] {
                 let output = tmp.path().join(format!("{name}.{keep}.{ext}"));
                 let mut cmd = obscura();
                 cmd.args(["anonymise", "-q", "--targets", "face"]).arg(in_dir.join(name)).arg("-o").arg(&output);

@@ -102,7 +102,7 @@ fn decoded(bytes: &[u8]) -> image::RgbImage {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn anonymises_jpeg_png_and_webp_with_the_face_redacted_and_no_metadata() {
+async fn anonymises_jpeg_png_webp_gif_and_tiff_with_the_face_redacted_and_no_metadata() {
     let service = Service::start(&["--targets", "face"]);
     let original = load_rgb(&eval_image(ONE_FACE));
     let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
@@ -110,6 +110,8 @@ async fn anonymises_jpeg_png_and_webp_with_the_face_redacted_and_no_metadata() {
         (image::ImageFormat::Jpeg, jpeg.clone(), "image/jpeg"),
         (image::ImageFormat::Png, encoded(&original, image::ImageFormat::Png), "image/png"),
         (image::ImageFormat::WebP, encoded(&original, image::ImageFormat::WebP), "image/webp"),
+        (image::ImageFormat::Gif, encoded(&original, image::ImageFormat::Gif), "image/gif"),
+        (image::ImageFormat::Tiff, encoded(&original, image::ImageFormat::Tiff), "image/tiff"),
     ] {
         let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;
         assert_eq!(response.status(), 200, "{format:?}");
@@ -153,11 +155,12 @@ async fn bad_input_gets_the_documented_4xx_and_never_image_bytes() {
     let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("empty", Vec::new(), 400, "empty_body"),
-        ("not an image", b"GIF89a\x01\x00\x01\x00".to_vec(), 415, "not_an_image"),
+        ("not an image (a BMP)", b"BM\x00\x00\x00\x00\x00\x00\x00\x00".to_vec(), 415, "not_an_image"),
         ("truncated", jpeg[..jpeg.len() / 3].to_vec(), 422, "corrupt_image"),
         ("cut, with a new end-of-image marker", [&jpeg[..jpeg.len() * 2 / 3], &[0xFF, 0xD9][..]].concat(), 422, "corrupt_image"),
         ("decompression bomb", png_claiming(60_000, 60_000), 422, "too_many_pixels"),
         ("arithmetic-coded JPEG", std::fs::read(root().join("tests/fixtures/arithmetic.jpg")).unwrap(), 422, "unsupported_image"),
+        ("multi-page TIFF", with_second_page(encoded(&image::RgbImage::new(64, 64), image::ImageFormat::Tiff)), 422, "animated_image"),
     ];
     for (what, body, status, code) in cases {
         let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;

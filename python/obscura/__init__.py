@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __version__: str = _native.__version__
 
-Format = Literal["jpeg", "png", "webp"]
+Format = Literal["jpeg", "png", "webp", "gif", "tiff"]
 StrPath = Union[str, "os.PathLike[str]"]
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -166,7 +166,7 @@ class Anonymizer:
         self._lock = threading.Lock()
 
     def anonymize(self, data: bytes, *, format: Optional[Format] = None) -> Result:
-        """Anonymises an encoded JPEG, PNG or WebP image; the output has the input's format
+        """Anonymises an encoded JPEG, PNG, WebP, GIF or TIFF image; the output has the input's format
         unless ``format`` names another. Raises an ``obscura.Error`` subclass on any
         failure (``InvalidImage`` for bad input), never returning the input."""
         if isinstance(data, (bytearray, memoryview)):

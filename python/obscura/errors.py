@@ -20,11 +20,11 @@ class InvalidImage(Error, ValueError):
 
 
 class NotAnImage(InvalidImage):
-    """Empty, or not a JPEG, PNG or WebP image."""
+    """Empty, or not a JPEG, PNG, WebP, GIF or TIFF image."""
 
 
 class CorruptImage(InvalidImage):
-    """A JPEG, PNG or WebP image that is truncated or corrupt."""
+    """A JPEG, PNG, WebP, GIF or TIFF image that is truncated or corrupt."""
 
 
 class ImageTooLarge(InvalidImage):

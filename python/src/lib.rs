@@ -87,7 +87,7 @@ fn expand_styles(settings: &mut serde_json::Value) -> PyResult<()> {
 
 fn format_named(name: Option<&str>) -> PyResult<Option<Format>> {
     name.map(|n| {
-        Format::from_extension(n).ok_or_else(|| Failure::new("ConfigError", format!("invalid format {n:?}: Obscura writes jpeg, png or webp")).into())
+        Format::from_extension(n).ok_or_else(|| Failure::new("ConfigError", format!("invalid format {n:?}: Obscura writes jpeg, png, webp, gif or tiff")).into())
     })
     .transpose()
 }

@@ -96,14 +96,46 @@ def photo_with_metadata(fmt: str) -> bytes:
         info.add_text("Comment", SECRET)
         info.add_itxt("XML:com.adobe.xmp", SECRET)
         image.save(out, "PNG", pnginfo=info, exif=exif, icc_profile=icc)
-    else:
+    elif fmt == "webp":
         image.save(out, "WEBP", exif=exif, icc_profile=icc, xmp=SECRET.encode())
+    elif fmt == "gif":
+        image.save(out, "GIF", comment=SECRET.encode(), xmp=SECRET.encode())
+    else:
+        # Pillow writes a TIFF's EXIF tags into its main directory (no nested GPS there).
+        tags = Image.Exif()
+        tags[0x013B] = SECRET  # Artist
+        image.save(out, "TIFF", exif=tags, icc_profile=icc, description=SECRET, compression="tiff_lzw")
     data = out.getvalue()
     assert SECRET.encode() in data
     return data
 
 
-@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def gif_extensions(data: bytes) -> list[int]:
+    """The label of every extension block of a GIF (0xF9 graphic control, 0xFE comment,
+    0xFF application: XMP, ICC, looping)."""
+    table = lambda flags: 3 << ((flags & 7) + 1) if flags & 0x80 else 0  # noqa: E731
+
+    def skip(i: int) -> int:
+        while data[i]:
+            i += 1 + data[i]
+        return i + 1
+
+    labels, i = [], 13 + table(data[10])
+    while data[i] != 0x3B:
+        if data[i] == 0x21:
+            labels.append(data[i + 1])
+            i = skip(i + 2)
+        else:
+            assert data[i] == 0x2C, f"unknown block {data[i]:#x}"
+            i = skip(i + 11 + table(data[i + 9]))
+    return labels
+
+
+# TIFF tags that describe the pixels and nothing else.
+TIFF_BASELINE = {256, 257, 258, 259, 262, 273, 277, 278, 279, 282, 283, 284, 296, 317, 338, 339}
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "gif", "tiff"])
 def test_the_output_carries_no_metadata(anonymizer: obscura.Anonymizer, fmt: str) -> None:
     result = anonymizer.anonymize(photo_with_metadata(fmt))
     assert result.format == fmt
@@ -114,10 +146,37 @@ def test_the_output_carries_no_metadata(anonymizer: obscura.Anonymizer, fmt: str
         assert not [m for m in markers if 0xE1 <= m <= 0xEF or m == 0xFE], [hex(m) for m in markers]
     elif fmt == "png":
         assert set(png_chunks(result.data)) <= {b"IHDR", b"PLTE", b"IDAT", b"IEND"}, png_chunks(result.data)
-    else:
+    elif fmt == "webp":
         assert not {b"EXIF", b"XMP ", b"ICCP"} & {result.data[i : i + 4] for i in range(12, len(result.data) - 4)}
+    elif fmt == "gif":
+        assert set(gif_extensions(result.data)) <= {0xF9}, gif_extensions(result.data)
     with Image.open(io.BytesIO(result.data)) as image:
-        assert not image.getexif() and "icc_profile" not in image.info
+        if fmt == "tiff":
+            # One page, and only the tags that describe its pixels.
+            assert set(image.tag_v2) <= TIFF_BASELINE, sorted(image.tag_v2)
+            assert getattr(image, "n_frames", 1) == 1
+        else:
+            assert not image.getexif()
+        assert "icc_profile" not in image.info
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_gif_and_tiff_faces_are_redacted_in_their_own_format(anonymizer: obscura.Anonymizer, fmt: str) -> None:
+    name = next(iter(must_cover_faces()))
+    out = io.BytesIO()
+    Image.open(io.BytesIO(photo(name))).save(out, fmt)
+    result = anonymizer.anonymize(out.getvalue())
+    assert result.format == fmt.lower()
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert image.format == fmt
+    for box in must_cover_faces()[name]:
+        assert redacted_share(result.regions, box, decode(result.data).shape) >= 0.8, (box, result.regions)
+    # Several pictures in one file: refused, not shortened to the first.
+    frames = io.BytesIO()
+    first = Image.open(io.BytesIO(photo(name)))
+    first.save(frames, fmt, save_all=True, append_images=[first.rotate(90)])
+    with pytest.raises(obscura.UnsupportedImage, match="animated GIF" if fmt == "GIF" else "multi-page TIFF"):
+        anonymizer.anonymize(frames.getvalue())
 
 
 def test_another_output_format_can_be_asked_for(anonymizer: obscura.Anonymizer) -> None:
@@ -143,8 +202,8 @@ def test_a_file_is_written_atomically_and_the_source_is_never_overwritten(anonym
     for dst in (tmp_path / "link.jpg", tmp_path / "hard.jpg"):
         with pytest.raises(FileExistsError):
             anonymizer.anonymize_file(src, dst)
-    with pytest.raises(obscura.ConfigError, match="gif"):
-        anonymizer.anonymize_file(src, tmp_path / "out.gif")
+    with pytest.raises(obscura.ConfigError, match="bmp"):
+        anonymizer.anonymize_file(src, tmp_path / "out.bmp")
     with pytest.raises(FileNotFoundError):
         anonymizer.anonymize_file(tmp_path / "missing.jpg", tmp_path / "x.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")

@@ -42,8 +42,9 @@ def jpeg() -> bytes:
 
 BAD_INPUTS = [
     ("empty", b"", obscura.NotAnImage, "empty"),
-    ("text", b"name,email\ncarol,carol@example.org\n", obscura.NotAnImage, "not a JPEG, PNG or WebP"),
-    ("gif", b"GIF89a" + b"\x00" * 64, obscura.NotAnImage, "not a JPEG, PNG or WebP"),
+    ("text", b"name,email\ncarol,carol@example.org\n", obscura.NotAnImage, "not a JPEG, PNG, WebP, GIF or TIFF"),
+    ("bmp", b"BM" + b"\x00" * 64, obscura.NotAnImage, "not a JPEG, PNG, WebP, GIF or TIFF"),
+    ("broken gif", b"GIF89a" + b"\x00" * 64, obscura.CorruptImage, "GIF"),
     ("truncated jpeg", None, obscura.CorruptImage, "truncated"),
     # Cut, then given a new end-of-image marker (decoders fill the rest in): refused.
     ("cut jpeg with a new end marker", "cut", obscura.CorruptImage, "cut short"),
@@ -99,8 +100,8 @@ def test_invalid_settings_raise_at_construction(settings: dict, message: str) ->
 
 
 def test_an_invalid_per_call_format_is_refused(anonymizer: obscura.Anonymizer) -> None:
-    with pytest.raises(obscura.ConfigError, match="gif"):
-        anonymizer.anonymize(jpeg(), format="gif")  # type: ignore[arg-type]
+    with pytest.raises(obscura.ConfigError, match="bmp"):
+        anonymizer.anonymize(jpeg(), format="bmp")  # type: ignore[arg-type]
 
 
 def test_settings_by_name_are_the_cli_s(anonymizer: obscura.Anonymizer) -> None:

@@ -255,7 +255,7 @@ fn plan_jobs(args: &AnonymiseArgs, skipped: &mut Vec<(PathBuf, String)>) -> Resu
 fn check_extension(path: &Path) -> Result<(), String> {
     match path.extension().map(|e| e.to_string_lossy()) {
         Some(ext) if Format::from_extension(&ext).is_none() => Err(format!(
-            "cannot write {}: .{ext} is not a format Obscura writes (use .jpg, .png or .webp, or no extension for the input's format)",
+            "cannot write {}: .{ext} is not a format Obscura writes (use .jpg, .png, .webp, .gif or .tif, or no extension for the input's format)",
             path.display()
         )),
         _ => Ok(()),
@@ -320,7 +320,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<(PathBuf, String)>
                     out.push(path);
                     continue;
                 }
-                Some(ext) => format!(".{ext} is not a format Obscura reads (JPEG, PNG or WebP)"),
+                Some(ext) => format!(".{ext} is not a format Obscura reads ({})", Format::names()),
                 None => "no extension: give the file by name to have it read whatever it holds".to_string(),
             }
         };

@@ -93,7 +93,7 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct AnonymiseArgs {
-    /// Input files or folders (searched recursively for .jpg/.jpeg/.png/.webp); `-` reads stdin.
+    /// Input files or folders (searched recursively for .jpg/.jpeg/.png/.webp/.gif/.tif/.tiff); `-` reads stdin.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output file for a single input (`-` = stdout).

@@ -5,6 +5,7 @@
 //! This module owns bytes ⇄ pixels and files on disk. It knows nothing of detection or
 //! redaction; pixels travel as a [`Frame`].
 
+mod frames;
 mod jpeg_entropy;
 mod metadata;
 mod write;
@@ -95,22 +96,31 @@ impl Frame {
     }
 }
 
-/// The image formats Obscura reads and writes.
+/// The image formats Obscura reads and writes. An image is written in the format it was
+/// read in unless another is asked for. GIF and TIFF are read one picture at a time: an
+/// animated GIF or multi-page TIFF is refused ([`DecodeError::Animated`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Jpeg,
     Png,
     Webp,
+    Gif,
+    Tiff,
 }
 
 impl Format {
+    /// Every format, in the order messages list them.
+    pub const ALL: [Format; 5] = [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Tiff];
+
     /// The usual file extension.
     pub fn extension(self) -> &'static str {
         match self {
             Format::Jpeg => "jpg",
             Format::Png => "png",
             Format::Webp => "webp",
+            Format::Gif => "gif",
+            Format::Tiff => "tif",
         }
     }
 
@@ -120,8 +130,16 @@ impl Format {
             "jpg" | "jpeg" => Some(Format::Jpeg),
             "png" => Some(Format::Png),
             "webp" => Some(Format::Webp),
+            "gif" => Some(Format::Gif),
+            "tif" | "tiff" => Some(Format::Tiff),
             _ => None,
         }
+    }
+
+    /// The formats' names as a list for messages: "JPEG, PNG, WebP, GIF or TIFF".
+    pub fn names() -> String {
+        let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+        format!("{} or {}", names[..names.len() - 1].join(", "), names[names.len() - 1])
     }
 
     /// The media type (`image/jpeg`, …).
@@ -130,6 +148,8 @@ impl Format {
             Format::Jpeg => "image/jpeg",
             Format::Png => "image/png",
             Format::Webp => "image/webp",
+            Format::Gif => "image/gif",
+            Format::Tiff => "image/tiff",
         }
     }
 
@@ -139,6 +159,8 @@ impl Format {
             Format::Jpeg => "JPEG",
             Format::Png => "PNG",
             Format::Webp => "WebP",
+            Format::Gif => "GIF",
+            Format::Tiff => "TIFF",
         }
     }
 
@@ -147,6 +169,8 @@ impl Format {
             Format::Jpeg => ImageFormat::Jpeg,
             Format::Png => ImageFormat::Png,
             Format::Webp => ImageFormat::WebP,
+            Format::Gif => ImageFormat::Gif,
+            Format::Tiff => ImageFormat::Tiff,
         }
     }
 }
@@ -209,18 +233,24 @@ impl Default for ImageConfig {
 pub enum DecodeError {
     #[error("empty input (0 bytes)")]
     Empty,
-    #[error("not a JPEG, PNG or WebP image")]
+    #[error("not a {} image", Format::names())]
     UnsupportedFormat,
     #[error("image is {width}×{height} pixels, over the limit of {limit} (raise it with the image limits if this is intended)")]
     TooLarge { width: u32, height: u32, limit: String },
     #[error("corrupt or truncated {} image: {reason}", format.name())]
     Corrupt { format: Format, reason: String },
-    #[error("animated {} is not supported: only its first frame would be anonymised, and the other frames would be lost (split it into frames first)", format.name())]
+    /// More than one picture: an animated PNG, WebP or GIF, or a multi-page TIFF.
+    #[error("{} is not supported: only its first {} would be anonymised, and the others would be lost (split it into {}s first)", if *format == Format::Tiff { "a multi-page TIFF".to_string() } else { format!("animated {}", format.name()) }, picture(*format), picture(*format))]
     Animated { format: Format },
     /// A valid file of a kind the decoder cannot read (an arithmetic-coded, lossless or
     /// hierarchical JPEG): refused as unsupported, not called corrupt.
     #[error("{what} is not supported: Obscura reads baseline and progressive (Huffman-coded) JPEG; convert it first")]
     Unsupported { format: Format, what: &'static str },
+}
+
+/// What one picture of a multi-picture file is called.
+fn picture(format: Format) -> &'static str {
+    if format == Format::Tiff { "page" } else { "frame" }
 }
 
 /// Encoding failed (should not happen for a valid [`Frame`]).
@@ -269,6 +299,8 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         Ok(ImageFormat::Jpeg) => Format::Jpeg,
         Ok(ImageFormat::Png) => Format::Png,
         Ok(ImageFormat::WebP) => Format::Webp,
+        Ok(ImageFormat::Gif) => Format::Gif,
+        Ok(ImageFormat::Tiff) => Format::Tiff,
         _ => return Err(DecodeError::UnsupportedFormat),
     };
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
@@ -507,12 +539,16 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, Jpe
     }
 }
 
-/// Whether a PNG is an APNG or a WebP is animated. Frames after the first would be
-/// dropped by decoding, so such files are refused rather than silently shortened.
+/// Whether a PNG is an APNG, a WebP or GIF is animated, or a TIFF has several pages.
+/// Pictures after the first would be dropped by decoding, so such files are refused
+/// rather than silently shortened.
 fn is_animated(bytes: &[u8], format: Format, limits: image::Limits) -> Result<bool, image::ImageError> {
+    let broken = |reason: &str| image::ImageError::Decoding(image::error::DecodingError::new(format.to_image().into(), reason.to_string()));
     match format {
         Format::Png => image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), limits)?.is_apng(),
         Format::Webp => Ok(image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))?.has_animation()),
+        Format::Gif => Ok(frames::gif_images(bytes, 2).map_err(broken)? > 1),
+        Format::Tiff => Ok(frames::tiff_pages(bytes, 2).map_err(broken)? > 1),
         Format::Jpeg => Ok(false),
     }
 }
@@ -530,9 +566,15 @@ fn orientation_tag(o: Orientation) -> u8 {
     }
 }
 
+/// NeuQuant's sampling step for GIF palettes (1 best and slowest, 30 fastest): 10 is
+/// `gif`'s own suggestion for a balance.
+const GIF_QUANTISER_SPEED: i32 = 10;
+
 /// Encodes a frame in `format`. No metadata is written except what `metadata` holds.
 /// JPEG has no alpha: an RGBA frame is flattened to RGB (`jpeg-encoder`, SIMD). WebP is
-/// written lossless (the only WebP encoder the `image` crate has).
+/// written lossless (the only WebP encoder the `image` crate has). GIF is quantised to
+/// one 256-colour palette (NeuQuant); TIFF is written uncompressed, with only its
+/// baseline tags (and an ICC profile, when kept). GIF keeps no metadata at all.
 pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_quality: u8) -> Result<Vec<u8>, EncodeError> {
     use image::ImageEncoder;
     use image::codecs::{png::PngEncoder, webp::WebPEncoder};
@@ -565,11 +607,14 @@ pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_qualit
     }
     let image = frame.into_dynamic();
     let color = image.color().into();
-    let result = if format == Format::Png {
-        let enc = PngEncoder::new_with_quality(&mut out, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Adaptive);
-        with_metadata(enc, metadata).write_image(image.as_bytes(), w, h, color)
-    } else {
-        with_metadata(WebPEncoder::new_lossless(&mut out), metadata).write_image(image.as_bytes(), w, h, color)
+    let result = match format {
+        Format::Png => {
+            let enc = PngEncoder::new_with_quality(&mut out, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Adaptive);
+            with_metadata(enc, metadata).write_image(image.as_bytes(), w, h, color)
+        }
+        Format::Gif => image::codecs::gif::GifEncoder::new_with_speed(&mut out, GIF_QUANTISER_SPEED).write_image(image.as_bytes(), w, h, color),
+        Format::Tiff => with_metadata(image::codecs::tiff::TiffEncoder::new(Cursor::new(&mut out)), metadata).write_image(image.as_bytes(), w, h, color),
+        _ => with_metadata(WebPEncoder::new_lossless(&mut out), metadata).write_image(image.as_bytes(), w, h, color),
     };
     result.map_err(|e| err(&e))?;
     Ok(out)

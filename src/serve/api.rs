@@ -378,12 +378,8 @@ fn parse_options(state: &State, query: &[(String, String)], pixels: bool) -> Res
                 options.threshold = Some(value.parse().map_err(|_| ApiError::bad_option(format!("threshold={value:?}: expected a number")))?);
             }
             "format" if pixels => {
-                options.format = Some(match value.as_str() {
-                    "jpeg" | "jpg" => Format::Jpeg,
-                    "png" => Format::Png,
-                    "webp" => Format::Webp,
-                    _ => return Err(choice(name, value, &["jpeg".into(), "png".into(), "webp".into()])),
-                });
+                let names: Vec<String> = Format::ALL.iter().map(|f| f.name().to_ascii_lowercase()).collect();
+                options.format = Some(Format::from_extension(value).ok_or_else(|| choice(name, value, &names))?);
             }
             "report" if pixels => match value.as_str() {
                 "json" => report_only = true,

@@ -136,3 +136,25 @@ pub async fn postgres_database(prefix: &str) -> Option<String> {
     let (server, _) = base.rsplit_once('/').expect("a postgres URL has a path");
     Some(format!("{server}/{name}"))
 }
+
+/// A little-endian TIFF's first directory: where it is and how many entries it has.
+pub fn first_ifd(tiff: &[u8]) -> (usize, usize) {
+    assert_eq!(&tiff[..4], b"II*\0", "a little-endian TIFF");
+    let at = u32::from_le_bytes(tiff[4..8].try_into().unwrap()) as usize;
+    (at, usize::from(u16::from_le_bytes([tiff[at], tiff[at + 1]])))
+}
+
+/// A single-page little-endian TIFF made two pages long: a copy of its directory (the
+/// same strips) is chained after the first.
+pub fn with_second_page(mut tiff: Vec<u8>) -> Vec<u8> {
+    let (at, n) = first_ifd(&tiff);
+    if tiff.len() % 2 == 1 {
+        tiff.push(0);
+    }
+    let second = u32::try_from(tiff.len()).unwrap();
+    let ifd = tiff[at..at + 2 + 12 * n].to_vec();
+    tiff.extend_from_slice(&ifd);
+    tiff.extend_from_slice(&[0; 4]);
+    tiff[at + 2 + 12 * n..at + 6 + 12 * n].copy_from_slice(&second.to_le_bytes());
+    tiff
+}

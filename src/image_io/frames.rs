@@ -1,0 +1,85 @@
+//! How many pictures a GIF or TIFF file holds, read from its structure alone.
+//!
+//! Owns one answer: does a GIF have more than one image (an animation) or a TIFF more
+//! than one page (image file directory)? Decoding keeps only the first, so such files
+//! are refused rather than silently shortened. Does not decode pixels or check what the
+//! blocks hold (the decoders do).
+
+/// The number of images in a GIF (image descriptors), counted up to `stop_after`; `Err`
+/// when its block structure is broken.
+pub(super) fn gif_images(bytes: &[u8], stop_after: usize) -> Result<usize, &'static str> {
+    const CUT: &str = "the data ends before the GIF's trailer";
+    // Header (6) and logical screen descriptor (7), then the global colour table.
+    let flags = *bytes.get(10).ok_or(CUT)?;
+    let mut i = 13 + if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
+    let mut images = 0;
+    // Sub-blocks: a length byte and that many bytes, until a zero length.
+    let skip_sub_blocks = |mut i: usize| -> Result<usize, &'static str> {
+        loop {
+            let len = usize::from(*bytes.get(i).ok_or(CUT)?);
+            i += 1 + len;
+            if len == 0 {
+                return Ok(i);
+            }
+        }
+    };
+    loop {
+        match *bytes.get(i).ok_or(CUT)? {
+            0x3B => return Ok(images),
+            0x21 => i = skip_sub_blocks(i + 2)?,
+            0x2C => {
+                images += 1;
+                if images >= stop_after {
+                    return Ok(images);
+                }
+                let flags = *bytes.get(i + 9).ok_or(CUT)?;
+                i += 10 + if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
+                i = skip_sub_blocks(i + 1)?; // after the LZW minimum code size
+            }
+            _ => return Err("an unknown block in the GIF"),
+        }
+    }
+}
+
+/// The number of pages (image file directories in the main chain) of a TIFF or BigTIFF,
+/// counted up to `stop_after`; `Err` when the chain points outside the file or loops.
+pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'static str> {
+    const OUTSIDE: &str = "a TIFF directory lies outside the file";
+    let little = match bytes.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Err("not a TIFF header"),
+    };
+    let read = |at: usize, n: usize| -> Result<u64, &'static str> {
+        let b = bytes.get(at..at + n).ok_or(OUTSIDE)?;
+        let mut v = 0u64;
+        for k in 0..n {
+            let byte = u64::from(if little { b[n - 1 - k] } else { b[k] });
+            v = (v << 8) | byte;
+        }
+        Ok(v)
+    };
+    let big = match read(2, 2)? {
+        42 => false,
+        43 => true,
+        _ => return Err("not a TIFF header"),
+    };
+    let (offset_size, count_size, entry_size, first) = if big { (8, 8, 20, 8) } else { (4, 2, 12, 4) };
+    let mut next = read(first, offset_size)?;
+    let mut pages = 0;
+    let mut seen = std::collections::HashSet::new();
+    while next != 0 {
+        let at = usize::try_from(next).map_err(|_| OUTSIDE)?;
+        if !seen.insert(at) {
+            return Err("the TIFF's directories form a loop");
+        }
+        pages += 1;
+        if pages >= stop_after {
+            break;
+        }
+        let entries = usize::try_from(read(at, count_size)?).map_err(|_| OUTSIDE)?;
+        let after = entries.checked_mul(entry_size).and_then(|n| n.checked_add(at + count_size)).ok_or(OUTSIDE)?;
+        next = read(after, offset_size)?;
+    }
+    Ok(pages)
+}
