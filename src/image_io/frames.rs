@@ -51,7 +51,7 @@ pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'sta
         _ => return Err("not a TIFF header"),
     };
     let read = |at: usize, n: usize| -> Result<u64, &'static str> {
-        let b = bytes.get(at..at + n).ok_or(OUTSIDE)?;
+        let b = bytes.get(at..at.checked_add(n).ok_or(OUTSIDE)?).ok_or(OUTSIDE)?;
         let mut v = 0u64;
         for k in 0..n {
             let byte = u64::from(if little { b[n - 1 - k] } else { b[k] });
@@ -78,8 +78,37 @@ pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'sta
             break;
         }
         let entries = usize::try_from(read(at, count_size)?).map_err(|_| OUTSIDE)?;
-        let after = entries.checked_mul(entry_size).and_then(|n| n.checked_add(at + count_size)).ok_or(OUTSIDE)?;
+        let after = entries.checked_mul(entry_size).and_then(|n| n.checked_add(at.checked_add(count_size)?)).ok_or(OUTSIDE)?;
         next = read(after, offset_size)?;
     }
     Ok(pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile directory pointers: past the end, at the very top of the address range,
+    /// and a chain that points back at itself.
+    #[test]
+    fn hostile_tiff_directory_chains_are_errors_not_panics() {
+        let mut far = b"II*\0".to_vec();
+        far.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(tiff_pages(&far, 2), Err("a TIFF directory lies outside the file"));
+        let mut big = b"II+\0\x08\0\0\0".to_vec();
+        big.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(tiff_pages(&big, 2), Err("a TIFF directory lies outside the file"));
+        // One directory with no entries whose next pointer is itself.
+        let mut looped = b"II*\0\x08\0\0\0".to_vec();
+        looped.extend_from_slice(&[0, 0, 8, 0, 0, 0]);
+        assert_eq!(tiff_pages(&looped, 3), Err("the TIFF's directories form a loop"));
+    }
+
+    #[test]
+    fn a_gif_without_its_trailer_or_with_an_unknown_block_is_an_error() {
+        let header = b"GIF89a\x01\0\x01\0\0\0\0".to_vec();
+        assert!(gif_images(&header, 2).is_err());
+        assert_eq!(gif_images(&[&header[..], &[0x99]].concat(), 2), Err("an unknown block in the GIF"));
+        assert_eq!(gif_images(&[&header[..], &[0x3B]].concat(), 2), Ok(0));
+    }
 }
