@@ -478,42 +478,26 @@ fn audit_output(bytes: &[u8], keep: bool, preview: &[u8]) -> Result<String, Stri
             }
         }
         image::ImageFormat::Gif => {
-            // Header, screen descriptor and palette, then blocks: only the image and its
-            // graphic control extension (timing, transparency) may be there.
-            let table = |flags: u8| if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
-            let skip = |mut i: usize| {
-                while bytes[i] != 0 {
-                    i += 1 + usize::from(bytes[i]);
-                }
-                i + 1
-            };
-            let (mut i, mut images) = (13 + table(bytes[10]), 0);
-            while bytes[i] != 0x3B {
-                match (bytes[i], bytes[i + 1]) {
-                    (0x21, 0xF9) => i = skip(i + 2),
-                    (0x21, label) => deny(format!("GIF extension block {label:#04x}"))?,
-                    (0x2C, _) => {
-                        images += 1;
-                        i = skip(i + 11 + table(bytes[i + 9]));
-                    }
-                    (other, _) => deny(format!("GIF block {other:#04x}"))?,
-                }
+            // Only the image and its graphic control extension (timing, transparency).
+            let blocks = gif_blocks(bytes);
+            if let Some((_, label)) = blocks.iter().find(|&&(kind, label)| kind == "extension" && label != 0xF9) {
+                deny(format!("GIF extension block {label:#04x}"))?;
             }
+            let images = blocks.iter().filter(|b| b.0 == "image").count();
             if images != 1 {
                 deny(format!("{images} images in the GIF"))?;
             }
         }
         image::ImageFormat::Tiff => {
-            let (at, n) = first_ifd(bytes);
-            for k in 0..n {
-                match u16::from_le_bytes([bytes[at + 2 + 12 * k], bytes[at + 3 + 12 * k]]) {
-                    // The pixels' own description: size, samples, compression, strips, resolution.
-                    256..=259 | 262 | 273 | 277..=279 | 282..=284 | 296 | 317 | 338 | 339 => {}
+            let (tags, more) = tiff_tags(bytes);
+            for tag in tags {
+                match tag {
                     34675 if keep => kept.push("ICC".into()),
-                    tag => deny(format!("TIFF tag {tag}"))?,
+                    tag if !TIFF_PIXEL_TAGS.contains(&tag) => deny(format!("TIFF tag {tag}"))?,
+                    _ => {}
                 }
             }
-            if bytes[at + 2 + 12 * n..at + 6 + 12 * n] != [0; 4] {
+            if more {
                 deny("a second TIFF directory (a thumbnail or another page)".into())?;
             }
         }

@@ -359,13 +359,14 @@ fn walk_scan(bytes: &[u8], start: usize, scan: &Scan, components: &mut [Componen
         }
     }
     // The blocks in coding order: one component alone is coded block by block over its
-    // own grid; several are interleaved in MCUs of h×v blocks each.
-    let (units, blocks_per_unit): (usize, Vec<(usize, usize)>) = if scan.members.len() == 1 {
+    // own grid; several are interleaved in MCUs of h×v blocks each. Each member with its
+    // tables and its blocks per unit.
+    let (units, blocks_per_unit): (usize, Vec<((usize, usize, usize), usize)>) = if scan.members.len() == 1 {
         let c = &components[scan.members[0].0];
-        (c.blocks_w * c.blocks_h, vec![(scan.members[0].0, 1)])
+        (c.blocks_w * c.blocks_h, vec![(scan.members[0], 1)])
     } else {
         let mcus = width.div_ceil(8 * h_max) * height.div_ceil(8 * v_max);
-        (mcus, scan.members.iter().map(|&(at, _, _)| (at, components[at].h * components[at].v)).collect())
+        (mcus, scan.members.iter().map(|&m| (m, components[m.0].h * components[m.0].v)).collect())
     };
     let mut bits = Bits::new(bytes, start);
     let mut eobrun = 0u32;
@@ -377,8 +378,7 @@ fn walk_scan(bytes: &[u8], start: usize, scan: &Scan, components: &mut [Componen
             }
             eobrun = 0;
         }
-        for &(at, count) in &blocks_per_unit {
-            let (_, d, a) = *scan.members.iter().find(|m| m.0 == at).expect("a member");
+        for &((at, d, a), count) in &blocks_per_unit {
             for _ in 0..count {
                 let result = if !progressive {
                     sequential_block(&mut bits, dc[d].as_ref().unwrap(), ac[a].as_ref().unwrap())
@@ -403,16 +403,7 @@ fn walk_scan(bytes: &[u8], start: usize, scan: &Scan, components: &mut [Componen
             }
         }
     }
-    // The scan's data ends at the next marker that is not a restart marker.
-    let mut end = bits.pos;
-    loop {
-        match bytes.get(end..end + 2) {
-            None => return Ok(bytes.len()),
-            Some([0xFF, 0x00 | 0xD0..=0xD7]) => end += 2,
-            Some([0xFF, _]) => return Ok(end),
-            Some(_) => end += 1,
-        }
-    }
+    Ok(super::entropy_data_end(bytes, bits.pos).unwrap_or(bytes.len()))
 }
 
 type Block = Result<Result<(), &'static str>, RanOut>;

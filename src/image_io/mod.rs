@@ -438,13 +438,7 @@ fn jpeg_data_too_short(bytes: &[u8], width: u32, height: u32) -> Option<String> 
         i += 2 + len;
         if marker == 0xDA {
             let start = i;
-            while let Some(pair) = bytes.get(i..i + 2) {
-                match pair {
-                    [0xFF, 0x00 | 0xD0..=0xD7] => i += 2,
-                    [0xFF, _] => break,
-                    _ => i += 1,
-                }
-            }
+            i = entropy_data_end(bytes, i).unwrap_or(bytes.len());
             scan_bytes += (i - start) as u64;
         }
     }
@@ -454,6 +448,19 @@ fn jpeg_data_too_short(bytes: &[u8], width: u32, height: u32) -> Option<String> 
         .map(|&(h, v)| u64::from((width * h).div_ceil(h_max).div_ceil(8)) * u64::from((height * v).div_ceil(v_max).div_ceil(8)))
         .sum();
     (blocks > scan_bytes * 8).then(|| format!("its header claims {width}×{height} pixels ({blocks} blocks), more than its {scan_bytes} bytes of coded data can hold"))
+}
+
+/// Where a scan's entropy-coded data, starting at `from`, ends: at the next marker, since
+/// FF inside the data is followed by 00 (a stuffed byte) or a restart marker, which
+/// belong to the data. `None` when the file ends first.
+fn entropy_data_end(bytes: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        match bytes.get(from..from + 2)? {
+            [0xFF, 0x00 | 0xD0..=0xD7] => from += 2,
+            [0xFF, _] => return Some(from),
+            _ => from += 1,
+        }
+    }
 }
 
 /// What is wrong with a JPEG's structure.
@@ -515,16 +522,7 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, Jpe
                 }
                 if marker == 0xDA {
                     scans += 1;
-                    // Entropy-coded data: FF is followed by 00 (a stuffed byte) or a restart
-                    // marker; anything else is the next marker.
-                    loop {
-                        match bytes.get(i..i + 2) {
-                            None => return Err(TRUNCATED.into()),
-                            Some([0xFF, 0x00 | 0xD0..=0xD7]) => i += 2,
-                            Some([0xFF, _]) => break,
-                            Some(_) => i += 1,
-                        }
-                    }
+                    i = entropy_data_end(bytes, i).ok_or(TRUNCATED)?;
                 }
             }
             // Stray bytes between segments (some writers pad): skipped, as libjpeg does.

@@ -158,3 +158,43 @@ pub fn with_second_page(mut tiff: Vec<u8>) -> Vec<u8> {
     tiff[at + 2 + 12 * n..at + 6 + 12 * n].copy_from_slice(&second.to_le_bytes());
     tiff
 }
+
+/// TIFF tags that describe the pixels and nothing else: size, samples, compression,
+/// photometric, strips, resolution, predictor, extra samples, sample format.
+pub const TIFF_PIXEL_TAGS: [u16; 16] = [256, 257, 258, 259, 262, 273, 277, 278, 279, 282, 283, 284, 296, 317, 338, 339];
+
+/// The tags of a little-endian TIFF's first directory, and whether another follows.
+pub fn tiff_tags(tiff: &[u8]) -> (Vec<u16>, bool) {
+    let (at, n) = first_ifd(tiff);
+    let tags = (0..n).map(|k| u16::from_le_bytes([tiff[at + 2 + 12 * k], tiff[at + 3 + 12 * k]])).collect();
+    let next = u32::from_le_bytes(tiff[at + 2 + 12 * n..at + 6 + 12 * n].try_into().unwrap());
+    (tags, next != 0)
+}
+
+/// A GIF's blocks after its header and global palette: `("image", 0x2C)` for each image,
+/// `("extension", label)` for each extension block.
+pub fn gif_blocks(gif: &[u8]) -> Vec<(&'static str, u8)> {
+    let table = |flags: u8| if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
+    let skip = |mut i: usize| {
+        while gif[i] != 0 {
+            i += 1 + usize::from(gif[i]);
+        }
+        i + 1
+    };
+    let mut i = 13 + table(gif[10]);
+    let mut blocks = Vec::new();
+    loop {
+        match gif[i] {
+            0x3B => return blocks,
+            0x21 => {
+                blocks.push(("extension", gif[i + 1]));
+                i = skip(i + 2);
+            }
+            0x2C => {
+                blocks.push(("image", 0x2C));
+                i = skip(i + 11 + table(gif[i + 9]));
+            }
+            other => panic!("unknown GIF block {other:#x}"),
+        }
+    }
+}
