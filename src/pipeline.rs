@@ -18,7 +18,8 @@ use crate::redact::{self, Params, Region};
 /// An anonymised image and what was done to it.
 #[derive(Clone, Debug)]
 pub struct Anonymized {
-    /// The encoded image, in the input's format.
+    /// The encoded image, in the input's format unless another was asked for (HEIC and
+    /// AVIF come out as JPEG).
     pub bytes: Vec<u8>,
     pub format: Format,
     pub report: Report,
@@ -55,7 +56,8 @@ pub struct Timings {
 /// at least the configured one. `Default` changes nothing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Options {
-    /// Output format (default: the input's).
+    /// Output format (default: the input's, or JPEG for HEIC and AVIF, which Obscura
+    /// reads but does not write; see [`Format::written_as`]).
     pub format: Option<Format>,
     /// Redaction settings for this call instead of the configured ones; checked like
     /// [`Config::validate`] checks them.
@@ -134,7 +136,8 @@ impl Anonymizer {
         self.inner.detectors.iter().map(|d| d.model().clone()).collect()
     }
 
-    /// Anonymises an encoded image (JPEG, PNG, WebP, GIF or TIFF) and returns it in the same format.
+    /// Anonymises an encoded image (JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF) and returns it
+    /// in the same format (HEIC and AVIF as JPEG: [`Format::written_as`]).
     /// Blocks the calling thread; from async code use [`Anonymizer::anonymize_async`].
     pub fn anonymize(&self, bytes: &[u8]) -> Result<Anonymized, Error> {
         self.anonymize_to(bytes, None)
@@ -155,7 +158,7 @@ impl Anonymizer {
         let decoded = image_io::decode(bytes, &config.image)?;
         let decode_ms = ms(t);
         let Decoded { mut frame, format: input_format, orientation, metadata } = decoded;
-        let format = options.format.unwrap_or(input_format);
+        let format = options.format.unwrap_or(input_format.written_as());
         let (detections, regions, mut timings) = self.redact_frame_with(&mut frame, options)?;
         timings.decode = decode_ms;
         let (width, height) = (frame.width, frame.height);
@@ -180,6 +183,9 @@ impl Anonymizer {
     pub fn check(&self, options: &Options) -> Result<(), Error> {
         let config = &self.inner.config;
         let bad = |field: &'static str, reason: String| Err(crate::config::ConfigError { field, reason }.into());
+        if let Some(format) = options.format.filter(|f| !f.writable()) {
+            return bad("format", format!("Obscura reads {} but does not write it: write {}", format.name(), Format::written_names()));
+        }
         if let Some(redact) = &options.redact {
             let mut with = config.clone();
             with.redact = redact.clone();

@@ -119,7 +119,7 @@ fn bad_inputs_fail_one_by_one_with_clear_errors_and_no_output() {
     assert!(line_for("empty.jpg").contains("empty input"));
     assert!(line_for("truncated.jpg").contains("corrupt or truncated"));
     assert!(line_for("cut.jpg").contains("corrupt or truncated JPEG") && line_for("cut.jpg").contains("cut short"), "{err}");
-    assert!(line_for("text.jpg").contains("not a JPEG, PNG, WebP, GIF or TIFF"));
+    assert!(line_for("text.jpg").contains("not a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF"));
     assert!(line_for("bomb.png").contains("100000×100000") && line_for("bomb.png").contains("over the limit"));
     assert!(line_for("missing.jpg").contains("No such file"));
     assert!(err.contains("6 failed"));

@@ -1,8 +1,11 @@
-//! GIF and TIFF through the CLI: a still GIF or single-page TIFF is anonymised and written
-//! in its own format, with the face at its ground-truth box redacted and nothing but the
-//! pixels carried along (the output's blocks and tags are parsed and listed); an animated
-//! GIF or a multi-page TIFF, and a cut file of either, is refused with no output.
-//! (The service and Python take the same bytes: tests/serve.rs, python/tests.)
+//! GIF, TIFF, HEIC and AVIF through the CLI: a still GIF or single-page TIFF is anonymised
+//! and written in its own format, a HEIC or AVIF as JPEG, with the face at its
+//! ground-truth box redacted and nothing but the pixels carried along (the output's
+//! blocks, tags and segments are parsed and listed; the HEIF inputs' thumbnail, alpha
+//! image, EXIF and XMP items are listed first, so the test knows what it drops); an
+//! animated GIF, a multi-page TIFF, a HEIF of several images, and a cut file of each, is
+//! refused with no output. (The service and Python take the same bytes: tests/serve.rs,
+//! python/tests.)
 
 mod common;
 
@@ -119,4 +122,138 @@ fn folders_and_output_names_take_the_new_formats() {
         assert!(out.status.success(), "{ext}: {}", stderr(&out));
         assert_eq!(image::guess_format(&std::fs::read(&dest).unwrap()).unwrap(), format);
     }
+}
+
+/// What each HEIF fixture carries beside its primary image, read from its boxes: a
+/// thumbnail and an alpha image (both coded items, referenced `thmb` and `auxl`), an EXIF
+/// block with GPS and an XMP packet (`Exif` and `mime` items, referenced `cdsc`).
+fn heif_fixture(name: &str, codec: &str) -> Vec<u8> {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let items = heif_item_types(&bytes);
+    let coded = items.iter().filter(|t| *t == codec).count();
+    assert!(coded >= 3, "{name}: primary, thumbnail and alpha images are coded items: {items:?}");
+    assert!(items.contains(&"Exif".to_string()) && items.contains(&"mime".to_string()), "{name}: EXIF and XMP items: {items:?}");
+    let mut refs = heif_references(&bytes);
+    refs.sort();
+    refs.dedup();
+    assert_eq!(refs, ["auxl", "cdsc", "thmb"], "{name}");
+    for secret in [&b"SECRET-XMP"[..], b"SECRET-ARTIST", b"ObscuraTestCam"] {
+        assert!(bytes.windows(secret.len()).any(|w| w == secret), "{name} carries {}", String::from_utf8_lossy(secret));
+    }
+    bytes
+}
+
+#[test]
+fn heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_only_the_primary_image() {
+    if !libheif_here("heic_and_avif_come_out_as_jpeg") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for (name, codec) in [("astronaut.heic", "hvc1"), ("astronaut.avif", "av01")] {
+        let bytes = heif_fixture(name, codec);
+        // Named as phones name them; a folder run picks up .HEIC and .avif.
+        std::fs::write(input.join(name.replace("astronaut", &format!("IMG_{codec}")).replace(".heic", ".HEIC")), &bytes).unwrap();
+    }
+    let out_dir = tmp.path().join("out");
+    let out = run(obscura().args(["anonymise", "--targets", "face", "--out-dir"]).arg(&out_dir).arg(&input));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Written as JPEG, under the JPEG extension.
+    assert_eq!(files_in(&out_dir), ["IMG_av01.jpg", "IMG_hvc1.jpg"]);
+    for (name, output) in [("astronaut.heic", "IMG_hvc1.jpg"), ("astronaut.avif", "IMG_av01.jpg")] {
+        let written = std::fs::read(out_dir.join(output)).unwrap();
+        let before = obscura::image_io::decode(&std::fs::read(fixture(name)).unwrap(), &Default::default()).unwrap();
+        let channels = before.frame.channels() as usize;
+        let before = image::RgbImage::from_raw(384, 384, before.frame.data().chunks_exact(channels).flat_map(|p| [p[0], p[1], p[2]]).collect()).unwrap();
+        let after = image::load_from_memory_with_format(&written, image::ImageFormat::Jpeg).unwrap().to_rgb8();
+        assert_eq!(after.dimensions(), (384, 384), "{name}");
+        let face = mean_abs_diff(&before, &after, ASTRONAUT_FACE);
+        assert!(face > 15.0, "{name}: the face at its marked box is redacted (mean change {face:.1})");
+        let corner = mean_abs_diff(&before, &after, obscura::geometry::PixelRect { x: 300, y: 300, w: 80, h: 80 });
+        assert!(corner < 8.0, "{name}: away from the face only the JPEG coding changes ({corner:.1})");
+        // One picture (no thumbnail, no alpha or other auxiliary image: a JPEG has no
+        // place for them but a second image, and there is none) and no metadata
+        // segment: only JFIF, tables, the frame and the scan.
+        let (markers, one) = jpeg_markers(&written);
+        assert!(one, "{name}: one image");
+        assert!(markers.iter().all(|m| matches!(m, 0xE0 | 0xDB | 0xC4 | 0xC0 | 0xDA)), "{name}: markers {markers:02x?}");
+        for secret in [&b"SECRET"[..], b"ObscuraTestCam", b"Exif", b"http://ns.adobe.com"] {
+            assert!(!written.windows(secret.len()).any(|w| w == secret), "{name}: {} survived", String::from_utf8_lossy(secret));
+        }
+    }
+    // --keep-metadata keeps the allowlist only: the camera make, not the artist or the
+    // GPS position.
+    for name in ["astronaut.heic", "astronaut.avif"] {
+        let dest = tmp.path().join(format!("{name}.kept.jpg"));
+        let out = run(obscura().args(["anonymise", "--targets", "face", "--keep-metadata"]).arg(fixture(name)).arg("-o").arg(&dest));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let exif = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(std::fs::read(&dest).unwrap())).unwrap();
+        let tags: Vec<String> = exif.fields().map(|f| f.tag.to_string()).collect();
+        assert!(tags.contains(&"Make".to_string()), "{name}: {tags:?}");
+        assert!(exif.fields().all(|f| obscura::image_io::EXIF_ALLOWLIST.contains(&f.tag) || matches!(f.tag, exif::Tag::Orientation | exif::Tag::ExifIFDPointer)), "{name}: {tags:?}");
+        assert!(tags.iter().all(|t| !t.starts_with("GPS") && t != "Artist"), "{name}: {tags:?}");
+        assert_eq!(exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY).and_then(|f| f.value.get_uint(0)), Some(1), "{name}: upright");
+    }
+}
+
+#[test]
+fn bad_heif_files_are_refused_with_the_format_named_and_no_output() {
+    if !libheif_here("bad_heif_files_are_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let heic = std::fs::read(fixture("astronaut.heic")).unwrap();
+    let avif = std::fs::read(fixture("astronaut.avif")).unwrap();
+    let mut cases: Vec<(String, Vec<u8>, &str)> = vec![
+        ("two.heic".into(), std::fs::read(fixture("two-images.heic")).unwrap(), "a HEIC holding several images (a collection or burst) is not supported"),
+        ("header-only.heic".into(), heic[..40].to_vec(), "corrupt or truncated HEIC image"),
+    ];
+    // Cut anywhere (in its boxes, or in the coded pictures at its end): refused, never
+    // half a picture.
+    for (ext, bytes, name) in [("heic", &heic, "HEIC"), ("avif", &avif, "AVIF")] {
+        let message = if name == "HEIC" { "corrupt or truncated HEIC image" } else { "corrupt or truncated AVIF image" };
+        for cut in [200, bytes.len() / 2, bytes.len() - 100, bytes.len() - 1] {
+            cases.push((format!("cut-{cut}.{ext}"), bytes[..cut].to_vec(), message));
+        }
+    }
+    for (name, bytes, message) in &cases {
+        let input = tmp.path().join(name);
+        std::fs::write(&input, bytes).unwrap();
+        let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(&input).arg("-o").arg(tmp.path().join("out.jpg")));
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{name}: {}", stderr(&out));
+        assert!(!tmp.path().join("out.jpg").exists(), "{name}: no output");
+    }
+    // HEIC and AVIF are read, not written: asking for one is refused before anything is
+    // read, and so is replacing a HEIC in place (it would have to become a JPEG).
+    let input = tmp.path().join("photo.heic");
+    std::fs::write(&input, &heic).unwrap();
+    for target in ["x.heic", "x.avif"] {
+        let out = run(obscura().args(["anonymise"]).arg(&input).arg("-o").arg(tmp.path().join(target)));
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", stderr(&out));
+        assert!(stderr(&out).contains("is not a format Obscura writes"), "{target}: {}", stderr(&out));
+    }
+    let out = run(obscura().args(["anonymise", "--in-place"]).arg(&input));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("HEIC and AVIF are read, not written"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&input).unwrap(), heic, "the input is untouched");
+    let mut left = files_in(tmp.path());
+    left.retain(|f| !cases.iter().any(|(n, _, _)| n == f));
+    assert_eq!(left, ["photo.heic"], "no output for any of them");
+}
+
+/// Without libheif (here: OBSCURA_LIBHEIF naming a file that is not there), a HEIC is
+/// refused with what to install, and nothing is written; every other format still works.
+#[test]
+fn without_libheif_a_heic_is_refused_and_says_what_to_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-libheif.so.1");
+    let out = run(obscura().env("OBSCURA_LIBHEIF", &missing).args(["anonymise", "--targets", "face"]).arg(fixture("astronaut.heic")).arg("-o").arg(tmp.path().join("a.jpg")));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("reading HEIC needs libheif, which is not available here"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("apt install libheif1"), "{}", stderr(&out));
+    assert!(!tmp.path().join("a.jpg").exists());
+    let out = run(obscura().env("OBSCURA_LIBHEIF", &missing).args(["anonymise", "--targets", "face"]).arg(eval_image(ONE_FACE)).arg("-o").arg(tmp.path().join("b.jpg")));
+    assert!(out.status.success(), "{}", stderr(&out));
 }

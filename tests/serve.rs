@@ -25,6 +25,11 @@ struct Service {
 
 impl Service {
     fn start(extra: &[&str]) -> Service {
+        Service::start_with_env(extra, &[])
+    }
+
+    /// [`Service::start`] with environment variables set for the service.
+    fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");
         std::fs::write(&tokens, format!("# test tokens\nanonymise {ANONYMISE}\nretention {RETENTION_ONLY}\nadmin {ADMIN}\n")).unwrap();
@@ -32,6 +37,7 @@ impl Service {
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--tokens"])
             .arg(&tokens)
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -147,6 +153,51 @@ async fn anonymises_jpeg_png_webp_gif_and_tiff_with_the_face_redacted_and_no_met
     let face = &found["detections"][0]["bbox"];
     let (x1, y1) = (face["x1"].as_f64().unwrap(), face["y1"].as_f64().unwrap());
     assert!((x1 - ONE_FACE_BOX.x as f64).abs() < 40.0 && (y1 - ONE_FACE_BOX.y as f64).abs() < 60.0, "{found}");
+}
+
+/// HEIC and AVIF (phones' formats, read through libheif) come back as JPEG with the face
+/// redacted and nothing else of the file: not its thumbnail, alpha image, EXIF or XMP. A
+/// cut file, a HEIF of several images, or asking for HEIC output is refused; a service
+/// without libheif answers 501 and says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heic_and_avif_come_back_as_jpeg_and_bad_ones_get_the_documented_errors() {
+    if !libheif_here("heic_and_avif_come_back_as_jpeg") {
+        return;
+    }
+    let service = Service::start(&["--targets", "face"]);
+    for name in ["astronaut.heic", "astronaut.avif"] {
+        let body = std::fs::read(fixture(name)).unwrap();
+        let before = obscura::image_io::decode(&body, &Default::default()).unwrap().frame;
+        let before = image::RgbImage::from_raw(384, 384, before.data().chunks_exact(before.channels() as usize).flat_map(|p| [p[0], p[1], p[2]]).collect()).unwrap();
+        let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body.clone()).await;
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(response.headers()["content-type"], "image/jpeg", "{name}");
+        assert_eq!(response.headers()["x-obscura-regions"], "1", "{name}");
+        let bytes = response.bytes().await.unwrap();
+        let (markers, one) = jpeg_markers(&bytes);
+        assert!(one && markers.iter().all(|m| matches!(m, 0xE0 | 0xDB | 0xC4 | 0xC0 | 0xDA)), "{name}: one image, no metadata: {markers:02x?}");
+        let face = mean_abs_diff(&before, &decoded(&bytes), ASTRONAUT_FACE);
+        assert!(face > 15.0, "{name}: the face is redacted ({face:.1})");
+        // Another written format on request; HEIC or AVIF output is not one.
+        let response = post(&service, "/v1/anonymise?format=png", Some(ANONYMISE), body.clone()).await;
+        assert_eq!(response.headers()["content-type"], "image/png", "{name}");
+        for format in ["heic", "avif"] {
+            let response = post(&service, &format!("/v1/anonymise?format={format}"), Some(ANONYMISE), body.clone()).await;
+            assert_eq!(error_code(response, 400).await, "invalid_option", "{name} format={format}");
+        }
+        let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body[..body.len() / 2].to_vec()).await;
+        assert_eq!(error_code(response, 422).await, "corrupt_image", "{name} cut");
+    }
+    let response = post(&service, "/v1/anonymise", Some(ANONYMISE), std::fs::read(fixture("two-images.heic")).unwrap()).await;
+    assert_eq!(error_code(response, 422).await, "animated_image", "two top-level images");
+    drop(service);
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-libheif.so.1");
+    let service = Service::start_with_env(&["--targets", "face"], &[("OBSCURA_LIBHEIF", missing.as_os_str())]);
+    let response = post(&service, "/v1/anonymise", Some(ANONYMISE), std::fs::read(fixture("astronaut.heic")).unwrap()).await;
+    assert_eq!(error_code(response, 501).await, "format_unavailable");
+    let response = post(&service, "/v1/anonymise", Some(ANONYMISE), std::fs::read(eval_image(ONE_FACE)).unwrap()).await;
+    assert_eq!(response.status(), 200, "other formats still work");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

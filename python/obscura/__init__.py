@@ -48,12 +48,18 @@ if TYPE_CHECKING:
 
 __version__: str = _native.__version__
 
+#: The formats written (``format=``). HEIC and AVIF are read too, and come out as JPEG.
 Format = Literal["jpeg", "png", "webp", "gif", "tiff"]
 StrPath = Union[str, "os.PathLike[str]"]
 
 _PACKAGE = Path(__file__).resolve().parent
 #: The models this package ships (verified against their pinned sha256 when loaded).
 MODELS_DIR = _PACKAGE / "models"
+#: libheif (HEIC and AVIF input) and the libraries it needs, shipped in this package; the
+#: core loads it when it first reads such a file. ``OBSCURA_LIBHEIF`` names another.
+LIBHEIF = _PACKAGE / "lib" / "libheif.so.1"
+if LIBHEIF.is_file() and not os.environ.get("OBSCURA_LIBHEIF"):
+    os.environ["OBSCURA_LIBHEIF"] = str(LIBHEIF)
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,8 @@ class Anonymizer:
         self._lock = threading.Lock()
 
     def anonymize(self, data: bytes, *, format: Optional[Format] = None) -> Result:
-        """Anonymises an encoded JPEG, PNG, WebP, GIF or TIFF image; the output has the input's format
-        unless ``format`` names another. Raises an ``obscura.Error`` subclass on any
+        """Anonymises an encoded JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image; the output has
+        the input's format (JPEG for HEIC and AVIF) unless ``format`` names another. Raises an ``obscura.Error`` subclass on any
         failure (``InvalidImage`` for bad input), never returning the input."""
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)

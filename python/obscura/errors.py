@@ -20,11 +20,11 @@ class InvalidImage(Error, ValueError):
 
 
 class NotAnImage(InvalidImage):
-    """Empty, or not a JPEG, PNG, WebP, GIF or TIFF image."""
+    """Empty, or not a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image."""
 
 
 class CorruptImage(InvalidImage):
-    """A JPEG, PNG, WebP, GIF or TIFF image that is truncated or corrupt."""
+    """A JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image that is truncated or corrupt."""
 
 
 class ImageTooLarge(InvalidImage):

@@ -36,6 +36,7 @@ impl Failure {
             Error::Decode(DecodeError::Corrupt { .. }) => "CorruptImage",
             Error::Decode(DecodeError::TooLarge { .. }) => "ImageTooLarge",
             Error::Decode(DecodeError::Animated { .. } | DecodeError::Unsupported { .. }) => "UnsupportedImage",
+            Error::Decode(DecodeError::CodecMissing { .. }) => "SetupError",
             _ if building => "SetupError",
             _ => "ProcessingError",
         };
@@ -87,7 +88,9 @@ fn expand_styles(settings: &mut serde_json::Value) -> PyResult<()> {
 
 fn format_named(name: Option<&str>) -> PyResult<Option<Format>> {
     name.map(|n| {
-        Format::from_extension(n).ok_or_else(|| Failure::new("ConfigError", format!("invalid format {n:?}: Obscura writes jpeg, png, webp, gif or tiff")).into())
+        Format::from_extension(n)
+            .filter(|f| f.writable())
+            .ok_or_else(|| Failure::new("ConfigError", format!("invalid format {n:?}: Obscura writes jpeg, png, webp, gif or tiff")).into())
     })
     .transpose()
 }
@@ -192,8 +195,8 @@ impl Anonymizer {
     /// may not be `src` (nor a link to it). Returns the report JSON.
     fn anonymize_file(&self, py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<String> {
         let format = match dst.extension().and_then(|e| e.to_str()) {
-            Some(ext) => Some(Format::from_extension(ext).ok_or_else(|| {
-                Failure::new("ConfigError", format!("{}: .{ext} is not a format Obscura writes (use .jpg, .png or .webp)", dst.display()))
+            Some(ext) => Some(Format::from_extension(ext).filter(|f| f.writable()).ok_or_else(|| {
+                Failure::new("ConfigError", format!("{}: .{ext} is not a format Obscura writes (use .jpg, .png, .webp, .gif or .tif)", dst.display()))
             })?),
             None => None,
         };

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import obscura
-from photos import decode, must_cover_faces, photo
+from photos import ROOT, decode, must_cover_faces, photo
 
 
 def redacted_share(regions: list[obscura.Region], box: tuple[int, int, int, int], shape) -> float:
@@ -304,3 +304,57 @@ def test_png_with_alpha_round_trips(anonymizer: obscura.Anonymizer) -> None:
     result = anonymizer.anonymize(out.getvalue())
     with Image.open(io.BytesIO(result.data)) as back:
         assert back.mode == "RGBA" and back.size == image.size
+
+
+# The face in tests/fixtures/astronaut.{heic,avif} (384x384, tests/fixtures/make_heif.py).
+ASTRONAUT_FACE = (140, 55, 62, 75)
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def jpeg_markers(data: bytes) -> list[int]:
+    """A JPEG's segment markers up to its first scan."""
+    markers, i = [], 2
+    while data[i] == 0xFF and data[i + 1] != 0xDA:
+        markers.append(data[i + 1])
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    return markers
+
+
+@pytest.mark.parametrize("name", ["astronaut.heic", "astronaut.avif"])
+def test_heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_nothing_else(anonymizer: obscura.Anonymizer, name: str, tmp_path) -> None:
+    data = (FIXTURES / name).read_bytes()
+    # The input carries EXIF (GPS), XMP, a thumbnail and an alpha image.
+    assert b"SECRET-XMP" in data and b"SECRET-ARTIST" in data
+    result = anonymizer.anonymize(data)
+    assert result.format == "jpeg" and result.data[:3] == b"\xff\xd8\xff"
+    assert redacted_share(result.regions, ASTRONAUT_FACE, (384, 384)) >= 0.8, result.regions
+    # One picture and no metadata: only JFIF, tables, frame, scan; no second image.
+    assert set(jpeg_markers(result.data)) <= {0xE0, 0xDB, 0xC4, 0xC0}, jpeg_markers(result.data)
+    assert result.data.count(b"\xff\xd8\xff") == 1 and b"SECRET" not in result.data
+    # The library that read it is the one the package ships (when it ships one).
+    maps = open("/proc/self/maps").read()
+    loaded = {line.split()[-1] for line in maps.splitlines() if "libheif" in line}
+    assert loaded, "libheif is loaded"
+    if obscura.LIBHEIF.is_file():
+        assert all(os.path.realpath(p).startswith(str(obscura.LIBHEIF.parent)) for p in loaded), loaded
+    # Files: the output format follows the name; HEIC and AVIF are not written.
+    src = tmp_path / name
+    src.write_bytes(data)
+    report = anonymizer.anonymize_file(src, tmp_path / "out.png")
+    assert report["format"] == "png" and (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
+    for ext in ("heic", "avif"):
+        with pytest.raises(obscura.ConfigError, match="not a format Obscura writes"):
+            anonymizer.anonymize_file(src, tmp_path / f"out.{ext}")
+        with pytest.raises(obscura.ConfigError, match="invalid format"):
+            anonymizer.anonymize(data, format=ext)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.png"])
+
+
+def test_bad_heif_files_are_refused_naming_their_format(anonymizer: obscura.Anonymizer) -> None:
+    for name, fmt in (("astronaut.heic", "HEIC"), ("astronaut.avif", "AVIF")):
+        data = (FIXTURES / name).read_bytes()
+        for cut in (200, len(data) // 2, len(data) - 1):
+            with pytest.raises(obscura.CorruptImage, match=f"corrupt or truncated {fmt} image"):
+                anonymizer.anonymize(data[:cut])
+    with pytest.raises(obscura.UnsupportedImage, match="HEIC holding several images"):
+        anonymizer.anonymize((FIXTURES / "two-images.heic").read_bytes())

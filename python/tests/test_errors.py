@@ -42,8 +42,8 @@ def jpeg() -> bytes:
 
 BAD_INPUTS = [
     ("empty", b"", obscura.NotAnImage, "empty"),
-    ("text", b"name,email\ncarol,carol@example.org\n", obscura.NotAnImage, "not a JPEG, PNG, WebP, GIF or TIFF"),
-    ("bmp", b"BM" + b"\x00" * 64, obscura.NotAnImage, "not a JPEG, PNG, WebP, GIF or TIFF"),
+    ("text", b"name,email\ncarol,carol@example.org\n", obscura.NotAnImage, "not a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF"),
+    ("bmp", b"BM" + b"\x00" * 64, obscura.NotAnImage, "not a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF"),
     ("broken gif", b"GIF89a" + b"\x00" * 64, obscura.CorruptImage, "GIF"),
     ("truncated jpeg", None, obscura.CorruptImage, "truncated"),
     # Cut, then given a new end-of-image marker (decoders fill the rest in): refused.

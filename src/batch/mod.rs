@@ -135,7 +135,8 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Anonymises every accepted object of `src` into `dst` under the same key.
+/// Anonymises every accepted object of `src` into `dst` under the same key (a HEIC or
+/// AVIF object is written as JPEG under its own key: a key is what the store's users hold).
 /// `on_object` sees each finished object (progress, reports); `on_listed` each key
 /// accepted for work, as the listing proceeds.
 pub async fn run(
@@ -227,7 +228,7 @@ async fn process(anonymizer: &Anonymizer, src: &Store, dst: &Store, key: &str, i
         Ok(b) => b,
         Err(e) => return (Outcome::Failed { error: e.to_string() }, None),
     };
-    if image::guess_format(&bytes).is_err() {
+    if crate::image_io::format_of(&bytes).is_none() {
         return (Outcome::Skipped { reason: "not an image (by content)".into() }, version);
     }
     let out = match anonymizer.anonymize_async(bytes.to_vec()).await {

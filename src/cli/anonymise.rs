@@ -147,7 +147,7 @@ fn process(anonymizer: &Anonymizer, source: &Source, dest: &Dest, cleaned: &Clea
     // An output file named .png/.jpg/.webp gets that format; without an extension, the
     // input's (checked when the jobs were planned).
     let format = match dest {
-        Dest::File { path, .. } => path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension),
+        Dest::File { path, .. } => path.extension().and_then(|e| e.to_str()).and_then(Format::from_extension).filter(|f| f.writable()),
         Dest::Stdout => None,
     };
     let out = anonymizer.anonymize_to(&bytes, format)?;
@@ -254,8 +254,8 @@ fn plan_jobs(args: &AnonymiseArgs, skipped: &mut Vec<(PathBuf, String)>) -> Resu
 /// one format under another's name mislead every program that opens them.
 fn check_extension(path: &Path) -> Result<(), String> {
     match path.extension().map(|e| e.to_string_lossy()) {
-        Some(ext) if Format::from_extension(&ext).is_none() => Err(format!(
-            "cannot write {}: .{ext} is not a format Obscura writes (use .jpg, .png, .webp, .gif or .tif, or no extension for the input's format)",
+        Some(ext) if !Format::from_extension(&ext).is_some_and(|f| f.writable()) => Err(format!(
+            "cannot write {}: .{ext} is not a format Obscura writes (use .jpg, .png, .webp, .gif or .tif, or no extension for the input's format; HEIC and AVIF are read, not written)",
             path.display()
         )),
         _ => Ok(()),
@@ -267,20 +267,30 @@ fn destination(args: &AnonymiseArgs, source: &Source, rel: Option<&Path>) -> Res
         (_, Some(o), _) if o.as_os_str() == "-" => Ok(Dest::Stdout),
         (_, Some(o), _) => Ok(Dest::file(o.clone())),
         (Source::Stdin, None, Some(dir)) => match &args.stdin_name {
-            Some(name) => within(dir, name),
+            Some(name) => within(dir, &written_name(name)),
             None => Err("reading stdin with --out-dir needs --stdin-name NAME".into()),
         },
         (Source::Stdin, None, None) => Ok(Dest::Stdout),
         (Source::File(p), None, Some(dir)) => {
             let name = rel.map(Path::to_path_buf).or_else(|| p.file_name().map(PathBuf::from)).ok_or("input has no file name")?;
-            within(dir, &name)
+            within(dir, &written_name(&name))
         }
         (Source::File(p), None, None) if args.in_place => Ok(Dest::file(p.clone())),
         (Source::File(p), None, None) => {
             let stem = p.file_stem().ok_or("input has no file name")?.to_string_lossy();
             let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| Format::Jpeg.extension().into());
-            Ok(Dest::file(p.with_file_name(format!("{stem}.anonymized.{ext}"))))
+            Ok(Dest::file(written_name(&p.with_file_name(format!("{stem}.anonymized.{ext}")))))
         }
+    }
+}
+
+/// An output named after its input, with the extension of the format it is written in
+/// where the input's names a format Obscura reads but does not write: `IMG_1.HEIC` is
+/// written as `IMG_1.jpg` (two inputs meeting there is caught when jobs are planned).
+fn written_name(name: &Path) -> PathBuf {
+    match name.extension().and_then(|e| e.to_str()).and_then(Format::from_extension) {
+        Some(f) if !f.writable() => name.with_extension(f.written_as().extension()),
+        _ => name.to_path_buf(),
     }
 }
 

@@ -37,7 +37,7 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Anonymise image files (JPEG, PNG, WebP) or folders of them.
+    /// Anonymise image files (JPEG, PNG, WebP, GIF, TIFF, HEIC, AVIF) or folders of them.
     #[command(visible_alias = "anonymize")]
     Anonymise(AnonymiseArgs),
     /// Anonymise every image of a folder or object store into another (resumable, sharded).
@@ -93,7 +93,8 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct AnonymiseArgs {
-    /// Input files or folders (searched recursively for .jpg/.jpeg/.png/.webp/.gif/.tif/.tiff); `-` reads stdin.
+    /// Input files or folders (searched recursively for .jpg/.jpeg/.png/.webp/.gif/.tif/.tiff/.heic/.heif/.hif/.avif);
+    /// `-` reads stdin.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output file for a single input (`-` = stdout).

@@ -6,6 +6,7 @@
 //! redaction; pixels travel as a [`Frame`].
 
 mod frames;
+mod heif;
 mod jpeg_entropy;
 mod metadata;
 mod write;
@@ -15,6 +16,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orientation};
 use serde::{Deserialize, Serialize};
 
+pub use heif::{LIBHEIF_NAME, libheif, sniff};
 pub use metadata::{EXIF_ALLOWLIST, sanitize_exif, sanitize_icc};
 pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, remove_stale_temps, safe_join, write_atomic};
 
@@ -96,9 +98,11 @@ impl Frame {
     }
 }
 
-/// The image formats Obscura reads and writes. An image is written in the format it was
-/// read in unless another is asked for. GIF and TIFF are read one picture at a time: an
-/// animated GIF or multi-page TIFF is refused ([`DecodeError::Animated`]).
+/// The image formats Obscura reads. An image is written in the format it was read in
+/// unless another is asked for; HEIC and AVIF, which Obscura reads but does not write,
+/// are written as JPEG ([`Format::written_as`]). GIF and TIFF are read one picture at a
+/// time: an animated GIF or multi-page TIFF is refused ([`DecodeError::Animated`]), as is
+/// a HEIF holding several top-level images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -107,11 +111,34 @@ pub enum Format {
     Webp,
     Gif,
     Tiff,
+    /// HEIF with HEVC coding (the iPhone camera's default), and plain HEIF; read through
+    /// libheif, loaded at run time.
+    Heic,
+    /// HEIF with AV1 coding; read through libheif.
+    Avif,
 }
 
 impl Format {
-    /// Every format, in the order messages list them.
-    pub const ALL: [Format; 5] = [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Tiff];
+    /// Every format read, in the order messages list them.
+    pub const ALL: [Format; 7] = [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Tiff, Format::Heic, Format::Avif];
+
+    /// Whether Obscura writes this format (HEIC and AVIF are read only).
+    pub fn writable(self) -> bool {
+        !matches!(self, Format::Heic | Format::Avif)
+    }
+
+    /// The format an image read in this one is written in when no other is asked for:
+    /// itself, or JPEG for the formats Obscura does not write (HEIC and AVIF are photos,
+    /// and JPEG is what every program opens).
+    ///
+    /// ```
+    /// use obscura::image_io::Format;
+    /// assert_eq!(Format::Png.written_as(), Format::Png);
+    /// assert_eq!(Format::Heic.written_as(), Format::Jpeg);
+    /// ```
+    pub fn written_as(self) -> Format {
+        if self.writable() { self } else { Format::Jpeg }
+    }
 
     /// The usual file extension.
     pub fn extension(self) -> &'static str {
@@ -121,6 +148,8 @@ impl Format {
             Format::Webp => "webp",
             Format::Gif => "gif",
             Format::Tiff => "tif",
+            Format::Heic => "heic",
+            Format::Avif => "avif",
         }
     }
 
@@ -132,14 +161,20 @@ impl Format {
             "webp" => Some(Format::Webp),
             "gif" => Some(Format::Gif),
             "tif" | "tiff" => Some(Format::Tiff),
+            "heic" | "heif" | "hif" => Some(Format::Heic),
+            "avif" => Some(Format::Avif),
             _ => None,
         }
     }
 
-    /// The formats' names as a list for messages: "JPEG, PNG, WebP, GIF or TIFF".
+    /// The names of the formats read, as a list for messages: "JPEG, PNG, …, HEIC or AVIF".
     pub fn names() -> String {
-        let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
-        format!("{} or {}", names[..names.len() - 1].join(", "), names[names.len() - 1])
+        or_list(Format::ALL.iter().map(|f| f.name()).collect())
+    }
+
+    /// The names of the formats written, as a list for messages: "JPEG, PNG, WebP, GIF or TIFF".
+    pub fn written_names() -> String {
+        or_list(Format::ALL.iter().filter(|f| f.writable()).map(|f| f.name()).collect())
     }
 
     /// The media type (`image/jpeg`, …).
@@ -150,6 +185,8 @@ impl Format {
             Format::Webp => "image/webp",
             Format::Gif => "image/gif",
             Format::Tiff => "image/tiff",
+            Format::Heic => "image/heic",
+            Format::Avif => "image/avif",
         }
     }
 
@@ -161,6 +198,8 @@ impl Format {
             Format::Webp => "WebP",
             Format::Gif => "GIF",
             Format::Tiff => "TIFF",
+            Format::Heic => "HEIC",
+            Format::Avif => "AVIF",
         }
     }
 
@@ -171,8 +210,14 @@ impl Format {
             Format::Webp => ImageFormat::WebP,
             Format::Gif => ImageFormat::Gif,
             Format::Tiff => ImageFormat::Tiff,
+            // Never asked for: HEIF is decoded by libheif, not by `image`.
+            Format::Heic | Format::Avif => ImageFormat::Avif,
         }
     }
+}
+
+fn or_list(names: Vec<&str>) -> String {
+    format!("{} or {}", names[..names.len() - 1].join(", "), names[names.len() - 1])
 }
 
 /// Decode and encode settings.
@@ -239,18 +284,37 @@ pub enum DecodeError {
     TooLarge { width: u32, height: u32, limit: String },
     #[error("corrupt or truncated {} image: {reason}", format.name())]
     Corrupt { format: Format, reason: String },
-    /// More than one picture: an animated PNG, WebP or GIF, or a multi-page TIFF.
-    #[error("{} is not supported: only its first {} would be anonymised, and the others would be lost (split it into {}s first)", if *format == Format::Tiff { "a multi-page TIFF".to_string() } else { format!("animated {}", format.name()) }, picture(*format), picture(*format))]
+    /// More than one picture: an animated PNG, WebP or GIF, a multi-page TIFF, or a HEIF
+    /// holding several top-level images.
+    #[error("{} is not supported: only its first {} would be anonymised, and the others would be lost (split it into {}s first)", several(*format), picture(*format), picture(*format))]
     Animated { format: Format },
     /// A valid file of a kind the decoder cannot read (an arithmetic-coded, lossless or
-    /// hierarchical JPEG): refused as unsupported, not called corrupt.
-    #[error("{what} is not supported: Obscura reads baseline and progressive (Huffman-coded) JPEG; convert it first")]
-    Unsupported { format: Format, what: &'static str },
+    /// hierarchical JPEG; a HEIF with a codec libheif lacks): refused as unsupported, not
+    /// called corrupt.
+    #[error("{what} is not supported: {}", if *format == Format::Jpeg { "Obscura reads baseline and progressive (Huffman-coded) JPEG; convert it first" } else { "convert it to JPEG or PNG first" })]
+    Unsupported { format: Format, what: String },
+    /// The library that reads this format (libheif, for HEIC and AVIF) could not be
+    /// loaded: a problem of the installation, not of the file.
+    #[error("reading {} needs libheif, which is not available here ({reason}): install it (Debian and Ubuntu: apt install libheif1), or set OBSCURA_LIBHEIF to its {}", format.name(), heif::LIBHEIF_NAME)]
+    CodecMissing { format: Format, reason: String },
 }
 
 /// What one picture of a multi-picture file is called.
 fn picture(format: Format) -> &'static str {
-    if format == Format::Tiff { "page" } else { "frame" }
+    match format {
+        Format::Tiff => "page",
+        Format::Heic | Format::Avif => "image",
+        _ => "frame",
+    }
+}
+
+/// What a file of several pictures of `format` is called.
+fn several(format: Format) -> String {
+    match format {
+        Format::Tiff => "a multi-page TIFF".into(),
+        Format::Heic | Format::Avif => format!("a {} holding several images (a collection or burst)", format.name()),
+        _ => format!("animated {}", format.name()),
+    }
 }
 
 /// Encoding failed (should not happen for a valid [`Frame`]).
@@ -295,20 +359,22 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let format = match image::guess_format(bytes) {
-        Ok(ImageFormat::Jpeg) => Format::Jpeg,
-        Ok(ImageFormat::Png) => Format::Png,
-        Ok(ImageFormat::WebP) => Format::Webp,
-        Ok(ImageFormat::Gif) => Format::Gif,
-        Ok(ImageFormat::Tiff) => Format::Tiff,
-        _ => return Err(DecodeError::UnsupportedFormat),
-    };
+    let format = format_of(bytes).ok_or(DecodeError::UnsupportedFormat)?;
+    if matches!(format, Format::Heic | Format::Avif) {
+        let (image, metadata) = heif::decode(bytes, format, config)?;
+        let frame = if image.color().has_alpha() {
+            Frame::new(image.width(), image.height(), 4, image.into_rgba8().into_raw())
+        } else {
+            Frame::new(image.width(), image.height(), 3, image.into_rgb8().into_raw())
+        };
+        return Ok(Decoded { frame, format, orientation: 1, metadata });
+    }
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
     let mut jpeg_stray = Vec::new();
     if format == Format::Jpeg {
         jpeg_stray = jpeg_check_structure(bytes).map_err(|problem| match problem {
             JpegProblem::Corrupt(reason) => DecodeError::Corrupt { format, reason: reason.into() },
-            JpegProblem::Unsupported(what) => DecodeError::Unsupported { format, what },
+            JpegProblem::Unsupported(what) => DecodeError::Unsupported { format, what: what.into() },
         })?;
     }
     // Read the header under the memory limit but no size limit, check the size ourselves
@@ -372,6 +438,28 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         Frame::new(width, height, 3, image.into_rgb8().into_raw())
     };
     Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
+}
+
+/// The format `bytes` are in, by their content (not a name): one Obscura reads, or `None`.
+///
+/// ```
+/// use obscura::image_io::{format_of, Format};
+/// assert_eq!(format_of(b"\x89PNG\r\n\x1a\n"), Some(Format::Png));
+/// assert_eq!(format_of(b"\0\0\0\x14ftypavif\0\0\0\0mif1"), Some(Format::Avif));
+/// assert_eq!(format_of(b"%PDF-1.7"), None);
+/// ```
+pub fn format_of(bytes: &[u8]) -> Option<Format> {
+    if let Some(heif) = sniff(bytes) {
+        return Some(heif);
+    }
+    match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) => Some(Format::Jpeg),
+        Ok(ImageFormat::Png) => Some(Format::Png),
+        Ok(ImageFormat::WebP) => Some(Format::Webp),
+        Ok(ImageFormat::Gif) => Some(Format::Gif),
+        Ok(ImageFormat::Tiff) => Some(Format::Tiff),
+        _ => None,
+    }
 }
 
 /// A JPEG's pixels, decoded by zune-jpeg (the decoder `image` uses) in strict mode, in
@@ -547,7 +635,7 @@ fn is_animated(bytes: &[u8], format: Format, limits: image::Limits) -> Result<bo
         Format::Webp => Ok(image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))?.has_animation()),
         Format::Gif => Ok(frames::gif_images(bytes, 2).map_err(broken)? > 1),
         Format::Tiff => Ok(frames::tiff_pages(bytes, 2).map_err(broken)? > 1),
-        Format::Jpeg => Ok(false),
+        Format::Jpeg | Format::Heic | Format::Avif => Ok(false),
     }
 }
 
@@ -577,6 +665,9 @@ pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_qualit
     use image::ImageEncoder;
     use image::codecs::{png::PngEncoder, webp::WebPEncoder};
     let err = |e: &dyn std::fmt::Display| EncodeError { format, reason: e.to_string() };
+    if !format.writable() {
+        return Err(err(&format!("Obscura does not write {}; write {}", format.name(), Format::written_names())));
+    }
     let mut out = Vec::with_capacity(frame.data.len() / 4);
     let (w, h) = (frame.width, frame.height);
     if format == Format::Jpeg {
@@ -612,7 +703,8 @@ pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_qualit
         }
         Format::Gif => image::codecs::gif::GifEncoder::new_with_speed(&mut out, GIF_QUANTISER_SPEED).write_image(image.as_bytes(), w, h, color),
         Format::Tiff => with_metadata(image::codecs::tiff::TiffEncoder::new(Cursor::new(&mut out)), metadata).write_image(image.as_bytes(), w, h, color),
-        _ => with_metadata(WebPEncoder::new_lossless(&mut out), metadata).write_image(image.as_bytes(), w, h, color),
+        Format::Webp => with_metadata(WebPEncoder::new_lossless(&mut out), metadata).write_image(image.as_bytes(), w, h, color),
+        Format::Jpeg | Format::Heic | Format::Avif => unreachable!("handled above"),
     };
     result.map_err(|e| err(&e))?;
     Ok(out)

@@ -378,8 +378,9 @@ fn parse_options(state: &State, query: &[(String, String)], pixels: bool) -> Res
                 options.threshold = Some(value.parse().map_err(|_| ApiError::bad_option(format!("threshold={value:?}: expected a number")))?);
             }
             "format" if pixels => {
-                let names: Vec<String> = Format::ALL.iter().map(|f| f.name().to_ascii_lowercase()).collect();
-                options.format = Some(Format::from_extension(value).ok_or_else(|| choice(name, value, &names))?);
+                // Only the formats Obscura writes (a HEIC or AVIF input comes out as JPEG).
+                let names: Vec<String> = Format::ALL.iter().filter(|f| f.writable()).map(|f| f.name().to_ascii_lowercase()).collect();
+                options.format = Some(Format::from_extension(value).filter(|f| f.writable()).ok_or_else(|| choice(name, value, &names))?);
             }
             "report" if pixels => match value.as_str() {
                 "json" => report_only = true,

@@ -73,6 +73,8 @@ impl From<Error> for ApiError {
             Error::Decode(DecodeError::Corrupt { .. }) => unprocessable("corrupt_image", &e),
             Error::Decode(DecodeError::Animated { .. }) => unprocessable("animated_image", &e),
             Error::Decode(DecodeError::Unsupported { .. }) => unprocessable("unsupported_image", &e),
+            // The server lacks libheif: its operator's problem, not the client's file.
+            Error::Decode(DecodeError::CodecMissing { .. }) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "format_unavailable", e.to_string()),
             Error::Config(c) => ApiError::bad_option(c.to_string()),
             Error::ShuttingDown => ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()) },
             // Ours: detection, redaction, encoding or a worker failed. Fail closed.

@@ -198,3 +198,93 @@ pub fn gif_blocks(gif: &[u8]) -> Vec<(&'static str, u8)> {
         }
     }
 }
+
+/// The face in tests/fixtures/astronaut.{heic,avif} (384×384; tests/fixtures/make_heif.py),
+/// marked by hand.
+pub const ASTRONAUT_FACE: PixelRect = PixelRect { x: 140, y: 55, w: 62, h: 75 };
+
+/// A committed fixture's path.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// Whether libheif (HEIC and AVIF input) can be loaded here. In CI it must be (the test
+/// fails); elsewhere a test without it is skipped, and says why.
+pub fn libheif_here(test: &str) -> bool {
+    match obscura::image_io::libheif() {
+        Ok(_) => true,
+        Err(why) if in_ci() => panic!("{test}: libheif is required in CI: {why}"),
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+/// An ISO base media file's boxes under `path` (e.g. `["meta", "iinf"]`): type and body
+/// of each. `meta`, `iinf` and `iref` are full boxes (their version and flags are skipped;
+/// `iinf`'s entry count too).
+pub fn isobmff_boxes<'a>(bytes: &'a [u8], path: &[&str]) -> Vec<(String, &'a [u8])> {
+    let mut level = bytes;
+    let mut boxes = Vec::new();
+    for depth in 0..=path.len() {
+        boxes.clear();
+        let mut i = 0;
+        while i + 8 <= level.len() {
+            let size = u32::from_be_bytes(level[i..i + 4].try_into().unwrap()) as usize;
+            let kind = String::from_utf8_lossy(&level[i + 4..i + 8]).into_owned();
+            let size = if size == 0 { level.len() - i } else { size };
+            assert!(size >= 8 && i + size <= level.len(), "box {kind} of {size} bytes at {i} overruns");
+            boxes.push((kind, &level[i + 8..i + size]));
+            i += size;
+        }
+        if depth == path.len() {
+            break;
+        }
+        let (kind, body) = boxes.iter().find(|(k, _)| k == path[depth]).unwrap_or_else(|| panic!("no {} box", path[depth]));
+        level = match kind.as_str() {
+            "meta" | "iref" => &body[4..],
+            "iinf" if body[0] == 0 => &body[6..],
+            "iinf" => &body[8..],
+            _ => body,
+        };
+    }
+    boxes
+}
+
+/// A HEIF's items by type (`hvc1`, `av01`, `Exif`, `mime`, `grid`, …), in file order.
+pub fn heif_item_types(bytes: &[u8]) -> Vec<String> {
+    isobmff_boxes(bytes, &["meta", "iinf"])
+        .into_iter()
+        .filter(|(k, _)| k == "infe")
+        .map(|(_, body)| {
+            // version 2: id u16, protection u16, type; version 3: id u32, protection u16, type.
+            let at = if body[0] >= 3 { 10 } else { 8 };
+            String::from_utf8_lossy(&body[at..at + 4]).into_owned()
+        })
+        .collect()
+}
+
+/// The kinds of a HEIF's item references (`thmb` thumbnail, `auxl` auxiliary image,
+/// `cdsc` metadata, `dimg` grid tiles, …).
+pub fn heif_references(bytes: &[u8]) -> Vec<String> {
+    isobmff_boxes(bytes, &["meta"])
+        .iter()
+        .any(|(k, _)| k == "iref")
+        .then(|| isobmff_boxes(bytes, &["meta", "iref"]).into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default()
+}
+
+/// A JPEG's markers up to its first scan, and whether it is one image (one start-of-image,
+/// ending at its end-of-image marker: no embedded thumbnail or appended second picture).
+pub fn jpeg_markers(jpeg: &[u8]) -> (Vec<u8>, bool) {
+    let mut markers = Vec::new();
+    let mut i = 2;
+    while jpeg[i] == 0xFF && jpeg[i + 1] != 0xDA {
+        markers.push(jpeg[i + 1]);
+        i += 2 + usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+    }
+    markers.push(0xDA);
+    let one = jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.windows(3).filter(|w| *w == [0xFF, 0xD8, 0xFF]).count() == 1 && jpeg.ends_with(&[0xFF, 0xD9]);
+    (markers, one)
+}
