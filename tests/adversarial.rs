@@ -89,7 +89,7 @@ fn a_folder_run_lists_every_file_it_skips_and_why() {
     copy_one_face(&input, "a.jpg");
     copy_one_face(&input, "sub/old.anonymized.jpg");
     let outside = copy_one_face(tmp.path(), "outside.jpg");
-    std::fs::write(input.join("IMG_0001.HEIC"), b"ftypheic").unwrap();
+    std::fs::write(input.join("scan.BMP"), b"BM").unwrap();
     std::fs::write(input.join("notes"), b"text").unwrap();
     std::os::unix::fs::symlink(&outside, input.join("sub/link.jpg")).unwrap();
     let (out_dir, report) = (tmp.path().join("out"), tmp.path().join("report.json"));
@@ -97,7 +97,7 @@ fn a_folder_run_lists_every_file_it_skips_and_why() {
     let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(&input).arg("--out-dir").arg(&out_dir).arg("--report").arg(&report));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    for (name, why) in [("IMG_0001.HEIC", ".HEIC is not a format Obscura reads"), ("notes", "no extension"), ("sub/link.jpg", "a symbolic link"), ("sub/old.anonymized.jpg", "an earlier output")] {
+    for (name, why) in [("scan.BMP", ".BMP is not a format Obscura reads"), ("notes", "no extension"), ("sub/link.jpg", "a symbolic link"), ("sub/old.anonymized.jpg", "an earlier output")] {
         assert!(err.contains(&format!("skipped: {}: {why}", input.join(name).display())), "{name}: {err}");
     }
     assert!(err.contains("1 of 1 image(s) anonymised") && err.contains("4 other file(s) skipped"), "{err}");

@@ -163,9 +163,7 @@ fn heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_only_the_primary_im
     assert_eq!(files_in(&out_dir), ["IMG_av01.jpg", "IMG_hvc1.jpg"]);
     for (name, output) in [("astronaut.heic", "IMG_hvc1.jpg"), ("astronaut.avif", "IMG_av01.jpg")] {
         let written = std::fs::read(out_dir.join(output)).unwrap();
-        let before = obscura::image_io::decode(&std::fs::read(fixture(name)).unwrap(), &Default::default()).unwrap();
-        let channels = before.frame.channels() as usize;
-        let before = image::RgbImage::from_raw(384, 384, before.frame.data().chunks_exact(channels).flat_map(|p| [p[0], p[1], p[2]]).collect()).unwrap();
+        let before = decoded_rgb(&std::fs::read(fixture(name)).unwrap());
         let after = image::load_from_memory_with_format(&written, image::ImageFormat::Jpeg).unwrap().to_rgb8();
         assert_eq!(after.dimensions(), (384, 384), "{name}");
         let face = mean_abs_diff(&before, &after, ASTRONAUT_FACE);

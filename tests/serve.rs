@@ -167,8 +167,7 @@ async fn heic_and_avif_come_back_as_jpeg_and_bad_ones_get_the_documented_errors(
     let service = Service::start(&["--targets", "face"]);
     for name in ["astronaut.heic", "astronaut.avif"] {
         let body = std::fs::read(fixture(name)).unwrap();
-        let before = obscura::image_io::decode(&body, &Default::default()).unwrap().frame;
-        let before = image::RgbImage::from_raw(384, 384, before.data().chunks_exact(before.channels() as usize).flat_map(|p| [p[0], p[1], p[2]]).collect()).unwrap();
+        let before = decoded_rgb(&body);
         let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body.clone()).await;
         assert_eq!(response.status(), 200, "{name}");
         assert_eq!(response.headers()["content-type"], "image/jpeg", "{name}");

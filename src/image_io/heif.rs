@@ -24,7 +24,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use super::{DecodeError, Format, ImageConfig, KeptMetadata, sanitize_exif, sanitize_icc};
+use super::{DecodeError, Format, Frame, ImageConfig, KeptMetadata, sanitize_exif, sanitize_icc};
 
 /// The library's file name (its soname): what `lib/` holds and what the system search
 /// looks for.
@@ -63,7 +63,7 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
 /// Decodes the primary image of a HEIF file: upright pixels (the file's rotation,
 /// mirroring and crop applied), RGBA when it has an alpha channel, else RGB; and, when
 /// `config.keep_metadata`, its EXIF and ICC profile through the allowlists.
-pub(super) fn decode(bytes: &[u8], format: Format, config: &ImageConfig) -> Result<(image::DynamicImage, KeptMetadata), DecodeError> {
+pub(super) fn decode(bytes: &[u8], format: Format, config: &ImageConfig) -> Result<(Frame, KeptMetadata), DecodeError> {
     let api = Api::get(format)?;
     let corrupt = |reason: String| DecodeError::Corrupt { format, reason };
     // SAFETY: every pointer handed to libheif is valid for the call (the input slice
@@ -131,13 +131,7 @@ pub(super) fn decode(bytes: &[u8], format: Format, config: &ImageConfig) -> Resu
         for y in 0..height as usize {
             data.extend_from_slice(std::slice::from_raw_parts(plane.add(y * stride), row));
         }
-        let picture = if alpha {
-            image::RgbaImage::from_raw(width, height, data).map(image::DynamicImage::ImageRgba8)
-        } else {
-            image::RgbImage::from_raw(width, height, data).map(image::DynamicImage::ImageRgb8)
-        };
-        let picture = picture.ok_or_else(|| corrupt("the decoded data does not match the image's size".into()))?;
-        Ok((picture, metadata))
+        Ok((Frame::new(width, height, channels, data), metadata))
     }
 }
 

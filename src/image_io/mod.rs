@@ -203,15 +203,15 @@ impl Format {
         }
     }
 
-    fn to_image(self) -> ImageFormat {
+    /// The `image` crate's name for it; `None` for HEIC and AVIF, which libheif reads.
+    fn to_image(self) -> Option<ImageFormat> {
         match self {
-            Format::Jpeg => ImageFormat::Jpeg,
-            Format::Png => ImageFormat::Png,
-            Format::Webp => ImageFormat::WebP,
-            Format::Gif => ImageFormat::Gif,
-            Format::Tiff => ImageFormat::Tiff,
-            // Never asked for: HEIF is decoded by libheif, not by `image`.
-            Format::Heic | Format::Avif => ImageFormat::Avif,
+            Format::Jpeg => Some(ImageFormat::Jpeg),
+            Format::Png => Some(ImageFormat::Png),
+            Format::Webp => Some(ImageFormat::WebP),
+            Format::Gif => Some(ImageFormat::Gif),
+            Format::Tiff => Some(ImageFormat::Tiff),
+            Format::Heic | Format::Avif => None,
         }
     }
 }
@@ -360,15 +360,11 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
         return Err(DecodeError::Empty);
     }
     let format = format_of(bytes).ok_or(DecodeError::UnsupportedFormat)?;
-    if matches!(format, Format::Heic | Format::Avif) {
-        let (image, metadata) = heif::decode(bytes, format, config)?;
-        let frame = if image.color().has_alpha() {
-            Frame::new(image.width(), image.height(), 4, image.into_rgba8().into_raw())
-        } else {
-            Frame::new(image.width(), image.height(), 3, image.into_rgb8().into_raw())
-        };
+    let Some(image_format) = format.to_image() else {
+        // HEIC and AVIF: libheif reads them, rotation and crop applied.
+        let (frame, metadata) = heif::decode(bytes, format, config)?;
         return Ok(Decoded { frame, format, orientation: 1, metadata });
-    }
+    };
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
     let mut jpeg_stray = Vec::new();
     if format == Format::Jpeg {
@@ -382,7 +378,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     // matters here already: a PNG's colour profile is inflated while its header is read (a
     // 2 MB file can hold a profile of gigabytes), and the png decoder keeps the limits it
     // is created with.
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format);
     let mut header_limits = image::Limits::no_limits();
     header_limits.max_alloc = Some(config.max_alloc_bytes);
     reader.limits(header_limits.clone());
@@ -629,7 +625,7 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, Jpe
 /// Pictures after the first would be dropped by decoding, so such files are refused
 /// rather than silently shortened.
 fn is_animated(bytes: &[u8], format: Format, limits: image::Limits) -> Result<bool, image::ImageError> {
-    let broken = |reason: &str| image::ImageError::Decoding(image::error::DecodingError::new(format.to_image().into(), reason.to_string()));
+    let broken = |reason: &str| image::ImageError::Decoding(image::error::DecodingError::new(format.to_image().map_or(image::error::ImageFormatHint::Unknown, Into::into), reason.to_string()));
     match format {
         Format::Png => image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), limits)?.is_apng(),
         Format::Webp => Ok(image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))?.has_animation()),

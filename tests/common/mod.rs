@@ -66,6 +66,13 @@ pub fn load_rgb(path: &Path) -> image::RgbImage {
     image::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display())).to_rgb8()
 }
 
+/// The picture Obscura itself decodes from `bytes`, as RGB: the reference for formats
+/// the `image` crate cannot open (HEIC, AVIF).
+pub fn decoded_rgb(bytes: &[u8]) -> image::RgbImage {
+    let frame = obscura::image_io::decode(bytes, &Default::default()).expect("decoding the reference").frame;
+    frame.rgb_crop(PixelRect { x: 0, y: 0, w: frame.width(), h: frame.height() })
+}
+
 /// The files in a folder (names only), sorted.
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
