@@ -10,7 +10,8 @@ use obscura::image_io::{self, ImageConfig, KeptMetadata};
 use obscura::{Anonymizer, Config};
 
 /// Bytes → `Anonymizer::anonymize` (faces, the real model): either an error, or an
-/// image of the same format and size as the input decodes to. Never a panic, never the
+/// image of the same format and size as the input decodes to, with as many frames or
+/// pages. Never a panic, never the
 /// input passed through.
 pub fn anonymize(data: &[u8]) {
     static ANONYMIZER: OnceLock<Anonymizer> = OnceLock::new();
@@ -22,15 +23,22 @@ pub fn anonymize(data: &[u8]) {
         // Small limits keep each input fast; the limits themselves are under test too.
         config.image.max_dimension = 2048;
         config.image.max_pixels = 1 << 20;
+        config.image.max_frames = 8;
         config.redact.seed = Some(1);
         Anonymizer::new(config).expect("the models and ONNX Runtime (scripts/setup)")
     });
     let Ok(out) = anonymizer.anonymize(data) else { return };
-    let input = image_io::decode(data, &ImageConfig { max_dimension: 2048, max_pixels: 1 << 20, ..ImageConfig::default() })
+    let input = image_io::decode(data, &ImageConfig { max_dimension: 2048, max_pixels: 1 << 20, max_frames: 8, ..ImageConfig::default() })
         .expect("anonymize accepted what decode refuses");
     let output = image_io::decode(&out.bytes, &ImageConfig::default()).expect("the output decodes");
     assert_eq!(output.format, input.format.written_as(), "the same format, or JPEG for HEIC and AVIF");
     assert_eq!((output.frame.width(), output.frame.height()), (input.frame.width(), input.frame.height()), "same size");
+    let sizes = |d: &image_io::Decoded| d.more.iter().map(|f| (f.width(), f.height())).collect::<Vec<_>>();
+    assert_eq!(sizes(&output), sizes(&input), "every frame or page, each of its size");
+    if !output.more.is_empty() {
+        // (An animation of one frame is written as a still.)
+        assert_eq!(output.timing.as_ref().map(|t| t.delays_ms.len()), input.timing.as_ref().map(|t| t.delays_ms.len()), "one delay per frame");
+    }
     if !out.report.regions.is_empty() {
         assert!(out.bytes != data, "regions were found but the input was passed through");
     }

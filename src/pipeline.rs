@@ -33,15 +33,32 @@ pub struct Report {
     pub format: Format,
     /// EXIF orientation applied before detection (1 = none).
     pub orientation: u8,
+    /// Every frame's (or page's) detections and regions, in frame order: the totals.
     pub detections: Vec<Detection>,
     pub regions: Vec<Region>,
+    /// For an animation or a multi-page TIFF, each frame or page on its own (empty for
+    /// a still: the picture is the report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<FrameReport>,
     /// The models that ran (one per target class).
     pub models: Vec<ModelInfo>,
     pub metadata_kept: bool,
     pub timings_ms: Timings,
 }
 
-/// Milliseconds spent in each stage.
+/// One frame of an animation, or one page of a TIFF.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrameReport {
+    pub width: u32,
+    pub height: u32,
+    /// How long the frame shows, for an animation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u32>,
+    pub detections: Vec<Detection>,
+    pub regions: Vec<Region>,
+}
+
+/// Milliseconds spent in each stage (summed over an animation's frames).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub decode: f64,
@@ -157,13 +174,33 @@ impl Anonymizer {
         let t = Instant::now();
         let decoded = image_io::decode(bytes, &config.image)?;
         let decode_ms = ms(t);
-        let Decoded { mut frame, format: input_format, orientation, metadata } = decoded;
+        let Decoded { frame, format: input_format, orientation, metadata, more, timing, lossy } = decoded;
         let format = options.format.unwrap_or(input_format.written_as());
-        let (detections, regions, mut timings) = self.redact_frame_with(&mut frame, options)?;
-        timings.decode = decode_ms;
-        let (width, height) = (frame.width, frame.height);
+        if !more.is_empty() && !image_io::holds_several(format, timing.is_some()) {
+            return Err(crate::config::ConfigError { field: "format", reason: image_io::holds_one(format, timing.is_some()) }.into());
+        }
+        // Every frame or page is detected and redacted on its own; any failure fails the
+        // whole image.
+        let mut pictures = Vec::with_capacity(1 + more.len());
+        pictures.push(frame);
+        pictures.extend(more);
+        let mut timings = Timings { decode: decode_ms, ..Timings::default() };
+        let (mut detections, mut regions, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, picture) in pictures.iter_mut().enumerate() {
+            let (found, planned, spent) = self.redact_frame_with(picture, options)?;
+            timings.detect += spent.detect;
+            timings.redact += spent.redact;
+            frames.push(FrameReport { width: picture.width, height: picture.height, delay_ms: timing.as_ref().map(|t| t.delays_ms[i]), detections: found.clone(), regions: planned.clone() });
+            detections.extend(found);
+            regions.extend(planned);
+        }
+        if frames.len() == 1 {
+            frames.clear();
+        }
+        let (width, height) = (pictures[0].width, pictures[0].height);
+        let quality = image_io::Quality { jpeg: config.image.jpeg_quality, webp: lossy.then_some(config.image.webp_quality) };
         let t = Instant::now();
-        let bytes = image_io::encode(frame, format, &metadata, config.image.jpeg_quality)?;
+        let bytes = image_io::encode_pictures(pictures, timing.as_ref(), format, &metadata, quality)?;
         timings.encode = ms(t);
         let report = Report {
             width,
@@ -172,6 +209,7 @@ impl Anonymizer {
             orientation,
             detections,
             regions,
+            frames,
             models: self.models(),
             metadata_kept: metadata.icc_profile.is_some() || metadata.exif.is_some(),
             timings_ms: timings,

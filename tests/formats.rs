@@ -2,10 +2,12 @@
 //! and written in its own format, a HEIC or AVIF as JPEG, with the face at its
 //! ground-truth box redacted and nothing but the pixels carried along (the output's
 //! blocks, tags and segments are parsed and listed; the HEIF inputs' thumbnail, alpha
-//! image, EXIF and XMP items are listed first, so the test knows what it drops); an
-//! animated GIF, a multi-page TIFF, a HEIF of several images, and a cut file of each, is
-//! refused with no output. (The service and Python take the same bytes: tests/serve.rs,
-//! python/tests.)
+//! image, EXIF and XMP items are listed first, so the test knows what it drops); every
+//! frame of an animated GIF, PNG and WebP and every page of a TIFF is redacted where its
+//! face is, and written back as an animation (or pages) with its timing and nothing else;
+//! a HEIF of several images, a cut file of each format and an animation over the frame
+//! limit are refused with no output. (The service and Python take the same bytes:
+//! tests/serve.rs, python/tests.)
 
 mod common;
 
@@ -27,18 +29,6 @@ fn tiff_photo() -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     image::codecs::tiff::TiffEncoder::new(&mut out).write_image(rgb.as_raw(), rgb.width(), rgb.height(), image::ExtendedColorType::Rgb8).unwrap();
     out.into_inner()
-}
-
-/// Two frames: the photo, then the photo again (each frame would need anonymising).
-fn animated_gif() -> Vec<u8> {
-    let rgba = image::DynamicImage::ImageRgb8(load_rgb(&eval_image(ONE_FACE))).into_rgba8();
-    let mut out = Vec::new();
-    {
-        let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 30);
-        let frames = (0..2).map(|_| image::Frame::new(rgba.clone()));
-        encoder.encode_frames(frames).unwrap();
-    }
-    out
 }
 
 fn anonymise_one(input: &Path) -> std::process::Output {
@@ -81,15 +71,18 @@ fn a_still_gif_and_a_tiff_are_anonymised_in_their_own_format_with_nothing_carrie
 }
 
 #[test]
-fn an_animated_gif_a_multi_page_tiff_and_cut_files_are_refused_with_no_output() {
+fn cut_gif_and_tiff_files_are_refused_with_no_output() {
     let tmp = tempfile::tempdir().unwrap();
     let gif = gif_photo();
     let tiff = tiff_photo();
+    let pages = std::fs::read(fixture("pages.tif")).unwrap();
+    let animation = std::fs::read(fixture("moving-face.gif")).unwrap();
     let cases: [(&str, Vec<u8>, &str); 4] = [
-        ("animated.gif", animated_gif(), "animated GIF is not supported: only its first frame would be anonymised"),
-        ("pages.tif", with_second_page(tiff.clone()), "a multi-page TIFF is not supported: only its first page would be anonymised"),
         ("cut.gif", gif[..gif.len() / 2].to_vec(), "corrupt or truncated GIF"),
         ("cut.tif", tiff[..tiff.len() / 2].to_vec(), "corrupt or truncated TIFF"),
+        // Cut in its last frame or page: the whole file is refused, not its first part kept.
+        ("cut-animation.gif", animation[..animation.len() - 2000].to_vec(), "corrupt or truncated GIF"),
+        ("cut-pages.tif", pages[..pages.len() - 2000].to_vec(), "corrupt or truncated TIFF"),
     ];
     for (name, bytes, message) in cases {
         let input = tmp.path().join(name);
@@ -100,9 +93,75 @@ fn an_animated_gif_a_multi_page_tiff_and_cut_files_are_refused_with_no_output() 
     }
     let mut left: Vec<String> = files_in(tmp.path());
     left.sort();
-    assert_eq!(left, ["animated.gif", "cut.gif", "cut.tif", "pages.tif"], "no output for any of them");
+    assert_eq!(left, ["cut-animation.gif", "cut-pages.tif", "cut.gif", "cut.tif"], "no output for any of them");
 }
 
+/// The secrets tests/fixtures/make_animations.py wrote beside the pictures.
+const ANIMATION_SECRETS: [&[u8]; 7] = [b"SECRET", b"Exif", b"XMP", b"http://ns.adobe.com", b"tEXt", b"eXIf", b"Author"];
+
+/// Each animation fixture and its TIFF sibling through the CLI: written in its own
+/// format, three pictures, each with its face redacted at its box and the rest of the
+/// picture as it was; the timing kept; nothing else in the file (its blocks, chunks or
+/// tags parsed and listed).
+#[test]
+fn every_frame_of_an_animation_and_every_page_of_a_tiff_is_redacted_with_nothing_carried_along() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["moving-face.gif", "moving-face.png", "moving-face.webp", "pages.tif"] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        assert!(bytes.windows(6).any(|w| w == b"SECRET"), "{name} carries its secrets");
+        let (before, played) = all_pictures(&bytes);
+        assert_eq!(before.len(), 3, "{name}: the fixture has three pictures");
+        let input = tmp.path().join(name);
+        std::fs::write(&input, &bytes).unwrap();
+        let out = anonymise_one(&input);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains("3 region(s) redacted"), "{name}: one face in each frame: {}", stderr(&out));
+        let written = std::fs::read(input.with_file_name(name.replace('.', ".anonymized."))).unwrap();
+        assert_eq!(image::guess_format(&written).unwrap(), image::guess_format(&bytes).unwrap(), "{name}: its own format");
+        let (after, played_after) = all_pictures(&written);
+        assert_eq!(after.len(), 3, "{name}: every picture written");
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let face = mean_abs_diff(b, a, MOVING_FACE[i]);
+            assert!(face > 15.0, "{name} picture {i}: the face at its box is redacted (mean change {face:.1})");
+            let away = if i == 2 { obscura::geometry::PixelRect { x: 0, y: 20, w: 60, h: 40 } } else { obscura::geometry::PixelRect { x: 260, y: 130, w: 55, h: 50 } };
+            let rest = mean_abs_diff(b, a, away);
+            assert!(rest < 6.0, "{name} picture {i}: away from the face only the coding changes ({rest:.1})");
+        }
+        match played {
+            Some((delays, loops)) => {
+                assert_eq!(delays, [100, 150, 200], "{name}: the fixture's timing");
+                assert_eq!(played_after, Some((delays, loops)), "{name}: the timing is kept");
+            }
+            None => assert_eq!(played_after, None, "{name}"),
+        }
+        for secret in ANIMATION_SECRETS {
+            assert!(!written.windows(secret.len()).any(|w| w == secret), "{name}: {} survived", String::from_utf8_lossy(secret));
+        }
+        match name.rsplit('.').next().unwrap() {
+            "gif" => {
+                // Three images; extensions: a graphic control block per frame (timing)
+                // and the one application block that says how often it loops.
+                let blocks = gif_blocks(&written);
+                assert_eq!(blocks.iter().filter(|b| b.0 == "image").count(), 3, "{blocks:?}");
+                assert_eq!(blocks.iter().filter(|b| b.1 == 0xFF).count(), 1, "{blocks:?}");
+                assert!(blocks.iter().all(|&(kind, label)| kind == "image" || label == 0xF9 || label == 0xFF), "{blocks:?}");
+                assert!(written.windows(11).any(|w| w == b"NETSCAPE2.0"), "the loop block");
+            }
+            "png" => {
+                let mut chunks = png_chunks(&written);
+                chunks.dedup();
+                assert_eq!(chunks, ["IHDR", "acTL", "fcTL", "IDAT", "fcTL", "fdAT", "fcTL", "fdAT", "IEND"], "{name}");
+            }
+            "webp" => assert_eq!(riff_chunks(&written), ["VP8X", "ANIM", "ANMF", "ANMF", "ANMF"], "{name}"),
+            _ => {
+                // Three directories (pages), each with only the tags that describe its pixels.
+                let pages = tiff_directories(&written);
+                assert_eq!(pages.len(), 3, "{name}");
+                assert!(pages.iter().flatten().all(|t| TIFF_PIXEL_TAGS.contains(t)), "{name}: tags {pages:?}");
+            }
+        }
+    }
+}
 /// A folder run picks up .gif, .tif and .tiff files, and `-o x.gif` or `-o x.tif` writes
 /// that format from a JPEG.
 #[test]
@@ -254,4 +313,72 @@ fn without_libheif_a_heic_is_refused_and_says_what_to_install() {
     assert!(!tmp.path().join("a.jpg").exists());
     let out = run(obscura().env("OBSCURA_LIBHEIF", &missing).args(["anonymise", "--targets", "face"]).arg(eval_image(ONE_FACE)).arg("-o").arg(tmp.path().join("b.jpg")));
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// An animation is written as another animation format (or TIFF pages) when asked, never
+/// as one picture: `-o x.jpg` is refused, as is a TIFF's pages as an animation; past the
+/// frame limit (`max_frames`, here from a settings file) the file is refused; none of
+/// them leaves an output.
+#[test]
+fn animations_convert_to_animations_only_and_the_frame_limit_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gif = fixture("moving-face.gif");
+    for (target, pictures) in [("x.webp", 3), ("x.png", 3), ("x.tif", 3)] {
+        let dest = tmp.path().join(target);
+        let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(&gif).arg("-o").arg(&dest));
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+        let (after, _) = all_pictures(&std::fs::read(&dest).unwrap());
+        assert_eq!(after.len(), pictures, "{target}");
+        for (i, frame) in after.iter().enumerate() {
+            let (before, _) = all_pictures(&std::fs::read(&gif).unwrap());
+            assert!(mean_abs_diff(&before[i], frame, MOVING_FACE[i]) > 15.0, "{target} frame {i} redacted");
+        }
+    }
+    let refusals = [
+        (gif.clone(), "y.jpg", "JPEG holds one picture, and this is an animation"),
+        (fixture("pages.tif"), "y.gif", "GIF cannot hold a TIFF's pages"),
+    ];
+    for (input, target, message) in refusals {
+        let dest = tmp.path().join(target);
+        let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(&input).arg("-o").arg(&dest));
+        assert_eq!(out.status.code(), Some(1), "{target}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{target}: {}", stderr(&out));
+        assert!(!dest.exists(), "{target}: no output");
+    }
+    let settings = tmp.path().join("obscura.toml");
+    std::fs::write(&settings, "[image]\nmax_frames = 2\n").unwrap();
+    for name in ["moving-face.webp", "pages.tif"] {
+        let dest = tmp.path().join(format!("limited-{name}"));
+        let out = run(obscura().args(["anonymise", "--targets", "face", "--config"]).arg(&settings).arg(fixture(name)).arg("-o").arg(&dest));
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains("more than 2") && stderr(&out).contains("max_frames"), "{name}: {}", stderr(&out));
+        assert!(!dest.exists(), "{name}: no output");
+    }
+}
+
+/// WebP is written lossy when what was read was lossy (a JPEG, a lossy WebP) and
+/// lossless when it was not (a PNG): a lossy upload no longer comes back lossless and
+/// several times larger, and a lossless one does not lose detail.
+#[test]
+fn webp_output_is_lossy_for_lossy_inputs_and_lossless_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = eval_image(ONE_FACE);
+    let png = tmp.path().join("photo.png");
+    load_rgb(&jpeg).save(&png).unwrap();
+    let webp_of = |input: &Path, name: &str| {
+        let dest = tmp.path().join(name);
+        let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(input).arg("-o").arg(&dest));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        std::fs::read(dest).unwrap()
+    };
+    let from_jpeg = webp_of(&jpeg, "from-jpeg.webp");
+    let from_png = webp_of(&png, "from-png.webp");
+    assert_eq!(riff_chunks(&from_jpeg), ["VP8 "], "a JPEG becomes a lossy WebP");
+    assert_eq!(riff_chunks(&from_png), ["VP8L"], "a PNG becomes a lossless WebP");
+    assert!(from_jpeg.len() * 3 < from_png.len(), "lossy {} bytes, lossless {}", from_jpeg.len(), from_png.len());
+    let again = webp_of(&tmp.path().join("from-jpeg.webp"), "again.webp");
+    assert_eq!(riff_chunks(&again), ["VP8 "], "a lossy WebP stays lossy");
+    let before = load_rgb(&jpeg);
+    let after = image::load_from_memory(&from_jpeg).unwrap().to_rgb8();
+    assert!(mean_abs_diff(&before, &after, ONE_FACE_BOX) > 15.0, "the face is redacted");
 }

@@ -28,16 +28,19 @@ class CorruptImage(InvalidImage):
 
 
 class ImageTooLarge(InvalidImage):
-    """An image over the size limits (checked from its header, before decoding)."""
+    """An image over the size limits (checked from its header, before decoding), or an
+    animation or TIFF with more frames or pages than ``image.max_frames``."""
 
 
 class UnsupportedImage(InvalidImage):
-    """An image Obscura refuses rather than alter silently (animated PNG or WebP), or a
-    valid image of a kind it cannot read (arithmetic-coded, lossless or hierarchical JPEG)."""
+    """An image Obscura refuses rather than alter silently (a HEIF holding several
+    images), or a valid image of a kind it cannot read (arithmetic-coded, lossless or
+    hierarchical JPEG)."""
 
 
 class SetupError(Error, RuntimeError):
-    """ONNX Runtime or a model could not be found, verified or loaded."""
+    """ONNX Runtime or a model could not be found, verified or loaded, or libheif (for
+    HEIC and AVIF) is missing."""
 
 
 class ProcessingError(Error, RuntimeError):

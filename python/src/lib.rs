@@ -34,7 +34,7 @@ impl Failure {
             Error::Config(_) => "ConfigError",
             Error::Decode(DecodeError::Empty | DecodeError::UnsupportedFormat) => "NotAnImage",
             Error::Decode(DecodeError::Corrupt { .. }) => "CorruptImage",
-            Error::Decode(DecodeError::TooLarge { .. }) => "ImageTooLarge",
+            Error::Decode(DecodeError::TooLarge { .. } | DecodeError::TooManyFrames { .. }) => "ImageTooLarge",
             Error::Decode(DecodeError::Animated { .. } | DecodeError::Unsupported { .. }) => "UnsupportedImage",
             Error::Decode(DecodeError::CodecMissing { .. }) => "SetupError",
             _ if building => "SetupError",

@@ -171,12 +171,53 @@ def test_gif_and_tiff_faces_are_redacted_in_their_own_format(anonymizer: obscura
         assert image.format == fmt
     for box in must_cover_faces()[name]:
         assert redacted_share(result.regions, box, decode(result.data).shape) >= 0.8, (box, result.regions)
-    # Several pictures in one file: refused, not shortened to the first.
+    # Several pictures in one file: each one redacted, none dropped.
     frames = io.BytesIO()
-    first = Image.open(io.BytesIO(photo(name)))
-    first.save(frames, fmt, save_all=True, append_images=[first.rotate(90)])
-    with pytest.raises(obscura.UnsupportedImage, match="animated GIF" if fmt == "GIF" else "multi-page TIFF"):
-        anonymizer.anonymize(frames.getvalue())
+    first = Image.open(io.BytesIO(photo(name))).convert("RGB")
+    first.save(frames, fmt, save_all=True, append_images=[first.copy()])
+    result = anonymizer.anonymize(frames.getvalue())
+    assert len(result.report["frames"]) == 2
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert image.n_frames == 2
+        for i in range(2):
+            image.seek(i)
+            changed = numpy.abs(numpy.asarray(image.convert("RGB"), dtype=int) - numpy.asarray(first, dtype=int))
+            for x, y, w, h in must_cover_faces()[name]:
+                assert changed[y : y + h, x : x + w].mean() > 15, (fmt, i, (x, y, w, h))
+
+
+# The face in each frame of tests/fixtures/moving-face.* and page of pages.tif
+# (tests/fixtures/make_animations.py).
+MOVING_FACE = [(40, 60, 62, 75), (125, 70, 62, 75), (210, 60, 62, 75)]
+
+
+@pytest.mark.parametrize("name", ["moving-face.gif", "moving-face.png", "moving-face.webp", "pages.tif"])
+def test_every_frame_of_an_animation_is_redacted_and_nothing_else_is_kept(name: str) -> None:
+    data = (ROOT / "tests" / "fixtures" / name).read_bytes()
+    assert b"SECRET" in data
+    faces = obscura.Anonymizer(detect={"targets": ["face"]})
+    result = faces.anonymize(data)
+    assert result.format == {"gif": "gif", "png": "png", "webp": "webp", "tif": "tiff"}[name.rsplit(".", 1)[1]]
+    assert len(result.regions) == 3 and [len(f["regions"]) for f in result.report["frames"]] == [1, 1, 1]
+    for secret in (b"SECRET", b"Exif", b"XMP", b"eXIf", b"tEXt"):
+        assert secret not in result.data, secret
+    with Image.open(io.BytesIO(data)) as before, Image.open(io.BytesIO(result.data)) as after:
+        assert after.n_frames == before.n_frames == 3
+        if not name.endswith(".tif"):
+            assert after.info.get("loop") == 0
+        for i, (x, y, w, h) in enumerate(MOVING_FACE):
+            before.seek(i)
+            after.seek(i)
+            if name.endswith(".tif"):
+                assert set(after.tag_v2) <= TIFF_BASELINE, (i, sorted(after.tag_v2))
+            b = numpy.asarray(before.convert("RGB"), dtype=int)
+            a = numpy.asarray(after.convert("RGB"), dtype=int)
+            assert numpy.abs(a - b)[y : y + h, x : x + w].mean() > 15, (name, i)
+    # One picture is not an animation's format; past the frame limit the file is refused.
+    with pytest.raises(obscura.ConfigError, match="holds one picture|cannot hold"):
+        faces.anonymize(data, format="jpeg")
+    with pytest.raises(obscura.ImageTooLarge, match="more than 2"):
+        obscura.Anonymizer(detect={"targets": ["face"]}, image={"max_frames": 2}).anonymize(data)
 
 
 def test_another_output_format_can_be_asked_for(anonymizer: obscura.Anonymizer) -> None:

@@ -50,7 +50,8 @@ BAD_INPUTS = [
     ("cut jpeg with a new end marker", "cut", obscura.CorruptImage, "cut short"),
     ("truncated png", png(64, 64)[:-40], obscura.CorruptImage, "PNG"),
     ("huge png header", png_header(100_000, 100_000) + png_chunk(b"IDAT", b"x"), obscura.ImageTooLarge, "100000×100000"),
-    ("animated png", png(32, 32, frames=2), obscura.UnsupportedImage, "animated PNG"),
+    # An animation cut in its second frame: the whole file is refused, not its first frame kept.
+    ("cut animated png", png(32, 32, frames=2)[:-30], obscura.CorruptImage, "PNG"),
     # A valid arithmetic-coded JPEG (jpegtran -arithmetic): unsupported, not corrupt.
     ("arithmetic jpeg", (ROOT / "tests" / "fixtures" / "arithmetic.jpg").read_bytes(), obscura.UnsupportedImage, "arithmetic-coded JPEG is not supported"),
 ]

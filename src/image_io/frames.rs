@@ -1,9 +1,9 @@
-//! How many pictures a GIF or TIFF file holds, read from its structure alone.
+//! What a file's structure alone says about its pictures.
 //!
-//! Owns one answer: does a GIF have more than one image (an animation) or a TIFF more
-//! than one page (image file directory)? Decoding keeps only the first, so such files
-//! are refused rather than silently shortened. Does not decode pixels or check what the
-//! blocks hold (the decoders do).
+//! Owns two answers: does a GIF have more than one image (an animation) or a TIFF more
+//! than one page (image file directory), so that every one is decoded (`sequence`); and
+//! is a WebP coded lossy, so that WebP output stays lossy. Does not decode pixels or
+//! check what the blocks hold (the decoders do).
 
 /// The number of images in a GIF (image descriptors), counted up to `stop_after`; `Err`
 /// when its block structure is broken.
@@ -111,4 +111,30 @@ mod tests {
         assert_eq!(gif_images(&[&header[..], &[0x99]].concat(), 2), Err("an unknown block in the GIF"));
         assert_eq!(gif_images(&[&header[..], &[0x3B]].concat(), 2), Ok(0));
     }
+}
+
+/// Whether a WebP holds lossy-coded pictures: a `VP8 ` chunk at the top level or inside
+/// an animation frame (`ANMF`). A file cut short answers from what it has.
+pub(super) fn webp_is_lossy(bytes: &[u8]) -> bool {
+    fn chunks_lossy(bytes: &[u8], mut i: usize, depth: u8) -> bool {
+        while let (Some(fourcc), Some(size)) = (bytes.get(i..i + 4), bytes.get(i + 4..i + 8)) {
+            let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
+            let body = i + 8;
+            match fourcc {
+                b"VP8 " => return true,
+                // An animation frame: 16 bytes of position and timing, then its chunks.
+                b"ANMF" if depth == 0 => {
+                    let end = body.saturating_add(size).min(bytes.len());
+                    if chunks_lossy(&bytes[..end], body + 16, 1) {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+            i = body.saturating_add(size).saturating_add(size & 1);
+        }
+        false
+    }
+    // "RIFF", size, "WEBP", then chunks.
+    chunks_lossy(bytes, 12, 0)
 }

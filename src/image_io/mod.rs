@@ -9,6 +9,8 @@ mod frames;
 mod heif;
 mod jpeg_entropy;
 mod metadata;
+mod sequence;
+mod webp_writer;
 mod write;
 
 use std::io::Cursor;
@@ -17,6 +19,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orie
 use serde::{Deserialize, Serialize};
 
 pub use heif::{LIBHEIF_NAME, libheif, sniff};
+pub use sequence::Timing;
 pub use metadata::{EXIF_ALLOWLIST, sanitize_exif, sanitize_icc};
 pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, remove_stale_temps, safe_join, write_atomic};
 
@@ -100,9 +103,9 @@ impl Frame {
 
 /// The image formats Obscura reads. An image is written in the format it was read in
 /// unless another is asked for; HEIC and AVIF, which Obscura reads but does not write,
-/// are written as JPEG ([`Format::written_as`]). GIF and TIFF are read one picture at a
-/// time: an animated GIF or multi-page TIFF is refused ([`DecodeError::Animated`]), as is
-/// a HEIF holding several top-level images.
+/// are written as JPEG ([`Format::written_as`]). Every frame of an animated GIF, PNG or
+/// WebP and every page of a TIFF is read ([`Decoded::more`]); a HEIF holding several
+/// top-level images is refused ([`DecodeError::Animated`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -238,6 +241,12 @@ pub struct ImageConfig {
     pub keep_metadata: bool,
     /// JPEG quality 1–100 (default 90).
     pub jpeg_quality: u8,
+    /// Quality 1–100 of lossy WebP output (default 90). WebP is written lossy when the
+    /// input was lossy (JPEG, HEIC, AVIF, lossy WebP) and lossless when it was not.
+    pub webp_quality: u8,
+    /// Most frames of an animation or pages of a TIFF (default 300): each is detected
+    /// and redacted, so this bounds the time one file can take.
+    pub max_frames: u32,
 }
 
 impl ImageConfig {
@@ -269,6 +278,8 @@ impl Default for ImageConfig {
             max_alloc_bytes: 1 << 30,
             keep_metadata: false,
             jpeg_quality: 90,
+            webp_quality: 90,
+            max_frames: 300,
         }
     }
 }
@@ -284,10 +295,13 @@ pub enum DecodeError {
     TooLarge { width: u32, height: u32, limit: String },
     #[error("corrupt or truncated {} image: {reason}", format.name())]
     Corrupt { format: Format, reason: String },
-    /// More than one picture: an animated PNG, WebP or GIF, a multi-page TIFF, or a HEIF
-    /// holding several top-level images.
+    /// A HEIF holding several top-level images (a collection or burst): which of them
+    /// the viewer shows is not defined, so none is picked.
     #[error("{} is not supported: only its first {} would be anonymised, and the others would be lost (split it into {}s first)", several(*format), picture(*format), picture(*format))]
     Animated { format: Format },
+    /// An animation or page set longer than [`ImageConfig::max_frames`].
+    #[error("{} has more than {limit} {}s, over the limit (raise the image limit max_frames if this is intended)", several(*format), picture(*format))]
+    TooManyFrames { format: Format, limit: u32 },
     /// A valid file of a kind the decoder cannot read (an arithmetic-coded, lossless or
     /// hierarchical JPEG; a HEIF with a codec libheif lacks): refused as unsupported, not
     /// called corrupt.
@@ -337,12 +351,22 @@ pub struct KeptMetadata {
 /// A decoded image: upright pixels plus what encoding needs to know.
 #[derive(Clone, Debug)]
 pub struct Decoded {
+    /// The picture: a still, or an animation's first frame or a TIFF's first page.
     pub frame: Frame,
     pub format: Format,
     /// The EXIF orientation that was applied (1 = none), as the EXIF tag value.
     pub orientation: u8,
     /// Present only when [`ImageConfig::keep_metadata`] is set.
     pub metadata: KeptMetadata,
+    /// An animation's frames after the first, each the whole canvas as a viewer shows
+    /// it, or a TIFF's pages after the first (each in its own size); empty for a still.
+    pub more: Vec<Frame>,
+    /// How an animation plays (one delay per frame, `frame` included); `None` for a
+    /// still or a TIFF's pages.
+    pub timing: Option<Timing>,
+    /// Whether the input was coded lossy (JPEG, HEIC, AVIF, lossy WebP): WebP output is
+    /// then lossy too, at [`ImageConfig::webp_quality`].
+    pub lossy: bool,
 }
 
 /// Decodes `bytes` into upright 8-bit pixels.
@@ -363,7 +387,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     let Some(image_format) = format.to_image() else {
         // HEIC and AVIF: libheif reads them, rotation and crop applied.
         let (frame, metadata) = heif::decode(bytes, format, config)?;
-        return Ok(Decoded { frame, format, orientation: 1, metadata });
+        return Ok(Decoded { frame, format, orientation: 1, metadata, more: Vec::new(), timing: None, lossy: true });
     };
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format, reason: e.to_string() };
     let mut jpeg_stray = Vec::new();
@@ -385,8 +409,12 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     config.check_size(width, height)?;
+    let lossy = format == Format::Jpeg || (format == Format::Webp && frames::webp_is_lossy(bytes));
     if is_animated(bytes, format, header_limits).map_err(corrupt)? {
-        return Err(DecodeError::Animated { format });
+        // Every frame or page; none of an animation's metadata is kept.
+        let (mut pictures, timing) = sequence::decode(bytes, format, config)?;
+        let frame = pictures.remove(0);
+        return Ok(Decoded { frame, format, orientation: 1, metadata: KeptMetadata::default(), more: pictures, timing, lossy });
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(config.max_dimension);
@@ -433,7 +461,7 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     } else {
         Frame::new(width, height, 3, image.into_rgb8().into_raw())
     };
-    Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata })
+    Ok(Decoded { frame, format, orientation: orientation_tag(orientation), metadata, more: Vec::new(), timing: None, lossy })
 }
 
 /// The format `bytes` are in, by their content (not a name): one Obscura reads, or `None`.
@@ -621,9 +649,8 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, Jpe
     }
 }
 
-/// Whether a PNG is an APNG, a WebP or GIF is animated, or a TIFF has several pages.
-/// Pictures after the first would be dropped by decoding, so such files are refused
-/// rather than silently shortened.
+/// Whether a PNG is an APNG, a WebP or GIF is animated, or a TIFF has several pages:
+/// such files are decoded picture by picture (`sequence`), every one of them kept.
 fn is_animated(bytes: &[u8], format: Format, limits: image::Limits) -> Result<bool, image::ImageError> {
     let broken = |reason: &str| image::ImageError::Decoding(image::error::DecodingError::new(format.to_image().map_or(image::error::ImageFormatHint::Unknown, Into::into), reason.to_string()));
     match format {
@@ -648,22 +675,76 @@ fn orientation_tag(o: Orientation) -> u8 {
     }
 }
 
+/// Why `format` cannot hold an input's several pictures: the formats that can.
+pub fn holds_one(format: Format, animation: bool) -> String {
+    if animation {
+        format!("{} holds one picture, and this is an animation: write it as GIF, PNG, WebP or TIFF (pages)", format.name())
+    } else {
+        format!("{} cannot hold a TIFF's pages (of their own sizes, with no timing): write it as TIFF", format.name())
+    }
+}
+
+/// Whether `format` can hold the pictures of an input: an animation's (`animation`) or
+/// a TIFF's pages.
+pub fn holds_several(format: Format, animation: bool) -> bool {
+    sequence::holds(format, animation)
+}
+
 /// NeuQuant's sampling step for GIF palettes (1 best and slowest, 30 fastest): 10 is
 /// `gif`'s own suggestion for a balance.
 const GIF_QUANTISER_SPEED: i32 = 10;
 
-/// Encodes a frame in `format`. No metadata is written except what `metadata` holds.
-/// JPEG has no alpha: an RGBA frame is flattened to RGB (`jpeg-encoder`, SIMD). WebP is
-/// written lossless (the only WebP encoder the `image` crate has). GIF is quantised to
-/// one 256-colour palette (NeuQuant); TIFF is written uncompressed, with only its
-/// baseline tags (and an ICC profile, when kept). GIF keeps no metadata at all.
+/// Encodes a still frame in `format`, WebP lossless: [`encode_pictures`] with one
+/// picture and [`Quality::lossless_webp`].
 pub fn encode(frame: Frame, format: Format, metadata: &KeptMetadata, jpeg_quality: u8) -> Result<Vec<u8>, EncodeError> {
+    encode_pictures(vec![frame], None, format, metadata, Quality::lossless_webp(jpeg_quality))
+}
+
+/// How lossy formats are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quality {
+    /// 1–100.
+    pub jpeg: u8,
+    /// 1–100 for lossy WebP; `None` writes WebP lossless.
+    pub webp: Option<u8>,
+}
+
+impl Quality {
+    /// JPEG at `jpeg`, WebP lossless.
+    pub fn lossless_webp(jpeg: u8) -> Self {
+        Self { jpeg, webp: None }
+    }
+}
+
+/// Encodes pictures in `format`: one (a still), an animation's frames with their
+/// `timing` (GIF, APNG, animated WebP, or TIFF pages) or a TIFF's pages (TIFF only).
+/// No metadata is written except what `metadata` holds, and for one picture only.
+///
+/// JPEG has no alpha: an RGBA frame is flattened to RGB (`jpeg-encoder`, SIMD). WebP is
+/// lossless (image-webp) or lossy at `quality.webp` (libwebp, kept metadata added in the
+/// extended container). GIF is quantised to one
+/// 256-colour palette per frame (NeuQuant); TIFF is written uncompressed, with only its
+/// baseline tags (and an ICC profile, when kept). GIF keeps no metadata at all.
+pub fn encode_pictures(mut pictures: Vec<Frame>, timing: Option<&Timing>, format: Format, metadata: &KeptMetadata, quality: Quality) -> Result<Vec<u8>, EncodeError> {
     use image::ImageEncoder;
     use image::codecs::{png::PngEncoder, webp::WebPEncoder};
     let err = |e: &dyn std::fmt::Display| EncodeError { format, reason: e.to_string() };
     if !format.writable() {
         return Err(err(&format!("Obscura does not write {}; write {}", format.name(), Format::written_names())));
     }
+    if pictures.len() > 1 {
+        if !sequence::holds(format, timing.is_some()) {
+            return Err(err(&holds_one(format, timing.is_some())));
+        }
+        return sequence::encode(pictures, timing, format, quality.webp);
+    }
+    let frame = pictures.pop().ok_or_else(|| err(&"no picture to write"))?;
+    if format == Format::Webp && quality.webp.is_some() {
+        let (width, height) = (frame.width, frame.height);
+        let webp = webp_writer::encode(&[frame], None, quality.webp).map_err(|e| err(&e))?;
+        return Ok(webp_writer::with_metadata(webp, width, height, metadata));
+    }
+    let jpeg_quality = quality.jpeg;
     let mut out = Vec::with_capacity(frame.data.len() / 4);
     let (w, h) = (frame.width, frame.height);
     if format == Format::Jpeg {

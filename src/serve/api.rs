@@ -7,12 +7,12 @@
 //! | `GET /healthz` | none | the process is up |
 //! | `GET /readyz` | none | models loaded and accepting requests (503 while shutting down, while the catalog is unreachable, or while the scheduler `--scheduler` asked for is not running) |
 //! | `GET /openapi.json` | none | this table and the options, as OpenAPI 3.1 |
-//! | `POST /v1/anonymise` | `anonymise` | body: an image; returns it anonymised, same format (or `?format=`), or with `?report=json` the report instead |
-//! | `POST /v1/detect` | `anonymise` | body: an image; returns the detections and regions as JSON, no pixels |
+//! | `POST /v1/anonymise` | `anonymise` | body: an image; returns it anonymised, same format (HEIC and AVIF as JPEG; or `?format=`), or with `?report=json` the report instead |
+//! | `POST /v1/detect` | `anonymise` | body: an image; returns the detections and regions as JSON (and per frame, for an animation), no pixels |
 //!
 //! Query options, with the CLI's names: `style`, `person_style` (`keep` too), `shape`,
 //! `padding`, `targets` (a subset of the service's), `threshold` (at least the
-//! service's), `format` (`jpeg`, `png`, `webp`), `report=json`. An unknown option is an
+//! service's), `format` (`jpeg`, `png`, `webp`, `gif`, `tiff`), `report=json`. An unknown option is an
 //! error, not ignored: a typo must not silently weaken the redaction.
 
 use std::sync::Arc;
@@ -235,7 +235,7 @@ async fn image_request(state: &State, query: Vec<(String, String)>, request: Req
     record(state, &out);
     Ok(if !pixels {
         let r = &out.report;
-        axum::Json(Detected { width: r.width, height: r.height, orientation: r.orientation, detections: &r.detections, regions: &r.regions, models: &r.models })
+        axum::Json(Detected { width: r.width, height: r.height, orientation: r.orientation, detections: &r.detections, regions: &r.regions, frames: &r.frames, models: &r.models })
             .into_response()
     } else if report_only {
         axum::Json(&out.report).into_response()
@@ -252,6 +252,9 @@ struct Detected<'a> {
     orientation: u8,
     detections: &'a [crate::detect::Detection],
     regions: &'a [crate::redact::Region],
+    /// Each frame's, for an animation or a multi-page TIFF.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    frames: &'a [crate::pipeline::FrameReport],
     models: &'a [crate::detect::ModelInfo],
 }
 

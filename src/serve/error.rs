@@ -70,6 +70,7 @@ impl From<Error> for ApiError {
             Error::Decode(DecodeError::Empty) => ApiError::new(StatusCode::BAD_REQUEST, "empty_body", e.to_string()),
             Error::Decode(DecodeError::UnsupportedFormat) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_an_image", e.to_string()),
             Error::Decode(DecodeError::TooLarge { .. }) => unprocessable("too_many_pixels", &e),
+            Error::Decode(DecodeError::TooManyFrames { .. }) => unprocessable("too_many_frames", &e),
             Error::Decode(DecodeError::Corrupt { .. }) => unprocessable("corrupt_image", &e),
             Error::Decode(DecodeError::Animated { .. }) => unprocessable("animated_image", &e),
             Error::Decode(DecodeError::Unsupported { .. }) => unprocessable("unsupported_image", &e),

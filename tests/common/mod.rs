@@ -172,10 +172,22 @@ pub const TIFF_PIXEL_TAGS: [u16; 16] = [256, 257, 258, 259, 262, 273, 277, 278, 
 
 /// The tags of a little-endian TIFF's first directory, and whether another follows.
 pub fn tiff_tags(tiff: &[u8]) -> (Vec<u16>, bool) {
-    let (at, n) = first_ifd(tiff);
-    let tags = (0..n).map(|k| u16::from_le_bytes([tiff[at + 2 + 12 * k], tiff[at + 3 + 12 * k]])).collect();
-    let next = u32::from_le_bytes(tiff[at + 2 + 12 * n..at + 6 + 12 * n].try_into().unwrap());
-    (tags, next != 0)
+    let mut directories = tiff_directories(tiff);
+    let more = directories.len() > 1;
+    (directories.swap_remove(0), more)
+}
+
+/// The tags of each directory (page) of a little-endian TIFF, following the chain.
+pub fn tiff_directories(tiff: &[u8]) -> Vec<Vec<u16>> {
+    let mut at = first_ifd(tiff).0;
+    let mut directories = Vec::new();
+    while at != 0 {
+        assert!(directories.len() < 1000, "a directory chain that loops");
+        let n = usize::from(u16::from_le_bytes([tiff[at], tiff[at + 1]]));
+        directories.push((0..n).map(|k| u16::from_le_bytes([tiff[at + 2 + 12 * k], tiff[at + 3 + 12 * k]])).collect());
+        at = u32::from_le_bytes(tiff[at + 2 + 12 * n..at + 6 + 12 * n].try_into().unwrap()) as usize;
+    }
+    directories
 }
 
 /// A GIF's blocks after its header and global palette: `("image", 0x2C)` for each image,
@@ -294,4 +306,89 @@ pub fn jpeg_markers(jpeg: &[u8]) -> (Vec<u8>, bool) {
     markers.push(0xDA);
     let one = jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.windows(3).filter(|w| *w == [0xFF, 0xD8, 0xFF]).count() == 1 && jpeg.ends_with(&[0xFF, 0xD9]);
     (markers, one)
+}
+
+/// The face in each of the three frames (or pages) of tests/fixtures/moving-face.* and
+/// pages.tif (tests/fixtures/make_animations.py), where it was pasted.
+pub const MOVING_FACE: [PixelRect; 3] = [PixelRect { x: 40, y: 60, w: 62, h: 75 }, PixelRect { x: 125, y: 70, w: 62, h: 75 }, PixelRect { x: 210, y: 60, w: 62, h: 75 }];
+
+/// An animation's timing as a decoder reads it: each frame's delay in ms, and how many
+/// times it plays (0 = forever).
+pub type Played = (Vec<u32>, u32);
+
+/// Every picture of a file as a viewer shows it, as RGB, read by decoders other than the
+/// one under test where there is one: an animated GIF, PNG or WebP through `image`'s
+/// animation decoders (with the timing), a TIFF's pages through the `tiff` crate.
+pub fn all_pictures(bytes: &[u8]) -> (Vec<image::RgbImage>, Option<Played>) {
+    use image::{AnimationDecoder, ImageFormat};
+    let cursor = std::io::Cursor::new(bytes);
+    let collect = |frames: image::Frames, loops| -> (Vec<image::RgbImage>, Option<Played>) {
+        let loops = match loops {
+            image::metadata::LoopCount::Infinite => 0,
+            image::metadata::LoopCount::Finite(n) => n.get(),
+        };
+        let frames = frames.collect_frames().expect("decoding the frames");
+        let delays = frames.iter().map(|f| { let (n, d) = f.delay().numer_denom_ms(); n / d }).collect();
+        (frames.into_iter().map(|f| image::DynamicImage::ImageRgba8(f.into_buffer()).to_rgb8()).collect(), Some((delays, loops)))
+    };
+    match image::guess_format(bytes).expect("a known format") {
+        ImageFormat::Gif => {
+            let d = image::codecs::gif::GifDecoder::new(cursor).unwrap();
+            let loops = d.loop_count();
+            collect(d.into_frames(), loops)
+        }
+        ImageFormat::Png => {
+            let d = image::codecs::png::PngDecoder::new(cursor).unwrap().apng().unwrap();
+            let loops = d.loop_count();
+            collect(d.into_frames(), loops)
+        }
+        ImageFormat::WebP => {
+            let d = image::codecs::webp::WebPDecoder::new(cursor).unwrap();
+            let loops = d.loop_count();
+            collect(d.into_frames(), loops)
+        }
+        ImageFormat::Tiff => {
+            let mut d = tiff::decoder::Decoder::new(cursor).unwrap();
+            let mut pages = Vec::new();
+            loop {
+                let (w, h) = d.dimensions().unwrap();
+                let channels = match d.colortype().unwrap() {
+                    tiff::ColorType::RGB(8) => 3,
+                    tiff::ColorType::RGBA(8) => 4,
+                    other => panic!("page in {other:?}"),
+                };
+                let tiff::decoder::DecodingResult::U8(data) = d.read_image().unwrap() else { panic!("8-bit samples") };
+                pages.push(image::RgbImage::from_raw(w, h, data.chunks_exact(channels).flat_map(|p| [p[0], p[1], p[2]]).collect()).unwrap());
+                if !d.more_images() {
+                    return (pages, None);
+                }
+                d.next_image().unwrap();
+            }
+        }
+        other => panic!("{other:?} holds one picture"),
+    }
+}
+
+/// The four-character kinds of a RIFF file's top-level chunks (a WebP's), in order.
+pub fn riff_chunks(bytes: &[u8]) -> Vec<String> {
+    let mut kinds = Vec::new();
+    let mut i = 12;
+    while i + 8 <= bytes.len() {
+        kinds.push(String::from_utf8_lossy(&bytes[i..i + 4]).into_owned());
+        let size = u32::from_le_bytes(bytes[i + 4..i + 8].try_into().unwrap()) as usize;
+        i += 8 + size + (size & 1);
+    }
+    kinds
+}
+
+/// The kinds of a PNG's chunks, in order.
+pub fn png_chunks(bytes: &[u8]) -> Vec<String> {
+    let mut kinds = Vec::new();
+    let mut i = 8;
+    while i + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+        kinds.push(String::from_utf8_lossy(&bytes[i + 4..i + 8]).into_owned());
+        i += 12 + size;
+    }
+    kinds
 }
