@@ -174,7 +174,9 @@ def test_gif_and_tiff_faces_are_redacted_in_their_own_format(anonymizer: obscura
     # Several pictures in one file: each one redacted, none dropped.
     frames = io.BytesIO()
     first = Image.open(io.BytesIO(photo(name))).convert("RGB")
-    first.save(frames, fmt, save_all=True, append_images=[first.copy()])
+    second = first.copy()  # (the same picture would be merged into one frame by Pillow)
+    second.paste((255, 0, 0), (0, 0, 8, 8))
+    first.save(frames, fmt, save_all=True, append_images=[second])
     result = anonymizer.anonymize(frames.getvalue())
     assert len(result.report["frames"]) == 2
     with Image.open(io.BytesIO(result.data)) as image:
