@@ -185,18 +185,20 @@ impl Anonymizer {
         pictures.push(frame);
         pictures.extend(more);
         let mut timings = Timings { decode: decode_ms, ..Timings::default() };
-        let (mut detections, mut regions, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+        let mut frames = Vec::with_capacity(pictures.len());
         for (i, picture) in pictures.iter_mut().enumerate() {
-            let (found, planned, spent) = self.redact_frame_with(picture, options)?;
+            let (detections, regions, spent) = self.redact_frame_with(picture, options)?;
             timings.detect += spent.detect;
             timings.redact += spent.redact;
-            frames.push(FrameReport { width: picture.width, height: picture.height, delay_ms: timing.as_ref().map(|t| t.delays_ms[i]), detections: found.clone(), regions: planned.clone() });
-            detections.extend(found);
-            regions.extend(planned);
+            frames.push(FrameReport { width: picture.width, height: picture.height, delay_ms: timing.as_ref().map(|t| t.delays_ms[i]), detections, regions });
         }
-        if frames.len() == 1 {
-            frames.clear();
-        }
+        // A still's one picture is the report itself; several are listed, and totalled.
+        let (detections, regions) = if frames.len() == 1 {
+            let only = frames.pop().expect("one frame");
+            (only.detections, only.regions)
+        } else {
+            (frames.iter().flat_map(|f| f.detections.clone()).collect(), frames.iter().flat_map(|f| f.regions.clone()).collect())
+        };
         let (width, height) = (pictures[0].width, pictures[0].height);
         let quality = image_io::Quality { jpeg: config.image.jpeg_quality, webp: lossy.then_some(config.image.webp_quality) };
         let t = Instant::now();

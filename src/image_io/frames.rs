@@ -84,6 +84,32 @@ pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'sta
     Ok(pages)
 }
 
+/// Whether a WebP holds lossy-coded pictures: a `VP8 ` chunk at the top level or inside
+/// an animation frame (`ANMF`). A file cut short answers from what it has.
+pub(super) fn webp_is_lossy(bytes: &[u8]) -> bool {
+    fn chunks_lossy(bytes: &[u8], mut i: usize, depth: u8) -> bool {
+        while let (Some(fourcc), Some(size)) = (bytes.get(i..i + 4), bytes.get(i + 4..i + 8)) {
+            let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
+            let body = i + 8;
+            match fourcc {
+                b"VP8 " => return true,
+                // An animation frame: 16 bytes of position and timing, then its chunks.
+                b"ANMF" if depth == 0 => {
+                    let end = body.saturating_add(size).min(bytes.len());
+                    if chunks_lossy(&bytes[..end], body + 16, 1) {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+            i = body.saturating_add(size).saturating_add(size & 1);
+        }
+        false
+    }
+    // "RIFF", size, "WEBP", then chunks.
+    chunks_lossy(bytes, 12, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,30 +137,4 @@ mod tests {
         assert_eq!(gif_images(&[&header[..], &[0x99]].concat(), 2), Err("an unknown block in the GIF"));
         assert_eq!(gif_images(&[&header[..], &[0x3B]].concat(), 2), Ok(0));
     }
-}
-
-/// Whether a WebP holds lossy-coded pictures: a `VP8 ` chunk at the top level or inside
-/// an animation frame (`ANMF`). A file cut short answers from what it has.
-pub(super) fn webp_is_lossy(bytes: &[u8]) -> bool {
-    fn chunks_lossy(bytes: &[u8], mut i: usize, depth: u8) -> bool {
-        while let (Some(fourcc), Some(size)) = (bytes.get(i..i + 4), bytes.get(i + 4..i + 8)) {
-            let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
-            let body = i + 8;
-            match fourcc {
-                b"VP8 " => return true,
-                // An animation frame: 16 bytes of position and timing, then its chunks.
-                b"ANMF" if depth == 0 => {
-                    let end = body.saturating_add(size).min(bytes.len());
-                    if chunks_lossy(&bytes[..end], body + 16, 1) {
-                        return true;
-                    }
-                }
-                _ => {}
-            }
-            i = body.saturating_add(size).saturating_add(size & 1);
-        }
-        false
-    }
-    // "RIFF", size, "WEBP", then chunks.
-    chunks_lossy(bytes, 12, 0)
 }

@@ -19,7 +19,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orie
 use serde::{Deserialize, Serialize};
 
 pub use heif::{LIBHEIF_NAME, libheif, sniff};
-pub use sequence::Timing;
+pub use sequence::{Timing, holds_one, holds_several};
 pub use metadata::{EXIF_ALLOWLIST, sanitize_exif, sanitize_icc};
 pub use write::{PathError, WriteError, create_dirs_within, create_parent_dirs, remove_stale_temps, safe_join, write_atomic};
 
@@ -675,21 +675,6 @@ fn orientation_tag(o: Orientation) -> u8 {
     }
 }
 
-/// Why `format` cannot hold an input's several pictures: the formats that can.
-pub fn holds_one(format: Format, animation: bool) -> String {
-    if animation {
-        format!("{} holds one picture, and this is an animation: write it as GIF, PNG, WebP or TIFF (pages)", format.name())
-    } else {
-        format!("{} cannot hold a TIFF's pages (of their own sizes, with no timing): write it as TIFF", format.name())
-    }
-}
-
-/// Whether `format` can hold the pictures of an input: an animation's (`animation`) or
-/// a TIFF's pages.
-pub fn holds_several(format: Format, animation: bool) -> bool {
-    sequence::holds(format, animation)
-}
-
 /// NeuQuant's sampling step for GIF palettes (1 best and slowest, 30 fastest): 10 is
 /// `gif`'s own suggestion for a balance.
 const GIF_QUANTISER_SPEED: i32 = 10;
@@ -733,7 +718,7 @@ pub fn encode_pictures(mut pictures: Vec<Frame>, timing: Option<&Timing>, format
         return Err(err(&format!("Obscura does not write {}; write {}", format.name(), Format::written_names())));
     }
     if pictures.len() > 1 {
-        if !sequence::holds(format, timing.is_some()) {
+        if !holds_several(format, timing.is_some()) {
             return Err(err(&holds_one(format, timing.is_some())));
         }
         return sequence::encode(pictures, timing, format, quality.webp);

@@ -38,28 +38,23 @@ pub(super) fn decode(bytes: &[u8], format: Format, config: &ImageConfig) -> Resu
     limits.max_image_height = Some(config.max_dimension);
     limits.max_alloc = Some(config.max_alloc_bytes);
     let cursor = Cursor::new(bytes);
+    // The size checked from the header before any frame is decoded; the frames come lazily.
+    type Started<'a> = (image::Frames<'a>, image::metadata::LoopCount, (u32, u32));
+    fn start<'a, D: ImageDecoder + AnimationDecoder<'a>>(mut decoder: D, limits: image::Limits, config: &ImageConfig, corrupt: &dyn Fn(image::ImageError) -> DecodeError) -> Result<Started<'a>, DecodeError> {
+        let size = decoder.dimensions();
+        config.check_size(size.0, size.1)?;
+        decoder.set_limits(limits).map_err(corrupt)?;
+        let loops = decoder.loop_count();
+        Ok((decoder.into_frames(), loops, size))
+    }
     let (frames, loops, (width, height)) = match format {
-        Format::Gif => {
-            let mut decoder = image::codecs::gif::GifDecoder::new(cursor).map_err(corrupt)?;
-            let size = decoder.dimensions();
-            config.check_size(size.0, size.1)?;
-            decoder.set_limits(limits).map_err(corrupt)?;
-            let loops = decoder.loop_count();
-            (decoder.into_frames(), loops, size)
-        }
+        Format::Gif => start(image::codecs::gif::GifDecoder::new(cursor).map_err(corrupt)?, limits, config, &corrupt)?,
+        Format::Webp => start(image::codecs::webp::WebPDecoder::new(cursor).map_err(corrupt)?, limits, config, &corrupt)?,
         Format::Png => {
             let decoder = image::codecs::png::PngDecoder::with_limits(cursor, limits).map_err(corrupt)?;
             let size = decoder.dimensions();
             config.check_size(size.0, size.1)?;
             let decoder = decoder.apng().map_err(corrupt)?;
-            let loops = decoder.loop_count();
-            (decoder.into_frames(), loops, size)
-        }
-        Format::Webp => {
-            let mut decoder = image::codecs::webp::WebPDecoder::new(cursor).map_err(corrupt)?;
-            let size = decoder.dimensions();
-            config.check_size(size.0, size.1)?;
-            decoder.set_limits(limits).map_err(corrupt)?;
             let loops = decoder.loop_count();
             (decoder.into_frames(), loops, size)
         }
@@ -171,14 +166,23 @@ fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeEr
     Ok(pages)
 }
 
-/// Whether `format` can hold the pictures of an input in `from`: an animation goes to
-/// GIF, PNG (APNG), WebP or TIFF (as pages), a page set only to TIFF (pages can differ
-/// in size and have no timing).
-pub(super) fn holds(format: Format, from_animation: bool) -> bool {
+/// Whether `format` can hold an input's several pictures: an `animation` goes to GIF,
+/// PNG (APNG), WebP or TIFF (as pages), a TIFF's pages only to TIFF (pages can differ in
+/// size and have no timing).
+pub fn holds_several(format: Format, animation: bool) -> bool {
     match format {
         Format::Tiff => true,
-        Format::Gif | Format::Png | Format::Webp => from_animation,
+        Format::Gif | Format::Png | Format::Webp => animation,
         Format::Jpeg | Format::Heic | Format::Avif => false,
+    }
+}
+
+/// Why `format` cannot hold an input's several pictures, naming the formats that can.
+pub fn holds_one(format: Format, animation: bool) -> String {
+    if animation {
+        format!("{} holds one picture, and this is an animation: write it as GIF, PNG, WebP or TIFF (pages)", format.name())
+    } else {
+        format!("{} cannot hold a TIFF's pages (of their own sizes, with no timing): write it as TIFF", format.name())
     }
 }
 
