@@ -2,7 +2,9 @@
 //! redact (each style), encode. The photo is a WIDER photo from `../shared/eval` scaled
 //! to 1920×1080 (several faces). Detection is timed per model (each pass alone) and for
 //! the default configuration; the person pass's resize and the default plan's redaction
-//! are timed alone too. Run: `cargo bench --bench pipeline`.
+//! are timed alone too. The `text` group times the text target's cost beside the
+//! default, on the same photo at 1080p and at 12 MP (4000×3000), in one run. Run:
+//! `cargo bench --bench pipeline` (`-- text/` for that group alone).
 
 use std::time::Duration;
 
@@ -88,5 +90,30 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+/// The default detection with and without the text target, and text alone, at 1080p and
+/// 12 MP (2 threads, as the CLI runs one image).
+fn text(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval/images").join(PHOTO);
+    let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut g = c.benchmark_group("text");
+    g.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
+    for (size, (w, h)) in [("1080p", (1920u32, 1080u32)), ("12mp", (4000, 3000))] {
+        let rgb = img.resize_to_fill(w, h, image::imageops::FilterType::Triangle).to_rgb8();
+        let frame = Frame::new(w, h, 3, rgb.into_raw());
+        let with_text = |targets: &[Class]| {
+            let mut c = Config::default();
+            c.detect.targets = targets.to_vec();
+            c.runtime.sessions = 1;
+            c.runtime.intra_threads = 2;
+            c
+        };
+        for (name, targets) in [("default", &[Class::Face, Class::Person][..]), ("default+text", &[Class::Face, Class::Person, Class::Text]), ("text", &[Class::Text])] {
+            let anonymizer = Anonymizer::new(with_text(targets)).expect("run scripts/setup first (and --model-cache or --build-person-model)");
+            g.bench_function(format!("{size}/{name}"), |b| b.iter(|| anonymizer.plan(&frame).unwrap()));
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages, text);
 criterion_main!(benches);

@@ -59,6 +59,21 @@ impl Config {
         unit("detect.person.threshold", d.person.threshold)?;
         unit("detect.person.nms_iou", d.person.nms_iou)?;
         unit("detect.retinaface.threshold", d.retinaface.threshold)?;
+        let t = &d.text;
+        unit("detect.text.threshold", t.threshold)?;
+        unit("detect.text.pixel_threshold", t.pixel_threshold)?;
+        if !(t.unclip.is_finite() && (0.0..=10.0).contains(&t.unclip)) {
+            return bad("detect.text.unclip", "must be between 0 and 10");
+        }
+        if !(t.min_height.is_finite() && t.min_height >= 0.0) {
+            return bad("detect.text.min_height", "must be 0 or more");
+        }
+        if t.max_side < 64 || t.tile < 64 {
+            return bad("detect.text", "max_side and tile must be at least 64");
+        }
+        if t.tile_overlap >= t.tile {
+            return bad("detect.text.tile_overlap", "must be smaller than detect.text.tile");
+        }
         if d.max_side < 64 {
             return bad("detect.max_side", "must be at least 64");
         }
@@ -83,9 +98,11 @@ impl Config {
         if let Some(style) = &r.person_style {
             check_style("redact.person_style", style)?;
         }
+        check_style("redact.text_style", &r.text_style)?;
         let fraction = |field: &'static str, v: f32| if v.is_finite() && (0.0..=10.0).contains(&v) { Ok(()) } else { bad(field, "must be between 0 and 10") };
         fraction("redact.padding", r.padding)?;
         fraction("redact.person_padding", r.person_padding)?;
+        fraction("redact.text_padding", r.text_padding)?;
         unit("redact.feather", r.feather)?;
         if !(r.noise.is_finite() && (0.0..=255.0).contains(&r.noise)) {
             return bad("redact.noise", "must be between 0 and 255");
@@ -193,7 +210,7 @@ mod tests {
                 assert_eq!(position(*v), i, "{v:?}");
             }
         }
-        check(|v: Class| match v { Class::Face => 0, Class::Person => 1 }, 2);
+        check(|v: Class| match v { Class::Face => 0, Class::Person => 1, Class::Text => 2 }, 3);
         check(|v: FaceModel| match v { FaceModel::CenterfaceInt8 => 0, FaceModel::Centerface => 1, FaceModel::Retinaface => 2 }, 3);
         check(|v: Booster| match v { Booster::PersonFaces => 0, Booster::Flip => 1, Booster::Upscale => 2 }, 3);
         check(|v: Device| match v { Device::Auto => 0, Device::Cpu => 1, Device::Cuda => 2 }, 3);

@@ -78,6 +78,11 @@ impl BBox {
         BBox::new(self.x1 - dx, self.y1 - dy, self.x2 + dx, self.y2 + dy)
     }
 
+    /// Grows each side by `distance` pixels.
+    pub fn grow(&self, distance: f32) -> BBox {
+        BBox::new(self.x1 - distance, self.y1 - distance, self.x2 + distance, self.y2 + distance)
+    }
+
     /// The pixels this box touches inside a `width`×`height` image, or `None` if it lies
     /// outside. A pixel is touched when the box overlaps any part of it.
     pub fn to_pixels(&self, width: u32, height: u32) -> Option<PixelRect> {

@@ -269,7 +269,7 @@ impl Anonymizer {
         for detector in self.inner.detectors.iter().filter(|d| wanted(d.class())) {
             let mut found = match detector.class() {
                 Class::Face => boost::detect(detector.as_ref(), frame, detect, &detections)?,
-                Class::Person => detector.detect(frame)?,
+                Class::Person | Class::Text => detector.detect(frame)?,
             };
             if let Some(threshold) = options.threshold {
                 // CenterFace's threshold, as the setting is; other models keep theirs.

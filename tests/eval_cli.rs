@@ -93,3 +93,34 @@ fn eval_refuses_persons_without_the_person_target() {
     assert!(err.contains("add person to --targets"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// Text is scored on its own, with the same coverage rule, by kind (the `subset`
+/// column) and on photos without text (false regions): here on the text fixture and a
+/// photo without annotated text, with no face boxes at all.
+#[test]
+fn eval_scores_text_by_kind_without_a_face_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(fixture("text-scene.jpg"), images.join("text-scene.jpg")).unwrap();
+    std::fs::copy(eval_image(ONE_FACE), images.join("other.jpg")).unwrap(); // no text annotated
+    std::fs::write(tmp.path().join("manifest.csv"), "image,face_gt,person_gt,text_gt\ntext-scene.jpg,no,no,yes\nother.jpg,no,no,yes\n").unwrap();
+    let mut boxes = String::from("image,x,y,w,h,subset\n");
+    for (name, r) in TEXT_BOXES {
+        let kind = if name == "plate" { "plate" } else { "card" };
+        boxes.push_str(&format!("text-scene.jpg,{},{},{},{},{kind}\n", r.x, r.y, r.w, r.h));
+    }
+    std::fs::write(tmp.path().join("text.csv"), boxes).unwrap();
+    let out = run(obscura().arg("eval").arg("--images").arg(&images).arg("--text").arg(tmp.path().join("text.csv")).args(["--targets", "text", "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.get("faces").is_none(), "no face set, no face table: {json}");
+    let coverage = &json["text"]["coverage"];
+    assert_eq!(coverage["all"]["total"], 5);
+    assert_eq!(coverage["all"]["covered"], 5, "{coverage}");
+    assert_eq!(coverage["by_subset"]["plate"]["covered"], 1, "{coverage}");
+    assert_eq!(coverage["negative_photos"], 1);
+    assert!(json["text"]["matching"]["true_positives"].as_u64().unwrap() >= 4, "boxes match the letters: {}", json["text"]["matching"]);
+    let refused = run(obscura().args(["eval", "--images", "x", "--text", "y", "--targets", "face"]));
+    assert!(stderr(&refused).contains("add text to --targets"), "{}", stderr(&refused));
+}

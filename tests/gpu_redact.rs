@@ -89,7 +89,8 @@ fn every_style_and_shape_matches_the_cpu() {
         for shape in [Shape::Rect, Shape::Ellipse] {
             for style in [Style::DEFAULT_PIXELATE, Style::DEFAULT_BLUR, Style::DEFAULT_FILL, Style::Fill { color: [10, 200, 30] }] {
                 let orig = noise_frame(160, 120, channels, 7);
-                let regions = [region(10, 20, 64, 48, style, shape), region(0, 0, 17, 9, style, shape), region(100, 70, 60, 50, style, shape)];
+                let text = Region { class: Class::Text, ..region(100, 70, 60, 50, style, shape) };
+                let regions = [region(10, 20, 64, 48, style, shape), region(0, 0, 17, 9, style, shape), text];
                 let params = Params { feather: 0.1, noise: 16.0, seed: 42 };
                 let (want, got) = both(gpu, &orig, &regions, &params);
                 let (d, at) = max_diff(&want, &got);
@@ -111,10 +112,12 @@ fn style() -> impl Strategy<Value = Style> {
 fn image() -> impl Strategy<Value = (Frame, Vec<Region>, Params)> {
     (1u32..160, 1u32..120, prop_oneof![Just(3u8), Just(4u8)], any::<u32>())
         .prop_flat_map(|(w, h, channels, seed)| {
-            let region = (0..w, 0..h, 1u32..=w, 1u32..=h, style(), prop_oneof![Just(Shape::Rect), Just(Shape::Ellipse)]).prop_map(
-                move |(x, y, rw, rh, style, shape)| {
+            // Text regions have hard edges whatever the feather (Region::feather).
+            let class = prop_oneof![Just(Class::Face), Just(Class::Person), Just(Class::Text)];
+            let region = (0..w, 0..h, 1u32..=w, 1u32..=h, style(), prop_oneof![Just(Shape::Rect), Just(Shape::Ellipse)], class).prop_map(
+                move |(x, y, rw, rh, style, shape, class)| {
                     // Clip to the image: many regions touch the right and bottom borders.
-                    region(x, y, rw.min(w - x), rh.min(h - y), style, shape)
+                    Region { class, ..region(x, y, rw.min(w - x), rh.min(h - y), style, shape) }
                 },
             );
             let params = (0.0f32..0.3, 0.0f32..32.0, any::<u32>()).prop_map(|(feather, noise, seed)| Params { feather, noise, seed });

@@ -243,6 +243,44 @@ async fn every_frame_of_an_animation_comes_back_redacted() {
     assert_eq!(error_code(response, 422).await, "too_many_frames");
 }
 
+/// The `text` target over HTTP: a badge, an ID card and a plate come back redacted at
+/// their boxes, `/v1/detect` finds each on the input and none on the output, the text
+/// style is a per-request option, and a service that does not detect text refuses
+/// `targets=text` rather than leave text visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn text_comes_back_redacted_and_the_detector_finds_none_there_afterwards() {
+    let service = Service::start(&["--targets", "face,text"]);
+    let body = std::fs::read(fixture("text-scene.jpg")).unwrap();
+    let text_in = |report: &serde_json::Value| detected(report, "text");
+    let response = post(&service, "/v1/detect?targets=text", Some(ANONYMISE), body.clone()).await;
+    assert_eq!(response.status(), 200);
+    let before: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    for (name, rect) in TEXT_BOXES {
+        assert!(share_under(rect, &text_in(&before)) > 0.9, "{name} found on the input: {before}");
+    }
+    for query in ["format=png", "format=png&text_style=pixelate"] {
+        let response = post(&service, &format!("/v1/anonymise?{query}"), Some(ANONYMISE), body.clone()).await;
+        assert_eq!(response.status(), 200, "{query}");
+        let output = response.bytes().await.unwrap().to_vec();
+        let (original, after) = (decoded(&body), decoded(&output));
+        for (name, rect) in TEXT_BOXES {
+            let changed = mean_abs_diff(&original, &after, rect);
+            assert!(changed > 20.0, "{query}: {name} redacted ({changed:.1})");
+        }
+        let response = post(&service, "/v1/detect?targets=text", Some(ANONYMISE), output).await;
+        let again: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        for (name, rect) in TEXT_BOXES {
+            assert_eq!(share_under(rect, &text_in(&again)), 0.0, "{query}: no text at {name} afterwards: {again}");
+        }
+    }
+    let response = post(&service, "/v1/anonymise?text_style=smudge", Some(ANONYMISE), body.clone()).await;
+    assert_eq!(error_code(response, 400).await, "invalid_option");
+    drop(service);
+    let service = Service::start(&["--targets", "face"]);
+    let response = post(&service, "/v1/anonymise?targets=face,text", Some(ANONYMISE), body).await;
+    assert_eq!(error_code(response, 400).await, "invalid_option", "text asked of a service that does not detect it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_the_documented_4xx_and_never_image_bytes() {
     let service = Service::start(&["--targets", "face", "--max-body-bytes", "2000000"]);

@@ -67,7 +67,7 @@ class Region:
     """A redacted region, in pixels of the upright image."""
 
     kind: str
-    """What was found there: ``"face"`` or ``"person"``."""
+    """What was found there: ``"face"``, ``"person"`` or ``"text"``."""
     x: int
     y: int
     width: int

@@ -70,11 +70,11 @@ impl From<Failure> for PyErr {
     }
 }
 
-/// `redact.style` and `redact.person_style` may be given by kind alone (`"blur"`): the
+/// `redact.style`, `redact.person_style` and `redact.text_style` may be given by kind alone (`"blur"`): the
 /// kind's default parameters, as the CLI's `--style` gives them.
 fn expand_styles(settings: &mut serde_json::Value) -> PyResult<()> {
     let Some(redact) = settings.get_mut("redact").and_then(|r| r.as_object_mut()) else { return Ok(()) };
-    for key in ["style", "person_style"] {
+    for key in ["style", "person_style", "text_style"] {
         if let Some(serde_json::Value::String(kind)) = redact.get(key) {
             let style = Style::of_kind(kind).ok_or_else(|| {
                 let kinds: Vec<&str> = Style::DEFAULTS.iter().map(Style::kind).collect();

@@ -222,6 +222,45 @@ def test_every_frame_of_an_animation_is_redacted_and_nothing_else_is_kept(name: 
         obscura.Anonymizer(detect={"targets": ["face"]}, image={"max_frames": 2}).anonymize(data)
 
 
+# The letters of each text in tests/fixtures/text-scene.jpg (x, y, w, h), as
+# tests/fixtures/make_text.py rendered them (tests/common TEXT_BOXES).
+TEXT_BOXES = {
+    "badge-heading": (684, 44, 188, 19),
+    "badge-name": (684, 94, 226, 31),
+    "id-title": (680, 219, 190, 16),
+    "id-number": (680, 318, 236, 20),
+    "plate": (705, 441, 225, 61),
+}
+
+
+def text_share(report: dict, box: tuple[int, int, int, int]) -> float:
+    """The share of `box` under the report's text detections."""
+    x, y, w, h = box
+    mask = numpy.zeros((y + h, x + w), dtype=bool)
+    for d in report["detections"]:
+        if d["class"] == "text":
+            b = d["bbox"]
+            mask[max(int(b["y1"]), 0) : int(numpy.ceil(b["y2"])), max(int(b["x1"]), 0) : int(numpy.ceil(b["x2"]))] = True
+    return float(mask[y : y + h, x : x + w].mean())
+
+
+@pytest.mark.parametrize("style", ["fill", "pixelate"])
+def test_text_is_redacted_at_its_boxes_and_the_detector_finds_none_there_afterwards(style: str) -> None:
+    data = (ROOT / "tests" / "fixtures" / "text-scene.jpg").read_bytes()
+    reader = obscura.Anonymizer(detect={"targets": ["text"]})
+    found = reader.anonymize(data, format="png").report
+    assert all(text_share(found, box) > 0.9 for box in TEXT_BOXES.values()), found["detections"]
+    result = obscura.Anonymizer(detect={"targets": ["face", "text"]}, redact={"text_style": style}).anonymize(data, format="png")
+    assert {r.kind for r in result.regions} == {"face", "text"}
+    before, after = decode(data), decode(result.data)
+    for name, (x, y, w, h) in TEXT_BOXES.items():
+        assert redacted_share([r for r in result.regions if r.kind == "text"], (x, y, w, h), before.shape) == 1.0, name
+        changed = numpy.abs(before[y : y + h, x : x + w].astype(int) - after[y : y + h, x : x + w].astype(int)).mean()
+        assert changed > 20, (name, changed)
+    again = reader.anonymize(result.data, format="png").report
+    assert all(text_share(again, box) == 0.0 for box in TEXT_BOXES.values()), again["detections"]
+
+
 def test_another_output_format_can_be_asked_for(anonymizer: obscura.Anonymizer) -> None:
     result = anonymizer.anonymize(photo(next(iter(must_cover_faces()))), format="png")
     assert result.format == "png" and result.data[:4] == b"\x89PNG"

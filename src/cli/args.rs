@@ -56,8 +56,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub images: PathBuf,
     /// Face boxes: image,x,y,w,h[,...,official_eval_subset].
-    #[arg(long)]
-    pub faces: PathBuf,
+    #[arg(long, required_unless_present_any = ["persons", "text"])]
+    pub faces: Option<PathBuf>,
     /// Person boxes (image,x,y,w,h): also run the person detector and score persons.
     #[arg(long)]
     pub persons: Option<PathBuf>,
@@ -65,7 +65,11 @@ pub struct EvalArgs {
     /// default: persons_crowd_ignore.csv beside --persons, if there.
     #[arg(long)]
     pub persons_ignore: Option<PathBuf>,
-    /// Which images are scored (face_gt / person_gt = yes); default: manifest.csv beside the images folder.
+    /// Text boxes (image,x,y,w,h[,subset]): also run the text detector and score text
+    /// (scripts/text-eval builds a set of badges, ID cards, house numbers and plates).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Which images are scored (face_gt / person_gt / text_gt = yes); default: manifest.csv beside the images folder.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Growth of each side of a face box, as a fraction of the box.
@@ -127,8 +131,10 @@ pub struct DetectionArgs {
     /// on the command line override it; defaults shown here are the library's.
     #[arg(long, env = "OBSCURA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// What to find and redact: face, person, or both (`face,person`). Persons need the
-    /// NanoDet model (scripts/setup --model-cache DIR or --build-person-model).
+    /// What to find and redact: face, person, text, or several (`face,person,text`).
+    /// Persons need the NanoDet model (scripts/setup --model-cache DIR or
+    /// --build-person-model); text (badges, ID cards, plates) is off by default: it costs
+    /// more than faces on large photos (README, "Text and number plates").
     #[arg(long, value_parser = choice::<Class>(), value_delimiter = ',', default_values = SHOWN.targets.iter().map(String::as_str))]
     pub targets: Vec<Class>,
     /// Face models to run (several: every face any of them finds is redacted).
@@ -197,7 +203,11 @@ pub struct RedactionArgs {
     /// person-faces) but leave bodies as they are.
     #[arg(long, value_enum, default_value = SHOWN.person_style.as_str())]
     pub person_style: PersonStyleArg,
-    /// Shape of the redacted area.
+    /// Redaction style for text (with --targets …,text); fill by default: pixelated or
+    /// blurred text can be matched against candidate strings (README).
+    #[arg(long, value_enum, default_value = SHOWN.text_style.as_str())]
+    pub text_style: StyleArg,
+    /// Shape of the redacted area (faces and persons; text is always a rectangle).
     #[arg(long, value_parser = choice::<Shape>(), default_value = SHOWN.shape.as_str())]
     pub shape: Shape,
     /// Growth of each side of a face box, as a fraction of the box.
@@ -274,6 +284,9 @@ impl RedactionArgs {
         }
         if given(m, "person_style") {
             c.redact.person_style = self.person_style.style();
+        }
+        if given(m, "text_style") {
+            c.redact.text_style = self.text_style.style();
         }
         layer(m, "shape", &mut c.redact.shape, &self.shape);
         layer(m, "padding", &mut c.redact.padding, &self.padding);

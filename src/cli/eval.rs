@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use obscura::detect::Class;
 use obscura::eval::chart::{Series, write_png};
 use obscura::eval::misses;
-use obscura::eval::{Coverage, FaceSet, Matching, PERSON_GT, plan_all};
+use obscura::eval::{Coverage, FaceSet, Matching, PERSON_GT, TEXT_GT, plan_all};
 use clap::ArgMatches;
 use obscura::Anonymizer;
 use obscura::config::Choice;
@@ -20,6 +20,7 @@ use super::settings::{given, layer};
 /// Smallest missed boxes the contact sheet shows (smaller faces are too small to judge).
 const MISS_MIN_FACE: f32 = 20.0;
 const MISS_MIN_PERSON: f32 = 40.0;
+const MISS_MIN_TEXT: f32 = 8.0;
 /// Most crops per class on the contact sheet.
 const MISSES_SHOWN: usize = 200;
 
@@ -32,8 +33,12 @@ pub fn run(args: &EvalArgs, m: &ArgMatches) -> Result<i32> {
     if args.persons.is_some() && !config.detect.targets.contains(&Class::Person) {
         anyhow::bail!("--persons scores person detection: add person to --targets");
     }
+    if args.text.is_some() && !config.detect.targets.contains(&Class::Text) {
+        anyhow::bail!("--text scores text detection: add text to --targets");
+    }
     let manifest = args.manifest.clone().unwrap_or_else(|| args.images.parent().unwrap_or(Path::new(".")).join("manifest.csv"));
-    let set = FaceSet::load(&manifest, &args.faces).context("loading the evaluation set")?;
+    let faces = args.faces.as_ref().map(|f| FaceSet::load(&manifest, f).context("loading the evaluation set")).transpose()?;
+    let text = args.text.as_ref().map(|t| FaceSet::load_for(&manifest, TEXT_GT, t).context("loading text boxes")).transpose()?;
     let persons = match &args.persons {
         Some(p) => {
             let set = FaceSet::load_for(&manifest, PERSON_GT, p).context("loading person boxes")?;
@@ -53,14 +58,16 @@ pub fn run(args: &EvalArgs, m: &ArgMatches) -> Result<i32> {
     let anonymizer = Anonymizer::new(config)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     let started = Instant::now();
-    let names = set.images.keys().chain(persons.iter().flat_map(|p| p.images.keys()));
+    // Each scored class: its name in tables, its set, its detector's class, the smallest
+    // missed box the contact sheet shows.
+    let scored: Vec<(&str, &FaceSet, Class, f32)> = [("faces", faces.as_ref(), Class::Face, MISS_MIN_FACE), ("persons", persons.as_ref(), Class::Person, MISS_MIN_PERSON), ("text", text.as_ref(), Class::Text, MISS_MIN_TEXT)]
+        .into_iter()
+        .filter_map(|(name, set, class, min)| set.map(|s| (name, s, class, min)))
+        .collect();
+    let names = scored.iter().flat_map(|(_, set, ..)| set.images.keys());
     let planned = pool.install(|| plan_all(&anonymizer, &args.images, names))?;
-    let mut tables = vec![("faces", Coverage::score(&set, &planned), Matching::score(&set, &planned, Class::Face))];
-    let mut sets = vec![(&set, MISS_MIN_FACE)];
-    if let Some(p) = &persons {
-        tables.push(("persons", Coverage::score(p, &planned), Matching::score(p, &planned, Class::Person)));
-        sets.push((p, MISS_MIN_PERSON));
-    }
+    let tables: Vec<_> = scored.iter().map(|&(name, set, class, _)| (name, Coverage::score(set, &planned), Matching::score(set, &planned, class))).collect();
+    let sets: Vec<_> = scored.iter().map(|&(_, set, _, min)| (set, min)).collect();
     let seconds = started.elapsed().as_secs_f64();
     let d = &anonymizer.config().detect;
     let boost: Vec<String> = d.boost.iter().map(|v| v.name()).collect();

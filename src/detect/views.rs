@@ -13,9 +13,18 @@
 
 use image::{GenericImageView, ImageBuffer, Pixel, Rgb, Rgba};
 
-use super::{DetectConfig, DetectError, Detection};
-use crate::geometry::nms;
+use super::{DetectError, Detection};
 use crate::image_io::Frame;
+
+/// How a detector sees large images (see the module docs): one full-resolution view up
+/// to `max_side`, above it a view downscaled to `max_side` plus `tile`-sized tiles that
+/// overlap by `overlap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    pub max_side: u32,
+    pub tile: u32,
+    pub overlap: u32,
+}
 
 /// A rectangle of the image, seen at `scale` (1.0 = full resolution).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,6 +63,8 @@ pub struct ViewInput {
     /// The part of the padded input that holds image content.
     pub content_w: u32,
     pub content_h: u32,
+    /// The view's scale (input pixels per image pixel).
+    pub scale: f32,
 }
 
 impl ViewInput {
@@ -93,20 +104,21 @@ impl ViewInput {
                 put(x, y, px.0);
             }
         }
-        ViewInput { data, w, h, content_w, content_h }
+        ViewInput { data, w, h, content_w, content_h, scale: view.scale }
     }
 }
 
-/// Runs `detect` on the input of every planned view, maps its boxes and landmarks back
-/// to the image, and merges all views with NMS.
+/// Runs `detect` on the input of every planned view and maps its boxes and landmarks
+/// back to the image. The views' detections are not merged: how overlapping boxes of
+/// one object are merged is the detector's choice (NMS for faces, union for text).
 pub fn detect_all(
     frame: &Frame,
-    config: &DetectConfig,
+    tiling: Tiling,
     pixel: impl Fn([u8; 3]) -> [f32; 3] + Copy,
     detect: impl Fn(&ViewInput) -> Result<Vec<Detection>, DetectError>,
 ) -> Result<Vec<Detection>, DetectError> {
     let mut all = Vec::new();
-    for view in plan(frame.width, frame.height, config.max_side, config.tile, config.tile_overlap) {
+    for view in plan(frame.width, frame.height, tiling.max_side, tiling.tile, tiling.overlap) {
         let (s, ox, oy) = (view.scale, view.x as f32, view.y as f32);
         for mut d in detect(&ViewInput::prepare(frame, &view, pixel))? {
             d.bbox = d.bbox.unscale(s, s, ox, oy);
@@ -118,7 +130,7 @@ pub fn detect_all(
             all.push(d);
         }
     }
-    Ok(nms(all, config.nms_iou))
+    Ok(all)
 }
 
 /// Tile start positions along one axis: every `tile - overlap`, the last one flush with

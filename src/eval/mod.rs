@@ -49,6 +49,8 @@ pub struct FaceSet {
 /// Which manifest column says an image is scored for faces / for persons.
 pub const FACE_GT: &str = "face_gt";
 pub const PERSON_GT: &str = "person_gt";
+/// The manifest column that says a photo's text is annotated (`scripts/text-eval`).
+pub const TEXT_GT: &str = "text_gt";
 
 /// Reading the set failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,8 @@ impl FaceSet {
             }
         }
         let (header, rows) = read_csv(faces)?;
-        let subset_col = header.iter().position(|h| h == "official_eval_subset");
+        // WIDER's own subset column, or a set's `subset` (the kind of text: badge, plate…).
+        let subset_col = header.iter().position(|h| h == "official_eval_subset").or_else(|| header.iter().position(|h| h == "subset"));
         for (line, f) in rows {
             let face = GtFace {
                 bbox: parse_box(faces, line, &f)?,

@@ -52,6 +52,7 @@ fn write_region(frame: &mut Frame, region: &Region, params: &Params, target: imp
     let PixelRect { x, y, w, h } = region.rect;
     let (channels, stride) = (frame.channels as usize, frame.stride());
     let columns: Vec<f32> = (0..w).map(|rx| axis(rx, w)).collect();
+    let feather = region.feather(params);
     let rows = &mut frame.data[y as usize * stride..(y + h) as usize * stride];
     let rows_per_task = (PIXELS_PER_TASK / w.max(1) as usize).max(1);
     rows.par_chunks_mut(stride).with_min_len(rows_per_task).enumerate().for_each(|(ry, row)| {
@@ -59,7 +60,7 @@ fn write_region(frame: &mut Frame, region: &Region, params: &Params, target: imp
         let v = axis(ry, h);
         let row = &mut row[x as usize * channels..][..w as usize * channels];
         for ((rx, px), &u) in (0..w).zip(row.chunks_exact_mut(channels)).zip(&columns) {
-            let m = mask_uv(region.shape, params.feather, u, v);
+            let m = mask_uv(region.shape, feather, u, v);
             if m <= 0.0 {
                 continue;
             }
@@ -230,6 +231,20 @@ mod tests {
                 }
             }
             assert_ne!(f, orig, "{style:?} changed nothing");
+        }
+    }
+
+    /// A face's edge is soft; a text region's is hard at any feather, up to its last pixel.
+    #[test]
+    fn a_text_region_is_filled_to_its_edge_whatever_the_feather() {
+        for feather in [0.1, 0.5, 1.0] {
+            let mut f = gradient(64, 48, 3);
+            let params = Params { feather, noise: 0.0, seed: 1 };
+            let text = Region { class: Class::Text, ..region(4, 4, 50, 12, Style::DEFAULT_FILL) };
+            redact(&mut f, &[text, region(4, 24, 50, 12, Style::DEFAULT_FILL)], &params);
+            let black = |x: u32, y: u32| f.data[((y * 64 + x) * 3) as usize..][..3] == [0, 0, 0];
+            assert!((4..54).all(|x| (4..16).all(|y| black(x, y))), "feather {feather}: every text pixel is filled");
+            assert!(!black(4, 30) && !black(53, 30), "feather {feather}: a face region's sides are soft");
         }
     }
 

@@ -23,6 +23,13 @@
 //!   blur is invertible by deconvolution (the noise stops deconvolution, not recognisers
 //!   trained on blurred faces). Not the default.
 //!
+//! - **Text is filled** by default (`text_style`): a line of text is a short string from
+//!   a small alphabet, so what a face's blocks keep is enough to read it back. Pixelating
+//!   a plate into one block per character leaves each character's ink density, and
+//!   blurred or pixelated text of a known font is recovered by matching candidate strings
+//!   (Depix; Hill et al. 2016 on redacted documents). A solid fill leaves nothing to match.
+//!   Pixelate and blur stay available for text too; both are weaker there than on faces.
+//!
 //! Alpha is never left transparent inside a region: a face's colour hidden under alpha 0
 //! would survive in the file, so redacted pixels become opaque.
 
@@ -109,8 +116,17 @@ pub struct RedactConfig {
     pub padding: f32,
     /// The same for person boxes, which are already loose (default 0.05).
     pub person_padding: f32,
+    /// Style for text (default: fill, see the module docs). Text is always redacted as
+    /// a whole rectangle, whatever `shape` says: an ellipse would leave the first and
+    /// last letters in its corners.
+    pub text_style: Style,
+    /// Each side of a text box grows by this fraction of the box's shorter side, its
+    /// line height (default 0.3: a number plate's border and a badge's second line
+    /// edge, see `benches/RESULTS.md`).
+    pub text_padding: f32,
     /// Width of the soft edge as a fraction of the region's half-size (default 0.1); the
-    /// inner 90 % is fully redacted. 0 gives a hard edge.
+    /// inner 90 % is fully redacted. 0 gives a hard edge. Text regions always have a
+    /// hard edge ([`Region::feather`]).
     pub feather: f32,
     /// Noise amplitude in 8-bit levels added to pixelated blocks and blurred pixels
     /// (default 16).
@@ -127,7 +143,7 @@ pub struct RedactConfig {
 
 impl Default for RedactConfig {
     fn default() -> Self {
-        Self { style: Style::default(), person_style: Some(Style::default()), shape: Shape::default(), padding: 0.3, person_padding: 0.05, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false, on: backend::RedactOn::Auto }
+        Self { style: Style::default(), person_style: Some(Style::default()), shape: Shape::default(), padding: 0.3, person_padding: 0.05, text_style: Style::DEFAULT_FILL, text_padding: 0.3, feather: 0.1, noise: 16.0, seed: None, draw_boxes: false, on: backend::RedactOn::Auto }
     }
 }
 
@@ -140,18 +156,29 @@ pub struct Region {
     pub shape: Shape,
 }
 
+impl Region {
+    /// The soft edge this region gets: the image's, but none for text. A soft edge is for
+    /// the look of a face's outline; on a line of text it would leave the first and last
+    /// letters half visible (the edge's width grows with the line's length), so text
+    /// regions have hard edges.
+    pub fn feather(&self, params: &Params) -> f32 {
+        if self.class == Class::Text { 0.0 } else { params.feather }
+    }
+}
+
 /// Turns detections into regions: pads each box, clips it to the image, drops boxes
 /// that fall wholly outside.
 pub fn plan(detections: &[Detection], config: &RedactConfig, width: u32, height: u32) -> Vec<Region> {
     detections
         .iter()
         .filter_map(|d| {
-            let (style, padding) = match d.class {
-                Class::Face => (config.style, config.padding),
-                Class::Person => (config.person_style?, config.person_padding),
+            let (style, padded, shape) = match d.class {
+                Class::Face => (config.style, d.bbox.pad(config.padding), config.shape),
+                Class::Person => (config.person_style?, d.bbox.pad(config.person_padding), config.shape),
+                Class::Text => (config.text_style, d.bbox.grow(d.bbox.width().min(d.bbox.height()) * config.text_padding), Shape::Rect),
             };
-            let rect = d.bbox.pad(padding).to_pixels(width, height)?;
-            Some(Region { rect, class: d.class, style, shape: config.shape })
+            let rect = padded.to_pixels(width, height)?;
+            Some(Region { rect, class: d.class, style, shape })
         })
         .collect()
 }

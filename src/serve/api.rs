@@ -10,7 +10,7 @@
 //! | `POST /v1/anonymise` | `anonymise` | body: an image; returns it anonymised, same format (HEIC and AVIF as JPEG; or `?format=`), or with `?report=json` the report instead |
 //! | `POST /v1/detect` | `anonymise` | body: an image; returns the detections and regions as JSON (and per frame, for an animation), no pixels |
 //!
-//! Query options, with the CLI's names: `style`, `person_style` (`keep` too), `shape`,
+//! Query options, with the CLI's names: `style`, `person_style` (`keep` too), `text_style`, `shape`,
 //! `padding`, `targets` (a subset of the service's), `threshold` (at least the
 //! service's), `format` (`jpeg`, `png`, `webp`, `gif`, `tiff`), `report=json`. An unknown option is an
 //! error, not ignored: a typo must not silently weaken the redaction.
@@ -278,7 +278,7 @@ fn record(state: &State, out: &Anonymized) {
     for (stage, ms) in [("decode", t.decode), ("detect", t.detect), ("redact", t.redact), ("encode", t.encode)] {
         m.stage(stage, ms);
     }
-    for class in [Class::Face, Class::Person] {
+    for &class in Class::ALL {
         let n = out.report.regions.iter().filter(|r| r.class == class).count() as u64;
         if n > 0 {
             m.regions(&class.name(), n);
@@ -363,6 +363,10 @@ fn parse_options(state: &State, query: &[(String, String)], pixels: bool) -> Res
                     "keep" => None,
                     other => Some(Style::of_kind(other).ok_or_else(|| choice(name, value, &[kinds(), vec!["keep".into()]].concat()))?),
                 };
+                redact_changed = true;
+            }
+            "text_style" => {
+                redact.text_style = Style::of_kind(value).ok_or_else(|| choice(name, value, &kinds()))?;
                 redact_changed = true;
             }
             "shape" => {

@@ -312,6 +312,30 @@ pub fn jpeg_markers(jpeg: &[u8]) -> (Vec<u8>, bool) {
 /// pages.tif (tests/fixtures/make_animations.py), where it was pasted.
 pub const MOVING_FACE: [PixelRect; 3] = [PixelRect { x: 40, y: 60, w: 62, h: 75 }, PixelRect { x: 125, y: 70, w: 62, h: 75 }, PixelRect { x: 210, y: 60, w: 62, h: 75 }];
 
+/// The letters of each text in tests/fixtures/text-scene.jpg (tests/fixtures/make_text.py
+/// rendered them and prints these): a badge's heading and name, an ID card's title and
+/// number, and a number plate turned by 8° and softened (the box holds its turned letters).
+pub const TEXT_BOXES: [(&str, PixelRect); 5] = [
+    ("badge-heading", PixelRect { x: 684, y: 44, w: 188, h: 19 }),
+    ("badge-name", PixelRect { x: 684, y: 94, w: 226, h: 31 }),
+    ("id-title", PixelRect { x: 680, y: 219, w: 190, h: 16 }),
+    ("id-number", PixelRect { x: 680, y: 318, w: 236, h: 20 }),
+    ("plate", PixelRect { x: 705, y: 441, w: 225, h: 61 }),
+];
+
+/// The boxes (`{"x1",…}` objects) of a report's detections of `class`.
+pub fn detected(report: &serde_json::Value, class: &str) -> Vec<obscura::geometry::BBox> {
+    let detections = report["detections"].as_array().unwrap_or_else(|| panic!("no detections in {report}"));
+    detections.iter().filter(|d| d["class"] == class).map(|d| serde_json::from_value(d["bbox"].clone()).unwrap()).collect()
+}
+
+/// How much of `rect` (a share of its area) the boxes overlap, counted once.
+pub fn share_under(rect: PixelRect, boxes: &[obscura::geometry::BBox]) -> f32 {
+    let pixels: Vec<PixelRect> = boxes.iter().filter_map(|b| b.to_pixels(u32::MAX, u32::MAX)).collect();
+    let gt = obscura::geometry::BBox::from_xywh(rect.x as f32, rect.y as f32, rect.w as f32, rect.h as f32);
+    obscura::geometry::covered_fraction(&gt, &pixels, u32::MAX, u32::MAX)
+}
+
 /// An animation's timing as a decoder reads it: each frame's delay in ms, and how many
 /// times it plays (0 = forever).
 pub type Played = (Vec<u32>, u32);

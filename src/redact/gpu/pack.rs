@@ -369,7 +369,7 @@ fn build_chunk(jobs: Vec<Job>, images: &[ImageRef], limits: &ChunkLimits) -> Chu
                 s.region as u32,
                 p.seed,
                 f(p.noise),
-                f(p.feather),
+                f(region.feather(p)),
                 ty0,
             ]);
             let step_domains = domains(region, w, image.height);

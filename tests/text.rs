@@ -1,0 +1,92 @@
+//! The `text` target through the CLI, on tests/fixtures/text-scene.jpg (a name badge, an
+//! ID card and a number plate at an angle beside a face; the letters' boxes are exact,
+//! tests/common TEXT_BOXES): every text is redacted at its box, in every style, and the
+//! detector run again on the output finds no text there, though it finds each one on
+//! the input; text is off by default, so the default run neither loads the text model
+//! nor touches the text; text regions are rectangles whatever the face shape. (The
+//! service and Python: tests/serve.rs, python/tests.)
+
+mod common;
+
+use common::*;
+use obscura::geometry::PixelRect;
+use std::path::Path;
+
+/// The report of `obscura anonymise INPUT -o OUTPUT ARGS…`.
+fn anonymise(input: &Path, output: &Path, args: &[&str]) -> serde_json::Value {
+    let report = output.with_extension("json");
+    let out = run(obscura().arg("anonymise").arg(input).arg("-o").arg(output).arg("--report").arg(&report).args(args));
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    let mut all: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    all["images"][0].take()
+}
+
+/// The text the detector finds in `image` (its report, run on its own).
+fn text_found(image: &Path, dir: &Path) -> Vec<obscura::geometry::BBox> {
+    let report = anonymise(image, &dir.join("again.png"), &["--targets", "text"]);
+    detected(&report, "text")
+}
+
+#[test]
+fn a_badge_an_id_card_and_a_plate_are_redacted_at_their_boxes_and_no_text_is_found_there_afterwards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixture("text-scene.jpg");
+    let original = load_rgb(&input);
+    // The check has teeth: on the input the detector finds every text.
+    let found = text_found(&input, tmp.path());
+    for (name, rect) in TEXT_BOXES {
+        assert!(share_under(rect, &found) > 0.9, "{name} at {rect:?} is found on the input: {found:?}");
+    }
+    // The default text style (fill) with --shape ellipse for faces, then pixelate and blur.
+    for (style, args) in [("fill", &["--targets", "face,text", "--shape", "ellipse"][..]), ("pixelate", &["--targets", "face,text", "--text-style", "pixelate"]), ("blur", &["--targets", "face,text", "--text-style", "blur"])] {
+        let output = tmp.path().join(format!("{style}.png"));
+        let report = anonymise(&input, &output, args);
+        let regions = report["regions"].as_array().unwrap();
+        let text: Vec<PixelRect> = regions.iter().filter(|r| r["class"] == "text").map(|r| serde_json::from_value(r["rect"].clone()).unwrap()).collect();
+        assert!(regions.iter().filter(|r| r["class"] == "text").all(|r| r["shape"] == "rect" && r["style"]["kind"] == style), "{style}: {report}");
+        assert!(regions.iter().any(|r| r["class"] == "face"), "{style}: the face too: {report}");
+        let after = load_rgb(&output);
+        for (name, rect) in TEXT_BOXES {
+            let gt = obscura::geometry::BBox::from_xywh(rect.x as f32, rect.y as f32, rect.w as f32, rect.h as f32);
+            assert_eq!(obscura::geometry::covered_fraction(&gt, &text, after.width(), after.height()), 1.0, "{style}: {name} wholly inside a text region: {text:?}");
+            let changed = mean_abs_diff(&original, &after, rect);
+            assert!(changed > 20.0, "{style}: {name}'s pixels changed ({changed:.1})");
+            if style == "fill" {
+                let darkest = (rect.y..rect.y + rect.h).flat_map(|y| (rect.x..rect.x + rect.w).map(move |x| (x, y))).map(|(x, y)| after.get_pixel(x, y).0.into_iter().max().unwrap()).max().unwrap();
+                assert!(darkest <= 8, "fill: {name} is solid black (brightest channel {darkest})");
+            }
+        }
+        let again = text_found(&output, tmp.path());
+        for (name, rect) in TEXT_BOXES {
+            assert_eq!(share_under(rect, &again), 0.0, "{style}: no text is found at {name} afterwards: {again:?}");
+        }
+    }
+}
+
+#[test]
+fn text_is_off_by_default_so_the_default_run_neither_loads_the_model_nor_touches_the_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixture("text-scene.jpg");
+    let report = anonymise(&input, &tmp.path().join("out.png"), &[]);
+    let models: Vec<&str> = report["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(!models.iter().any(|m| m.contains("ocr")), "no text model loaded by default: {models:?}");
+    assert!(report["regions"].as_array().unwrap().iter().all(|r| r["class"] != "text"), "{report}");
+    let (before, after) = (load_rgb(&input), load_rgb(&tmp.path().join("out.png")));
+    for (name, rect) in TEXT_BOXES {
+        let changed = mean_abs_diff(&before, &after, rect);
+        assert!(changed < 1.0, "{name} is left as it was by default ({changed:.2})");
+    }
+}
+
+#[test]
+fn bad_text_settings_are_refused_before_any_image_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (setting, field) in [("[detect.text]\nthreshold = 1.5\n", "detect.text.threshold"), ("[detect.text]\ntile = 256\ntile_overlap = 256\n", "detect.text.tile_overlap"), ("[redact]\ntext_padding = -1\n", "redact.text_padding")] {
+        let settings = tmp.path().join("obscura.toml");
+        std::fs::write(&settings, setting).unwrap();
+        let out = run(obscura().args(["anonymise", "--targets", "face,text", "--config"]).arg(&settings).arg(fixture("text-scene.jpg")).arg("-o").arg(tmp.path().join("out.png")));
+        assert_eq!(out.status.code(), Some(2), "{setting}: {}", stderr(&out));
+        assert!(stderr(&out).contains(field), "{setting}: names {field}: {}", stderr(&out));
+        assert!(!tmp.path().join("out.png").exists(), "{setting}: no output");
+    }
+}
