@@ -781,10 +781,19 @@ async fn expiry_anonymises_in_the_strongest_setting_and_unlinks_the_person() {
     broken.uploaded_at = Some(year_ago);
     let mut fresh = upload("k4", "kim-3", &store, "kim-3/new.jpg", "photo");
     fresh.uploaded_at = Some(obscura::retention::now_ms());
-    r.register_many(&[beach, plain, broken, fresh]).await.unwrap();
+    // A badge with the person's name and an ID card: the strongest setting fills text too.
+    std::fs::write(dir.path().join("shared/badge.jpg"), std::fs::read(fixture("text-scene.jpg")).unwrap()).unwrap();
+    let mut badge = upload("k5", "kim-3", &store, "shared/badge.jpg", "photo");
+    badge.uploaded_at = Some(year_ago);
+    r.register_many(&[beach, plain, broken, fresh, badge]).await.unwrap();
 
     let run = r.tick(&RunOptions::default()).await.unwrap();
-    assert_eq!((run.expiries_queued, run.anonymised, run.purged_instead), (3, 2, 1), "{run:?}");
+    assert_eq!((run.expiries_queued, run.anonymised, run.purged_instead), (4, 3, 1), "{run:?}");
+    let badge = image::load_from_memory(&std::fs::read(dir.path().join("shared/badge.jpg")).unwrap()).unwrap().to_rgb8();
+    for (name, rect) in TEXT_BOXES {
+        let centre = badge.get_pixel(rect.x + rect.w / 2, rect.y + rect.h / 2);
+        assert!(centre.0.iter().all(|&c| c < 16), "{name}: centre {centre:?} not filled");
+    }
 
     // The key named the person: moved to a random key; the original and thumbnail gone.
     let k1 = r.upload("k1").await.unwrap().unwrap();

@@ -121,8 +121,8 @@ pub struct RedactConfig {
     /// last letters in its corners.
     pub text_style: Style,
     /// Each side of a text box grows by this fraction of the box's shorter side, its
-    /// line height (default 0.3: a number plate's border and a badge's second line
-    /// edge, see `benches/RESULTS.md`).
+    /// line height (default 0.3: enough to take in a number plate's border; the plates
+    /// of `scripts/text-eval` are scored by the whole plate's box).
     pub text_padding: f32,
     /// Width of the soft edge as a fraction of the region's half-size (default 0.1); the
     /// inner 90 % is fully redacted. 0 gives a hard edge. Text regions always have a

@@ -62,12 +62,14 @@ impl Done {
     }
 }
 
-/// The anonymiser settings for retention: faces and persons, solid fill, no metadata.
-/// Irreversible by construction (the pixels are replaced, not transformed).
+/// The anonymiser settings for retention: faces, persons and text (a name badge or a
+/// number plate would still name the person), solid fill, no metadata. Irreversible by
+/// construction (the pixels are replaced, not transformed).
 pub fn strongest(mut config: Config) -> Config {
-    config.detect.targets = vec![Class::Face, Class::Person];
+    config.detect.targets = vec![Class::Face, Class::Person, Class::Text];
     config.redact.style = Style::DEFAULT_FILL;
     config.redact.person_style = Some(Style::DEFAULT_FILL);
+    config.redact.text_style = Style::DEFAULT_FILL;
     config.redact.shape = Shape::Rect;
     config.redact.draw_boxes = false;
     config.image.keep_metadata = false;
