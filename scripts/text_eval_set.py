@@ -13,7 +13,8 @@ whole plate (the border and the letters), because that is what identifies it. Te
 drawn with Pillow's own font (Aileron), so the set is the same on every machine; a
 fixed seed makes it reproducible. Backgrounds: WIDER FACE and COCO photos (their
 licences in SHARED_EVAL/SOURCES.md); a quarter of them enlarged to 12 MP, so the
-tiled detection of large photos is measured too.
+tiled detection of large photos is measured too. And eight photos of the shared set
+with real plates and signs, annotated by hand (REAL_TEXT; their licences there too).
 """
 import csv
 import math
@@ -162,6 +163,20 @@ SHOWS_TEXT = {
     "neg_skimage_page.jpg": "a printed page",
 }
 
+# Real text in some of them, annotated here by hand (looked at on a 50-px grid, then
+# checked drawn): x, y, w, h of each line or plate. Scored as `real-plate` and
+# `real-sign` beside the synthetic kinds.
+REAL_TEXT = {
+    "coco_000000000073.jpg": [("real-plate", (14, 243, 118, 145))],  # a motorbike's plate, turned 45°
+    "coco_000000000400.jpg": [("real-plate", (60, 312, 148, 32)), ("real-plate", (70, 287, 110, 21))],  # a boat's registration
+    "neg_opencv_data_licenseplate_motion.jpg": [("real-plate", (225, 225, 135, 73))],  # a car's plate, motion-blurred
+    "coco_000000000250.jpg": [("real-sign", (95, 274, 172, 88)), ("real-sign", (383, 262, 117, 112))],  # street signs
+    "coco_000000000081.jpg": [("real-sign", (102, 175, 129, 18))],  # an airline's name
+    "coco_000000000626.jpg": [("real-sign", (300, 91, 59, 14))],  # a name carved in brick
+    "coco_000000000042.jpg": [("real-sign", (115, 343, 47, 121))],  # a brand on a slipper, vertical
+    "coco_000000000394.jpg": [("real-sign", (330, 256, 128, 94))],  # a brand on a frisbee, curved
+}
+
 KINDS = [("badge", badge, (10, 60)), ("id-card", id_card, (8, 40)), ("house-number", house_number, (14, 140)), ("plate", plate, (8, 90))]
 
 
@@ -202,6 +217,12 @@ def main():
             boxes.append((out, x1, y1, x2 - x1, y2 - y1, kind, round(letter)))
         bg.save(OUT / "images" / out, quality=rng.choice([75, 85, 92]))
         manifest.append((out, "yes"))
+    for name, lines in REAL_TEXT.items():
+        out = f"text_real_{name}"
+        Image.open(SHARED / "images" / name).convert("RGB").save(OUT / "images" / out, quality=95)
+        manifest.append((out, "yes"))
+        for kind, (x, y, w, h) in lines:
+            boxes.append((out, x, y, w, h, kind, ""))
     for name in empty:
         Image.open(SHARED / "images" / name).convert("RGB").save(OUT / "images" / name, quality=95)
         manifest.append((name, "yes"))
@@ -217,7 +238,7 @@ def main():
         w = csv.writer(f)
         w.writerow(["image", "x", "y", "w", "h", "subset", "font_px"])
         w.writerows(boxes)
-    print(f"{len(with_text)} photos with {len(boxes)} texts, {len(without)} without, in {OUT}")
+    print(f"{len(with_text)} photos with {len(boxes)} texts ({len(REAL_TEXT)} real photos), {len(without)} without, in {OUT}")
 
 
 main()
