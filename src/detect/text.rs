@@ -19,7 +19,7 @@
 //!    which gives back the whole text line from its shrunk kernel;
 //! 4. lines whose grown short side is under `min_height` image pixels are dropped.
 //!
-//! Large photos are seen as the face detectors see them ([`views`](super::views)): a
+//! Large photos are seen as the face detectors see them (`views`): a
 //! downscaled whole (large signs) and full-resolution tiles (a plate across the street),
 //! with their own [`TextConfig::max_side`]; a line cut by a tile's edge is found in each
 //! tile in part, and overlapping boxes of one line are merged into their union (never
