@@ -62,8 +62,10 @@ impl Config {
         let t = &d.text;
         unit("detect.text.threshold", t.threshold)?;
         unit("detect.text.pixel_threshold", t.pixel_threshold)?;
-        if !(t.unclip.is_finite() && (0.0..=10.0).contains(&t.unclip)) {
-            return bad("detect.text.unclip", "must be between 0 and 10");
+        // Below 1 the boxes no longer reach the letters' edges (an attack review measured
+        // 81 % of the ink covered at 0).
+        if !(t.unclip.is_finite() && (1.0..=10.0).contains(&t.unclip)) {
+            return bad("detect.text.unclip", "must be between 1 and 10");
         }
         if !(t.min_height.is_finite() && t.min_height >= 0.0) {
             return bad("detect.text.min_height", "must be 0 or more");

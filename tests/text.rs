@@ -81,12 +81,43 @@ fn text_is_off_by_default_so_the_default_run_neither_loads_the_model_nor_touches
 #[test]
 fn bad_text_settings_are_refused_before_any_image_is_read() {
     let tmp = tempfile::tempdir().unwrap();
-    for (setting, field) in [("[detect.text]\nthreshold = 1.5\n", "detect.text.threshold"), ("[detect.text]\ntile = 256\ntile_overlap = 256\n", "detect.text.tile_overlap"), ("[redact]\ntext_padding = -1\n", "redact.text_padding")] {
+    for (setting, field) in [("[detect.text]\nthreshold = 1.5\n", "detect.text.threshold"), ("[detect.text]\ntile = 256\ntile_overlap = 256\n", "detect.text.tile_overlap"), ("[redact]\ntext_padding = -1\n", "redact.text_padding"), ("[detect.text]\nunclip = 0.5\n", "detect.text.unclip")] {
         let settings = tmp.path().join("obscura.toml");
         std::fs::write(&settings, setting).unwrap();
         let out = run(obscura().args(["anonymise", "--targets", "face,text", "--config"]).arg(&settings).arg(fixture("text-scene.jpg")).arg("-o").arg(tmp.path().join("out.png")));
         assert_eq!(out.status.code(), Some(2), "{setting}: {}", stderr(&out));
         assert!(stderr(&out).contains(field), "{setting}: names {field}: {}", stderr(&out));
         assert!(!tmp.path().join("out.png").exists(), "{setting}: no output");
+    }
+}
+
+/// Letters drawn only through transparency (black text on a fully transparent canvas,
+/// and white text on transparent white: the colour channels alone show nothing) are
+/// found and filled, opaque: found by an attack review, where both came out untouched.
+#[test]
+fn text_drawn_only_through_transparency_is_found_and_filled() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The plate's letters from the fixture, as alpha over one flat colour.
+    let scene = load_rgb(&fixture("text-scene.jpg"));
+    let (_, plate) = TEXT_BOXES[4];
+    for (name, colour) in [("black", 0u8), ("white", 255u8)] {
+        let mut rgba = image::RgbaImage::from_pixel(scene.width(), scene.height(), image::Rgba([colour, colour, colour, 0]));
+        for (x, y, p) in scene.enumerate_pixels() {
+            // Dark ink of the plate's letters becomes opaque.
+            let inside = x >= plate.x && x < plate.x + plate.w && y >= plate.y && y < plate.y + plate.h;
+            if inside && p.0.iter().all(|&c| c < 90) {
+                rgba.put_pixel(x, y, image::Rgba([colour, colour, colour, 255]));
+            }
+        }
+        let input = tmp.path().join(format!("{name}.png"));
+        rgba.save(&input).unwrap();
+        let report = anonymise(&input, &tmp.path().join(format!("{name}.out.png")), &["--targets", "text"]);
+        let text: Vec<PixelRect> = report["regions"].as_array().unwrap().iter().map(|r| serde_json::from_value(r["rect"].clone()).unwrap()).collect();
+        let gt = obscura::geometry::BBox::from_xywh(plate.x as f32, plate.y as f32, plate.w as f32, plate.h as f32);
+        let covered = obscura::geometry::covered_fraction(&gt, &text, scene.width(), scene.height());
+        assert!(covered > 0.9, "{name} letters on transparency: {covered:.2} of the plate redacted: {report}");
+        let out = image::open(tmp.path().join(format!("{name}.out.png"))).unwrap().to_rgba8();
+        let centre = out.get_pixel(plate.x + plate.w / 2, plate.y + plate.h / 2);
+        assert_eq!(centre.0[3], 255, "{name}: the fill is opaque");
     }
 }

@@ -128,7 +128,14 @@ impl Detector for TextDetector {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
         // BGR, scaled to -1…1, as PaddleOCR reads images with OpenCV.
         let pixel = |p: [u8; 3]| [p[2] as f32 / 127.5 - 1.0, p[1] as f32 / 127.5 - 1.0, p[0] as f32 / 127.5 - 1.0];
-        Ok(merge(views::detect_all(frame, self.config.tiling(), pixel, |input| self.run(input))?))
+        // Text drawn only through transparency (black letters on a transparent canvas:
+        // the colour channels are all black) shows only once composited, and a viewer
+        // may put it on white or on black: both are searched.
+        let mut found = Vec::new();
+        for seen in over_backgrounds(frame) {
+            found.extend(views::detect_all(&seen, self.config.tiling(), pixel, |input| self.run(input))?);
+        }
+        Ok(merge(found))
     }
 
     fn model(&self) -> &ModelInfo {
@@ -138,6 +145,25 @@ impl Detector for TextDetector {
     fn class(&self) -> Class {
         Class::Text
     }
+}
+
+/// The frame as the model sees it: itself when it is opaque, otherwise composited over
+/// white and over black (as RGB).
+fn over_backgrounds(frame: &Frame) -> Vec<std::borrow::Cow<'_, Frame>> {
+    let transparent = frame.channels == 4 && frame.data.chunks_exact(4).any(|p| p[3] < 255);
+    if !transparent {
+        return vec![std::borrow::Cow::Borrowed(frame)];
+    }
+    [255u16, 0]
+        .into_iter()
+        .map(|bg| {
+            let data = frame.data.chunks_exact(4).flat_map(|p| {
+                let a = p[3] as u16;
+                [0, 1, 2].map(|c| ((p[c] as u16 * a + bg * (255 - a) + 127) / 255) as u8)
+            });
+            std::borrow::Cow::Owned(Frame::new(frame.width, frame.height, 3, data.collect()))
+        })
+        .collect()
 }
 
 /// The model's output for one view: row-major, `width` wide; only the top-left
