@@ -61,17 +61,26 @@ impl Config {
         unit("detect.retinaface.threshold", d.retinaface.threshold)?;
         let t = &d.text;
         unit("detect.text.threshold", t.threshold)?;
-        unit("detect.text.pixel_threshold", t.pixel_threshold)?;
+        // Near 0 the background joins the text kernels into regions whose mean score falls
+        // under the threshold, and all text is dropped: a setting that silently finds nothing.
+        if !(0.1..=0.9).contains(&t.pixel_threshold) {
+            return bad("detect.text.pixel_threshold", "must be between 0.1 and 0.9");
+        }
         // Below 1 the boxes no longer reach the letters' edges (an attack review measured
         // 81 % of the ink covered at 0).
         if !(t.unclip.is_finite() && (1.0..=10.0).contains(&t.unclip)) {
             return bad("detect.text.unclip", "must be between 1 and 10");
         }
-        if !(t.min_height.is_finite() && t.min_height >= 0.0) {
-            return bad("detect.text.min_height", "must be 0 or more");
+        // A cap, so that a typo cannot switch the text target off: lines 32 px high are
+        // readable by anyone.
+        if !(t.min_height.is_finite() && (0.0..=32.0).contains(&t.min_height)) {
+            return bad("detect.text.min_height", "must be between 0 and 32");
         }
         if t.max_side < 64 || t.tile < 64 {
             return bad("detect.text", "max_side and tile must be at least 64");
+        }
+        if t.coarse_sides.iter().any(|&s| s < 64) {
+            return bad("detect.text.coarse_sides", "each must be at least 64");
         }
         if t.tile_overlap >= t.tile {
             return bad("detect.text.tile_overlap", "must be smaller than detect.text.tile");

@@ -81,7 +81,7 @@ fn text_is_off_by_default_so_the_default_run_neither_loads_the_model_nor_touches
 #[test]
 fn bad_text_settings_are_refused_before_any_image_is_read() {
     let tmp = tempfile::tempdir().unwrap();
-    for (setting, field) in [("[detect.text]\nthreshold = 1.5\n", "detect.text.threshold"), ("[detect.text]\ntile = 256\ntile_overlap = 256\n", "detect.text.tile_overlap"), ("[redact]\ntext_padding = -1\n", "redact.text_padding"), ("[detect.text]\nunclip = 0.5\n", "detect.text.unclip")] {
+    for (setting, field) in [("[detect.text]\nthreshold = 1.5\n", "detect.text.threshold"), ("[detect.text]\ntile = 256\ntile_overlap = 256\n", "detect.text.tile_overlap"), ("[redact]\ntext_padding = -1\n", "redact.text_padding"), ("[detect.text]\nunclip = 0.5\n", "detect.text.unclip"), ("[detect.text]\npixel_threshold = 0\n", "detect.text.pixel_threshold"), ("[detect.text]\nmin_height = 1e30\n", "detect.text.min_height"), ("[detect.text]\ncoarse_sides = [960, 8]\n", "detect.text.coarse_sides")] {
         let settings = tmp.path().join("obscura.toml");
         std::fs::write(&settings, setting).unwrap();
         let out = run(obscura().args(["anonymise", "--targets", "face,text", "--config"]).arg(&settings).arg(fixture("text-scene.jpg")).arg("-o").arg(tmp.path().join("out.png")));
@@ -120,4 +120,37 @@ fn text_drawn_only_through_transparency_is_found_and_filled() {
         let centre = out.get_pixel(plate.x + plate.w / 2, plate.y + plate.h / 2);
         assert_eq!(centre.0[3], 255, "{name}: the fill is opaque");
     }
+}
+
+/// Lettering that fills most of the photo (a close-up of a sign; here the plate's "KX2"
+/// blown up 24 times, letters about 700 px tall on a 1920 × 1464 photo) is covered whole.
+/// The model stops finding letters taller than about 500 of its input pixels, so before
+/// the coarse views (`detect.text.coarse_sides`) only fragments of it were found: an
+/// attack review's finding, and the check's teeth here.
+#[test]
+fn lettering_that_fills_the_photo_is_covered_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scene = load_rgb(&fixture("text-scene.jpg"));
+    let (_, plate) = TEXT_BOXES[4];
+    let crop = image::imageops::crop_imm(&scene, plate.x, plate.y, 80, plate.h).to_image();
+    let big = image::imageops::resize(&crop, 80 * 24, plate.h * 24, image::imageops::FilterType::Triangle);
+    let input = tmp.path().join("sign.png");
+    big.save(&input).unwrap();
+    // The letters' extent: every dark pixel.
+    let ink: Vec<(u32, u32)> = big.enumerate_pixels().filter(|(_, _, p)| p.0.iter().all(|&c| c < 90)).map(|(x, y, _)| (x, y)).collect();
+    let (x1, y1) = (ink.iter().map(|p| p.0).min().unwrap(), ink.iter().map(|p| p.1).min().unwrap());
+    let (x2, y2) = (ink.iter().map(|p| p.0).max().unwrap() + 1, ink.iter().map(|p| p.1).max().unwrap() + 1);
+    assert!(y2 - y1 > 600, "the letters are large: {y1}..{y2}");
+    let letters = obscura::geometry::BBox::from_xywh(x1 as f32, y1 as f32, (x2 - x1) as f32, (y2 - y1) as f32);
+    let covered = |args: &[&str], name: &str| {
+        let report = anonymise(&input, &tmp.path().join(format!("{name}.png")), args);
+        let rects: Vec<PixelRect> = report["regions"].as_array().unwrap().iter().map(|r| serde_json::from_value(r["rect"].clone()).unwrap()).collect();
+        obscura::geometry::covered_fraction(&letters, &rects, big.width(), big.height())
+    };
+    let settings = tmp.path().join("no-coarse.toml");
+    std::fs::write(&settings, "[detect.text]\ncoarse_sides = []\n").unwrap();
+    let without = covered(&["--targets", "text", "--config", settings.to_str().unwrap()], "without");
+    assert!(without < 0.9, "without the coarse views the letters are only partly found ({without:.2}): the check has teeth");
+    let with = covered(&["--targets", "text"], "with");
+    assert_eq!(with, 1.0, "with the defaults the letters are covered whole (without: {without:.2})");
 }

@@ -63,7 +63,7 @@ impl Detector for CenterFace {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
         // RGB 0–255 as is.
         let pixel = |p: [u8; 3]| [p[0] as f32, p[1] as f32, p[2] as f32];
-        let candidates = nms(views::detect_all(frame, self.config.tiling(), pixel, |input| self.run(input))?, self.config.nms_iou);
+        let candidates = nms(views::detect_all(frame, &self.config.tiling().plan(frame.width, frame.height), pixel, |input| self.run(input))?, self.config.nms_iou);
         Ok(crowd::confirm(candidates, self.config.threshold, &self.config.crowd))
     }
 

@@ -76,7 +76,7 @@ impl RetinaFace {
 impl Detector for RetinaFace {
     fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, DetectError> {
         let pixel = |p: [u8; 3]| [p[2] as f32 - MEAN_BGR[0], p[1] as f32 - MEAN_BGR[1], p[0] as f32 - MEAN_BGR[2]];
-        Ok(nms(views::detect_all(frame, self.config.tiling(), pixel, |input| self.run(input))?, self.config.nms_iou))
+        Ok(nms(views::detect_all(frame, &self.config.tiling().plan(frame.width, frame.height), pixel, |input| self.run(input))?, self.config.nms_iou))
     }
 
     fn model(&self) -> &ModelInfo {

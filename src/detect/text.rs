@@ -21,7 +21,10 @@
 //!
 //! Large photos are seen as the face detectors see them (`views`): a
 //! downscaled whole (large signs) and full-resolution tiles (a plate across the street),
-//! with their own [`TextConfig::max_side`]; a line cut by a tile's edge is found in each
+//! with their own [`TextConfig::max_side`]. Every photo is also seen whole at lower
+//! scales ([`TextConfig::coarse_sides`], longer side 960 and 480 px): the model stops
+//! finding letters taller than about 500 of its input pixels, so a close-up of a sign is
+//! found only there. A line cut by a tile's edge is found in each
 //! tile in part, and overlapping boxes of one line are merged into their union (never
 //! dropped, as NMS would: a union cannot uncover a letter).
 //!
@@ -34,7 +37,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::runtime::{OrtRuntime, RuntimeConfig, SessionPool};
-use super::views::{self, Tiling, ViewInput};
+use super::views::{self, Tiling, View, ViewInput};
 use super::{Class, DetectError, Detection, Detector, FIX_SETUP, ModelInfo, PinnedModel, load_model};
 use crate::geometry::{BBox, Score};
 use crate::image_io::Frame;
@@ -70,17 +73,25 @@ pub struct TextConfig {
     pub tile: u32,
     /// Overlap between neighbouring tiles (default 128).
     pub tile_overlap: u32,
+    /// Longer sides of extra whole views, downscaled further (default 960 and 480): the
+    /// model stops finding letters taller than about 500 of its input pixels, so a sign
+    /// whose letters fill most of the photo is found only at these scales. A side not
+    /// smaller than the main whole view is skipped; `[]` turns them off.
+    pub coarse_sides: Vec<u32>,
 }
 
 impl Default for TextConfig {
     fn default() -> Self {
-        Self { model: None, threshold: 0.5, pixel_threshold: 0.3, unclip: 1.6, min_height: 6.0, max_side: 1920, tile: 1280, tile_overlap: 128 }
+        Self { model: None, threshold: 0.5, pixel_threshold: 0.3, unclip: 1.6, min_height: 6.0, max_side: 1920, tile: 1280, tile_overlap: 128, coarse_sides: vec![960, 480] }
     }
 }
 
 impl TextConfig {
-    fn tiling(&self) -> Tiling {
-        Tiling { max_side: self.max_side, tile: self.tile, overlap: self.tile_overlap }
+    /// Every view of a `width`×`height` image: the tiling's, then the coarse ones.
+    fn views(&self, width: u32, height: u32) -> Vec<View> {
+        let mut views = Tiling { max_side: self.max_side, tile: self.tile, overlap: self.tile_overlap }.plan(width, height);
+        views.extend(views::coarse(width, height, self.max_side, &self.coarse_sides));
+        views
     }
 }
 
@@ -133,7 +144,8 @@ impl Detector for TextDetector {
         // may put it on white or on black: both are searched.
         let mut found = Vec::new();
         for seen in over_backgrounds(frame) {
-            found.extend(views::detect_all(&seen, self.config.tiling(), pixel, |input| self.run(input))?);
+            let planned = self.config.views(seen.width, seen.height);
+            found.extend(views::detect_all(&seen, &planned, pixel, |input| self.run(input))?);
         }
         Ok(merge(found))
     }

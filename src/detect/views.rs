@@ -26,6 +26,13 @@ pub struct Tiling {
     pub overlap: u32,
 }
 
+impl Tiling {
+    /// The views of a `width`×`height` image under this tiling ([`plan`]).
+    pub fn plan(&self, width: u32, height: u32) -> Vec<View> {
+        plan(width, height, self.max_side, self.tile, self.overlap)
+    }
+}
+
 /// A rectangle of the image, seen at `scale` (1.0 = full resolution).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct View {
@@ -52,6 +59,19 @@ pub fn plan(width: u32, height: u32, max_side: u32, tile: u32, overlap: u32) -> 
         }
     }
     views
+}
+
+/// Extra whole views of a `width`×`height` image, downscaled so its longer side is each
+/// of `sides` in turn, for detectors that miss objects filling most of their input (very
+/// large lettering). A side is skipped when it is not smaller than the whole view
+/// [`plan`] already gives (`min(longer side, max_side)`), and each is kept only once.
+pub fn coarse(width: u32, height: u32, max_side: u32, sides: &[u32]) -> Vec<View> {
+    let long = width.max(height);
+    let whole = long.min(max_side);
+    let mut sides: Vec<u32> = sides.iter().copied().filter(|&s| s > 0 && s < whole).collect();
+    sides.sort_unstable_by(|a, b| b.cmp(a));
+    sides.dedup();
+    sides.into_iter().map(|s| View { x: 0, y: 0, w: width, h: height, scale: s as f32 / long as f32 }).collect()
 }
 
 /// The network input for one view: three planes of f32, padded with zeros to multiples
@@ -108,19 +128,19 @@ impl ViewInput {
     }
 }
 
-/// Runs `detect` on the input of every planned view and maps its boxes and landmarks
+/// Runs `detect` on the input of every view (usually [`Tiling::plan`]'s) and maps its boxes and landmarks
 /// back to the image. The views' detections are not merged: how overlapping boxes of
 /// one object are merged is the detector's choice (NMS for faces, union for text).
 pub fn detect_all(
     frame: &Frame,
-    tiling: Tiling,
+    views: &[View],
     pixel: impl Fn([u8; 3]) -> [f32; 3] + Copy,
     detect: impl Fn(&ViewInput) -> Result<Vec<Detection>, DetectError>,
 ) -> Result<Vec<Detection>, DetectError> {
     let mut all = Vec::new();
-    for view in plan(frame.width, frame.height, tiling.max_side, tiling.tile, tiling.overlap) {
+    for view in views {
         let (s, ox, oy) = (view.scale, view.x as f32, view.y as f32);
-        for mut d in detect(&ViewInput::prepare(frame, &view, pixel))? {
+        for mut d in detect(&ViewInput::prepare(frame, view, pixel))? {
             d.bbox = d.bbox.unscale(s, s, ox, oy);
             if let Some(lm) = &mut d.landmarks {
                 for p in lm.iter_mut() {
@@ -166,6 +186,17 @@ mod tests {
         assert_eq!(v[0], View { x: 0, y: 0, w: 4000, h: 3000, scale: 0.48 });
         assert!(v[1..].iter().all(|t| t.w == 1280 && t.h == 1280 && t.scale == 1.0));
         assert_eq!(v.len(), 1 + 4 * 3);
+    }
+
+    #[test]
+    fn coarse_views_are_whole_smaller_than_the_main_view_and_each_once() {
+        let whole = |scale: f32| View { x: 0, y: 0, w: 1600, h: 1000, scale };
+        assert_eq!(coarse(1600, 1000, 1920, &[480, 960, 960, 2000]), vec![whole(0.6), whole(0.3)]);
+        // Not above the main whole view: a 4000-px photo is already seen at 1920.
+        assert_eq!(coarse(4000, 3000, 1920, &[1920, 960]).len(), 1);
+        // A photo no larger than a side gets nothing extra at that side.
+        assert_eq!(coarse(800, 600, 1920, &[960, 480]), vec![View { x: 0, y: 0, w: 800, h: 600, scale: 0.6 }]);
+        assert!(coarse(1600, 1000, 1920, &[]).is_empty());
     }
 
     proptest! {
