@@ -16,10 +16,11 @@ struct Args {
     subjects: usize,
     unsubscribe: usize,
     concurrency: usize,
+    batch: i64,
 }
 
 fn args() -> Args {
-    let mut a = Args { catalog: String::new(), dir: PathBuf::new(), uploads: 1_000_000, subjects: 100_000, unsubscribe: 10_000, concurrency: 8 };
+    let mut a = Args { catalog: String::new(), dir: PathBuf::new(), uploads: 1_000_000, subjects: 100_000, unsubscribe: 10_000, concurrency: 8, batch: 256 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -30,6 +31,7 @@ fn args() -> Args {
             "--subjects" => a.subjects = value.parse().unwrap(),
             "--unsubscribe" => a.unsubscribe = value.parse().unwrap(),
             "--concurrency" => a.concurrency = value.parse().unwrap(),
+            "--batch" => a.batch = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -98,7 +100,7 @@ async fn main() {
     assert_eq!(plan_due.purge as usize, files, "every unsubscribed upload is due");
 
     let t = Instant::now();
-    let run = r.run(&RunOptions { until_idle: true, batch: 256, ..RunOptions::default() }, std::future::pending()).await.unwrap();
+    let run = r.run(&RunOptions { until_idle: true, batch: a.batch, ..RunOptions::default() }, std::future::pending()).await.unwrap();
     let drain_s = secs(t);
     assert_eq!(run.purged as usize, files);
     let after = r.status().await.unwrap();

@@ -74,6 +74,8 @@ on_both_databases!(
     symbolic_links_in_a_folder_store_are_refused_not_followed,
     a_subject_id_is_one_person_however_it_is_spelled,
     a_legal_hold_ends_with_the_class_that_set_it,
+    a_record_the_database_refuses_does_not_hold_back_the_rest_of_its_batch,
+    audit_verify_detects_two_records_of_one_batch_swapped,
 );
 
 const POLICY: &str = r#"
@@ -346,6 +348,28 @@ async fn audit_verify_detects_tampering(db: Db) {
     assert_eq!(verdict.records, 2);
 }
 
+/// Records appended together (one batch, one transaction: ivan's two purges) are still
+/// chained one to the next: the database owner swapping which upload each names is caught
+/// at the first of them.
+async fn audit_verify_detects_two_records_of_one_batch_swapped(db: Db) {
+    let (_dir, r) = with_history(&db).await;
+    let purges: Vec<_> = r.audit(None, None, 0, 100).await.unwrap().into_iter().filter(|a| a.event == "purge" && a.outcome == "purged").collect();
+    let (a, b) = (purges.iter().find(|p| p.upload_id.as_deref() == Some("i1")).unwrap(), purges.iter().find(|p| p.upload_id.as_deref() == Some("i2")).unwrap());
+    assert_eq!((a.seq - b.seq).abs(), 1, "one batch, consecutive records: {purges:?}");
+    assert_eq!(a.at, b.at, "appended in one transaction");
+    let pool = owner(&db.url).await;
+    let (disable, enable) = if db.url.starts_with("postgres") {
+        ("ALTER TABLE audit DISABLE TRIGGER audit_no_update", "ALTER TABLE audit ENABLE TRIGGER audit_no_update")
+    } else {
+        ("DROP TRIGGER audit_no_update", "SELECT 1")
+    };
+    sqlx::query(disable).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE audit SET upload_id = CASE upload_id WHEN 'i1' THEN 'i2' ELSE 'i1' END WHERE event = 'purge' AND upload_id IN ('i1', 'i2')").execute(&pool).await.unwrap();
+    sqlx::query(enable).execute(&pool).await.unwrap();
+    let verdict = r.verify_audit().await.unwrap();
+    assert_eq!(verdict.broken_at, Some(a.seq.min(b.seq)), "{verdict:?}");
+}
+
 /// The review's attack: drop the guards, delete the newest records and point the head row
 /// at the new last record. The chain alone is still consistent; the witness outside the
 /// catalog is not fooled.
@@ -385,6 +409,55 @@ async fn audit_verify_detects_truncation_by_the_database_owner(db: Db) {
     std::fs::remove_file(&witness).unwrap();
     let verdict = r.verify_audit().await.unwrap();
     assert!(verdict.problem.as_deref().unwrap().contains("missing"), "{verdict:?}");
+}
+
+/// Finished jobs are recorded a batch at a time, in one transaction (group commit). The
+/// database owner makes the catalog refuse one upload's record: the other jobs of the
+/// batch are still recorded, done once each; the refused one stays open (its object is
+/// gone, as the action ran) and is finished exactly once when the database takes it again.
+async fn a_record_the_database_refuses_does_not_hold_back_the_rest_of_its_batch(db: Db) {
+    let keys: Vec<String> = (1..=5).map(|i| format!("k/{i}.jpg")).collect();
+    let (dir, store) = folder_with(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut config = RetentionConfig::new(&db.url, Policy::parse(POLICY).unwrap(), secret());
+    config.audit_witness = Some(db.dir.path().join("audit.witness"));
+    config.lease = Duration::from_millis(300);
+    let r = Retention::open(config).await.unwrap();
+    let uploads: Vec<NewUpload> = (1..=5).map(|i| upload(&format!("k{i}"), "kim", &store, &keys[i - 1], "photo")).collect();
+    r.register_many(&uploads).await.unwrap();
+    let pool = owner(&db.url).await;
+    let (add, drop) = if db.url.starts_with("postgres") {
+        (
+            vec![
+                "CREATE FUNCTION refuse_k2() RETURNS trigger AS $$ BEGIN IF NEW.id = 'k2' AND NEW.state = 'purged' THEN RAISE EXCEPTION 'refused by the owner'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_k2 BEFORE UPDATE ON uploads FOR EACH ROW EXECUTE FUNCTION refuse_k2()",
+            ],
+            "DROP TRIGGER refuse_k2 ON uploads",
+        )
+    } else {
+        (vec!["CREATE TRIGGER refuse_k2 BEFORE UPDATE ON uploads WHEN NEW.id = 'k2' AND NEW.state = 'purged' BEGIN SELECT RAISE(ABORT, 'refused by the owner'); END"], "DROP TRIGGER refuse_k2")
+    };
+    for sql in add {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let summary = r.unsubscribe("kim").await.unwrap();
+    assert_eq!((summary.queued, summary.done), (5, 4), "{summary:?}");
+    assert_eq!(summary.errors.len(), 1, "{summary:?}");
+    assert!(summary.errors[0].contains("k2"), "{summary:?}");
+    for i in [1, 3, 4, 5] {
+        assert_eq!(r.upload(&format!("k{i}")).await.unwrap().unwrap().state, UploadState::Purged, "k{i}");
+    }
+    assert_eq!(r.upload("k2").await.unwrap().unwrap().state, UploadState::Active, "the refused record is not claimed done");
+    sqlx::query(drop).execute(&pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = r.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!(again.purged, 1, "{again:?}");
+    assert_eq!(r.upload("k2").await.unwrap().unwrap().state, UploadState::Purged);
+    assert_eq!(count_files(dir.path()), 0, "every object gone");
+    for i in 1..=5 {
+        let records = r.audit(None, Some(&format!("k{i}")), 0, 10).await.unwrap();
+        assert_eq!(records.iter().filter(|a| a.outcome == "purged").count(), 1, "k{i} purged exactly once: {records:?}");
+    }
+    assert_audit_clean(&r, &["kim"]).await;
 }
 
 /// Every file under `dir` (recursively) whose name or bytes contain `needle`.
@@ -942,6 +1015,65 @@ fn the_export_command_refuses_a_linked_folder() {
     assert!(stderr(&out).contains("linked is a symbolic link"), "{}", stderr(&out));
     assert_eq!(count_files(&e), 0, "a failed export leaves nothing behind");
     std::fs::remove_dir_all(&outside).unwrap();
+}
+
+/// Data residency through the CLI. The policy puts one folder store in "eu" and another
+/// in "us", and limits `photo` to "eu": registering a photo in the us store, or in a path
+/// that climbs out of the eu one, is refused and catalogues nothing; exporting a person's
+/// photos to the us store is refused and writes nothing, to another eu folder it works;
+/// `batch --policy` refuses to copy the eu store into the us one; and an upload
+/// registered before the limit is reported MISPLACED by `status` (exit 1).
+#[test]
+fn residency_refuses_registration_export_and_batch_outside_the_location_and_status_flags_misplaced_uploads() {
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let (eu, us) = (root.join("eu"), root.join("us"));
+    for d in [&eu, &us] {
+        std::fs::create_dir_all(d.join("w")).unwrap();
+        std::fs::write(d.join("w/1.jpg"), b"photo").unwrap();
+    }
+    let (eu_s, us_s) = (eu.display().to_string(), us.display().to_string());
+    let open = format!("{POLICY}\n[stores]\n{eu_s:?} = \"eu\"\n{us_s:?} = \"us\"\n");
+    let limited = open.replace("[classes.photo]\n", "[classes.photo]\nlocations = [\"eu\"]\n");
+    let (open_p, limited_p) = (root.join("open.toml"), root.join("limited.toml"));
+    std::fs::write(&open_p, &open).unwrap();
+    std::fs::write(&limited_p, &limited).unwrap();
+    let catalog = root.join("c.sqlite").display().to_string();
+    let register = |policy: &Path, id: &str, store: &str| run(retention_cmd(&catalog, policy, &root).args(["register", "--id", id, "--subject", "wim", "--store", store, "--key", "w/1.jpg", "--class", "photo"]));
+    // Before the limit: a photo in the us store is taken.
+    assert!(register(&open_p, "w0", &us_s).status.success());
+    let status = run(retention_cmd(&catalog, &open_p, &root).arg("status"));
+    assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
+    // With it: refused, naming where the store is and where photos may be.
+    assert!(register(&limited_p, "w1", &eu_s).status.success());
+    for (id, store) in [("w2", us_s.clone()), ("w3", format!("{eu_s}/../us"))] {
+        let out = register(&limited_p, id, &store);
+        assert_eq!(out.status.code(), Some(2), "{store}: {}", stderr(&out));
+        assert!(stderr(&out).contains("may only be stored in \"eu\""), "{store}: {}", stderr(&out));
+    }
+    let status = run(retention_cmd(&catalog, &limited_p, &root).args(["status", "--json"]));
+    assert_eq!(status.status.code(), Some(1), "a misplaced upload makes status fail");
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["uploads_active"], 2, "the refused ones are not catalogued: {json}");
+    assert_eq!(json["misplaced"][0]["store"], us_s.as_str(), "{json}");
+    assert_eq!(json["misplaced"][0]["uploads"], 1, "{json}");
+    let text = run(retention_cmd(&catalog, &limited_p, &root).arg("status"));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("MISPLACED: 1 active upload(s) of class \"photo\""), "{}", String::from_utf8_lossy(&text.stdout));
+    // Export: not into the us store; into a new eu folder, yes.
+    let out = run(retention_cmd(&catalog, &limited_p, &root).args(["export", "wim", "--out"]).arg(us.join("export")));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not exported"), "{}", stderr(&out));
+    assert!(!us.join("export").exists() || count_files(&us.join("export")) == 0, "nothing written");
+    // (w0 lies in the us store: an export anywhere in "eu" still copies it out of "us" into
+    // "eu", which residency allows: the limit says where data may be, not where from.)
+    let out = run(retention_cmd(&catalog, &limited_p, &root).args(["export", "wim", "--out"]).arg(eu.join("export")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(count_files(&eu.join("export")), 3, "two photos and the manifest");
+    // Batch: the eu store may not be copied into the us one.
+    let out = run(obscura().args(["batch", "--policy"]).arg(&limited_p).arg(&eu).arg(us.join("copy")));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("may not leave \"eu\""), "{}", stderr(&out));
+    assert!(!us.join("copy").exists(), "nothing written");
 }
 
 /// `register --uploaded-at`: a date in the far future (it would never expire) or before

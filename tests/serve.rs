@@ -690,6 +690,54 @@ async fn upload_times_over_http_take_rfc3339_and_refuse_the_far_future() {
     }
 }
 
+/// Data residency over HTTP: with the class limited to the "eu" store, registering an
+/// upload in the "us" store (or in a path that climbs out of the eu one) is refused as
+/// `residency` (422) and nothing is catalogued; and an upload registered before the policy
+/// said so is flagged by `/v1/retention/status` once it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn residency_over_http_refuses_an_upload_outside_its_location_and_status_flags_a_misplaced_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eu, us) = (dir.path().join("eu"), dir.path().join("us"));
+    for d in [&eu, &us] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("1.jpg"), b"photo bytes").unwrap();
+    }
+    let (eu, us) = (eu.display().to_string(), us.display().to_string());
+    let open = POLICY.to_string() + &format!("\n[stores]\n{eu:?} = \"eu\"\n{us:?} = \"us\"\n");
+    let limited = open.replace("[classes.photo]\n", "[classes.photo]\nlocations = [\"eu\"]\n");
+    assert_ne!(open, limited);
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let secret = dir.path().join("audit.key").display().to_string();
+    let body = |id: &str, store: &str| serde_json::json!({ "id": id, "subject": "vera", "store": store, "key": "1.jpg", "class": "photo" }).to_string().into_bytes();
+    // Registered while the policy set no limit.
+    std::fs::write(dir.path().join("open.toml"), &open).unwrap();
+    {
+        let policy = dir.path().join("open.toml").display().to_string();
+        let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &eu, "--allow-store", &us]);
+        assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body("v0", &us)).await.status(), 200);
+        let (_, status) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
+        assert_eq!(status["misplaced"], serde_json::json!([]), "{status}");
+    }
+    std::fs::write(dir.path().join("limited.toml"), &limited).unwrap();
+    let policy = dir.path().join("limited.toml").display().to_string();
+    let service = Service::start(&["--targets", "face", "--catalog", &catalog, "--policy", &policy, "--secret-file", &secret, "--allow-store", &eu, "--allow-store", &us]);
+    assert_eq!(post(&service, "/v1/uploads", Some(RETENTION_ONLY), body("v1", &eu)).await.status(), 200);
+    let climbing = format!("{eu}/../us");
+    for (id, store) in [("v2", us.as_str()), ("v3", climbing.as_str())] {
+        let response = post(&service, "/v1/uploads", Some(RETENTION_ONLY), body(id, store)).await;
+        assert!(matches!(response.status().as_u16(), 403 | 422), "{store}: {}", response.status());
+        if response.status() == 422 {
+            assert_eq!(error_code(response, 422).await, "residency", "{store}");
+        }
+    }
+    let (_, status) = get_json(&service, "/v1/retention/status", RETENTION_ONLY).await;
+    assert_eq!(status["uploads_active"], 2, "v0 and v1 only: {status}");
+    let misplaced = status["misplaced"].as_array().unwrap();
+    assert_eq!(misplaced.len(), 1, "{status}");
+    assert_eq!((misplaced[0]["class"].as_str(), misplaced[0]["store"].as_str(), misplaced[0]["uploads"].as_u64()), (Some("photo"), Some(us.as_str()), Some(1)));
+    assert!(misplaced[0]["reason"].as_str().unwrap().contains("\"us\""), "{status}");
+}
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

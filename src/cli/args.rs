@@ -351,6 +351,11 @@ pub struct BatchArgs {
     /// Attempts after the first for failed store requests (with exponential backoff).
     #[arg(long, default_value = SHOWN.retries.as_str())]
     pub retries: usize,
+    /// A retention policy whose `[stores]` table says where stores keep their data: a
+    /// source declared in a location is only written to a destination in the same one
+    /// (data residency).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub redaction: RedactionArgs,
 }

@@ -18,6 +18,12 @@ pub fn run(args: &BatchArgs, m: &ArgMatches, quiet: bool) -> Result<i32> {
     let parallel = parallelism(args.jobs);
     let store_options = StoreOptions { max_retries: args.retries, ..StoreOptions::default() };
     let filter = Filter::new(&args.include, &args.exclude, args.shard).context("--include/--exclude")?;
+    if let Some(path) = &args.policy {
+        let policy = obscura::retention::Policy::load(path)?;
+        if let Some(why) = obscura::retention::residency::move_refusal(&policy.stores, &args.src, &args.dst) {
+            bail!("refused by data residency: {why}");
+        }
+    }
     let mut config = args.redaction.config(parallel, m)?;
     if config.max_concurrency == 0 {
         config.max_concurrency = parallel;

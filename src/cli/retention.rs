@@ -290,8 +290,11 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
                             u.uploads, u.class, u.class
                         );
                     }
+                    for m in &s.misplaced {
+                        println!("MISPLACED: {} active upload(s) of class {:?} in {}: {}", m.uploads, m.class, m.store, m.reason);
+                    }
                 }
-                Ok(if s.overdue > 0 || !s.unaccounted.is_empty() { 1 } else { 0 })
+                Ok(if s.overdue > 0 || !s.unaccounted.is_empty() || !s.misplaced.is_empty() { 1 } else { 0 })
             }
             RetentionCommand::Audit(a) if a.verify => {
                 let v = retention.verify_audit().await?;

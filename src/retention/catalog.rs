@@ -774,10 +774,10 @@ impl Catalog {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let list = placeholders(1, ids.len());
         let sql = format!(
             "SELECT j.id AS job_id, j.action, j.reason, j.rule, j.due_at, j.attempts, j.new_key, {UPLOAD_COLUMNS}
-             FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE j.id IN ({placeholders}) ORDER BY j.next_try_at, j.id"
+             FROM jobs j JOIN uploads u ON u.id = j.upload_id WHERE j.id IN ({list}) ORDER BY j.next_try_at, j.id"
         );
         let mut select = sqlx::query(&sql);
         for id in &ids {
@@ -830,22 +830,27 @@ impl Catalog {
         self.unseal(&job.upload.store, &chosen.ok_or_else(|| CatalogError::Corrupt("new key not stored".into()))?)
     }
 
-    /// Marks a job done under its lease. False (and nothing changed) when the lease was
-    /// lost or the job was changed meanwhile (e.g. an anonymise upgraded to a purge).
-    pub(crate) async fn finish_job(tx: &mut Transaction<'static, Any>, job: &Job, outcome: &str, now: i64) -> Result<bool, CatalogError> {
-        let r = sqlx::query(
-            "UPDATE jobs SET state = 'done', outcome = $3, finished_at = $4, lease_owner = NULL, lease_until = NULL, last_error = NULL
-             WHERE id = $1 AND lease_owner = $2 AND action = $5 AND state = 'pending'",
-        )
-        .bind(job.id)
-        .bind(&job.lease)
-        .bind(outcome)
-        .bind(now)
-        .bind(job.action.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(q("finishing job"))?;
-        Ok(r.rows_affected() == 1)
+    /// Marks done, under `lease`, those of the jobs `ids` that are still pending as
+    /// `action`, with `outcome`; returns the ids it marked. A job left out had its lease
+    /// lost or was changed meanwhile (e.g. an anonymise upgraded to a purge): nothing of
+    /// it changed.
+    pub(crate) async fn finish_jobs(tx: &mut Transaction<'static, Any>, lease: &str, action: Action, outcome: &str, ids: &[i64], now: i64) -> Result<Vec<i64>, CatalogError> {
+        let mut marked = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_LIST) {
+            let list = placeholders(5, chunk.len());
+            let sql = format!(
+                "UPDATE jobs SET state = 'done', outcome = $1, finished_at = $2, lease_owner = NULL, lease_until = NULL, last_error = NULL
+                 WHERE lease_owner = $3 AND action = $4 AND state = 'pending' AND id IN ({list}) RETURNING id"
+            );
+            let mut query = sqlx::query(&sql).bind(outcome).bind(now).bind(lease).bind(action.as_str());
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut **tx).await.map_err(q("finishing jobs"))? {
+                marked.push(row.try_get::<i64, _>("id").map_err(q("finishing jobs"))?);
+            }
+        }
+        Ok(marked)
     }
 
     /// Records a failed attempt and when to try again; the lease is released.
@@ -875,13 +880,19 @@ impl Catalog {
         Ok(())
     }
 
-    pub(crate) async fn mark_purged(tx: &mut Transaction<'static, Any>, upload: &str, now: i64) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE uploads SET state = 'purged', subject_id = NULL, key = NULL, derived = '[]', finished_at = $2 WHERE id = $1")
-            .bind(upload)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(q("marking purged"))?;
+    /// Marks `uploads` purged: no key, no derived objects, no subject.
+    pub(crate) async fn mark_purged(tx: &mut Transaction<'static, Any>, uploads: &[&str], now: i64) -> Result<(), CatalogError> {
+        for chunk in uploads.chunks(IN_LIST) {
+            let sql = format!(
+                "UPDATE uploads SET state = 'purged', subject_id = NULL, key = NULL, derived = '[]', finished_at = $1 WHERE id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut **tx).await.map_err(q("marking purged"))?;
+        }
         Ok(())
     }
 
@@ -964,6 +975,18 @@ impl Catalog {
         .map_err(q("planning"))
     }
 
+    /// Active uploads counted per (class, store), for the residency check of `status`.
+    pub(crate) async fn uploads_by_store(&self) -> Result<Vec<(String, String, u64)>, CatalogError> {
+        let rows = sqlx::query("SELECT class, store, COUNT(*) AS n FROM uploads WHERE state = 'active' GROUP BY class, store ORDER BY class, store")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("counting uploads per store"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("class")?, r.try_get("store")?, r.try_get::<i64, _>("n")? as u64)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(q("counting uploads per store"))
+    }
+
     /// The catalog's part of `status` at `now`, with `deadline` ms of grace before a job
     /// is overdue: the counts of uploads, subjects and queued jobs. Expiries not queued yet
     /// and the failing jobs are the caller's to add (the first need the policy).
@@ -1017,44 +1040,63 @@ impl Catalog {
 
     // ---- audit ----------------------------------------------------------------------
 
-    /// Appends a record to the audit log inside `tx`. Call it last in a transaction: on
-    /// PostgreSQL it holds the log's head row until commit.
-    /// Returns the new record's sequence number and MAC (for the [`Witness`](super::audit::Witness)).
-    pub(crate) async fn append_audit(tx: &mut Transaction<'static, Any>, secret: &Secret, entry: &AuditEntry, now: i64) -> Result<(i64, String), CatalogError> {
-        sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1").execute(&mut **tx).await.map_err(q("locking audit log"))?;
+    /// Appends `entries`, in order, to the audit log inside `tx`. Call it last in a
+    /// transaction: on PostgreSQL it holds the log's head row until commit. The head row
+    /// is read and written once however many records are appended (group commit: a batch
+    /// of jobs finishes in one transaction), and each record's MAC chains to the one
+    /// before it exactly as if they had been appended one by one.
+    /// Returns the last record's sequence number and MAC (for the
+    /// [`Witness`](super::audit::Witness)); with no entries, the head as it is.
+    pub(crate) async fn append_audit(tx: &mut Transaction<'static, Any>, secret: &Secret, entries: &[AuditEntry], now: i64) -> Result<(i64, String), CatalogError> {
+        let n = entries.len() as i64;
+        // The update takes the head row's lock (PostgreSQL) or the write lock (SQLite)
+        // before the head is read, so no other transaction can chain to the same record.
+        sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1").bind(n).execute(&mut **tx).await.map_err(q("locking audit log"))?;
         let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await.map_err(q("reading audit head"))?;
-        let seq: i64 = row.try_get("seq").map_err(q("reading audit head"))?;
-        let prev: String = row.try_get("mac").map_err(q("reading audit head"))?;
-        let fields = AuditFields {
-            seq,
-            at: now,
-            event: entry.event,
-            subject_hash: entry.subject_hash.as_deref(),
-            upload_id: entry.upload_id.as_deref(),
-            rule: entry.rule.as_deref(),
-            outcome: entry.outcome,
-            detail: &entry.detail,
-        };
-        let mac = secret.chain(&prev, &fields);
-        sqlx::query(
-            "INSERT INTO audit (seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(entry.event)
-        .bind(&entry.subject_hash)
-        .bind(&entry.upload_id)
-        .bind(&entry.rule)
-        .bind(entry.outcome)
-        .bind(&entry.detail)
-        .bind(&prev)
-        .bind(&mac)
-        .execute(&mut **tx)
-        .await
-        .map_err(q("appending audit record"))?;
-        sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&mac).execute(&mut **tx).await.map_err(q("updating audit head"))?;
-        Ok((seq, mac))
+        let last: i64 = row.try_get("seq").map_err(q("reading audit head"))?;
+        let mut prev: String = row.try_get("mac").map_err(q("reading audit head"))?;
+        if entries.is_empty() {
+            return Ok((last, prev));
+        }
+        let first = last - n + 1;
+        let mut rows = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let seq = first + i as i64;
+            let fields = AuditFields {
+                seq,
+                at: now,
+                event: entry.event,
+                subject_hash: entry.subject_hash.as_deref(),
+                upload_id: entry.upload_id.as_deref(),
+                rule: entry.rule.as_deref(),
+                outcome: entry.outcome,
+                detail: &entry.detail,
+            };
+            let mac = secret.chain(&prev, &fields);
+            rows.push((seq, entry, std::mem::replace(&mut prev, mac.clone()), mac));
+        }
+        // Ten values a record; chunks keep well under either database's bind limit.
+        for chunk in rows.chunks(IN_LIST / 10) {
+            let values = (0..chunk.len()).map(|r| format!("({})", placeholders(r * 10 + 1, 10))).collect::<Vec<_>>().join(", ");
+            let sql = format!("INSERT INTO audit (seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac) VALUES {values}");
+            let mut query = sqlx::query(&sql);
+            for (seq, entry, prev, mac) in chunk {
+                query = query
+                    .bind(*seq)
+                    .bind(now)
+                    .bind(entry.event)
+                    .bind(&entry.subject_hash)
+                    .bind(&entry.upload_id)
+                    .bind(&entry.rule)
+                    .bind(entry.outcome)
+                    .bind(&entry.detail)
+                    .bind(prev)
+                    .bind(mac);
+            }
+            query.execute(&mut **tx).await.map_err(q("appending audit record"))?;
+        }
+        sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&prev).execute(&mut **tx).await.map_err(q("updating audit head"))?;
+        Ok((last, prev))
     }
 
     /// Audit records in order, optionally only those about one subject hash or upload,
@@ -1170,6 +1212,15 @@ impl AuditVerdict {
 }
 
 /// A random suffix that makes each claim's lease id unique.
+/// Most values one `IN (…)` list or multi-row statement binds (both databases allow far
+/// more; this keeps statements small).
+const IN_LIST: usize = 500;
+
+/// `$from, $from+1, …` for `n` values.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 fn unique_suffix() -> String {
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).expect("the OS random source works");

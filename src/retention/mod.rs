@@ -24,6 +24,7 @@ pub mod actions;
 pub mod audit;
 mod catalog;
 pub mod policy;
+pub mod residency;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -77,6 +78,10 @@ pub enum RetentionError {
     Witness(#[from] WitnessError),
     #[error("the export destination {0} is not empty; an export goes to a new, empty place so that it holds one person's data only")]
     ExportNotEmpty(String),
+    /// Data residency: the write would keep an upload outside the locations its class
+    /// allows (see [`residency`]).
+    #[error("upload {id:?} (class {class}): {message}")]
+    Residency { id: String, class: String, message: String },
     #[error("{0}")]
     Io(String),
 }
@@ -275,6 +280,19 @@ pub struct Status {
     /// erasure and wind-down still reach them, by the strictest rule. Not empty: `status`
     /// exits 1.
     pub unaccounted: Vec<Unaccounted>,
+    /// Active uploads kept in a store outside the locations their class allows (registered before the policy said so, or the store was declared
+    /// elsewhere since). Not empty: `status` exits 1.
+    pub misplaced: Vec<Misplaced>,
+}
+
+/// Active uploads of one class in one store outside the locations the class allows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Misplaced {
+    pub class: String,
+    pub store: String,
+    pub uploads: u64,
+    /// Where the store is and where the class may be.
+    pub reason: String,
 }
 
 /// Active uploads of one class the policy does not name.
@@ -390,8 +408,17 @@ impl Retention {
     /// Appends `entry` to the audit log as the last step of `tx`, commits, and moves the
     /// witness forward. A witness that cannot be written is logged, not fatal: the
     /// catalog change is already committed.
-    pub(crate) async fn commit_audited(&self, mut tx: sqlx::Transaction<'static, sqlx::Any>, entry: &AuditEntry, now: i64) -> Result<(), RetentionError> {
-        let (seq, mac) = Catalog::append_audit(&mut tx, self.secret(), entry, now).await?;
+    pub(crate) async fn commit_audited(&self, tx: sqlx::Transaction<'static, sqlx::Any>, entry: &AuditEntry, now: i64) -> Result<(), RetentionError> {
+        self.commit_audited_all(tx, std::slice::from_ref(entry), now).await
+    }
+
+    /// [`commit_audited`](Self::commit_audited) for several records in one transaction
+    /// (a batch of finished jobs), in order.
+    pub(crate) async fn commit_audited_all(&self, mut tx: sqlx::Transaction<'static, sqlx::Any>, entries: &[AuditEntry], now: i64) -> Result<(), RetentionError> {
+        if entries.is_empty() {
+            return Ok(Catalog::commit(tx).await?);
+        }
+        let (seq, mac) = Catalog::append_audit(&mut tx, self.secret(), entries, now).await?;
         Catalog::commit(tx).await?;
         if let Some(witness) = &self.inner.witness
             && let Err(e) = witness.advance(self.secret(), seq, &mac)
@@ -438,6 +465,7 @@ impl Retention {
                 on_unsubscribe: Action::Purge,
                 grace: Duration::ZERO,
                 legal_hold: false,
+                locations: Vec::new(),
             }),
         }
     }
@@ -531,6 +559,9 @@ impl Retention {
             }
             if self.policy().class(&u.class).is_none() {
                 return Err(RetentionError::UnknownClass(u.class.clone()));
+            }
+            if let Some(message) = self.policy().residency_refusal(&u.class, &u.store) {
+                return Err(RetentionError::Residency { id: u.id.clone(), class: u.class.clone(), message });
             }
             if let Some(at) = u.uploaded_at {
                 if at < 0 {
@@ -686,22 +717,24 @@ impl Retention {
             None => self.catalog().finished_subjects(10_000).await?,
         };
         let mut forgotten = 0;
-        for hash in ids {
+        // A transaction per chunk of subjects, with their records (group commit).
+        for chunk in ids.chunks(256) {
             let now = now_ms();
             let mut tx = self.catalog().begin().await?;
-            if Catalog::forget_subject_if_done(&mut tx, &hash, now).await? {
-                let entry = AuditEntry {
-                    event: "subject_forgotten",
-                    subject_hash: Some(hash),
-                    outcome: "done",
-                    detail: "no uploads left: subject id deleted from the catalog".into(),
-                    ..Default::default()
-                };
-                self.commit_audited(tx, &entry, now).await?;
-                forgotten += 1;
-            } else {
-                Catalog::commit(tx).await?;
+            let mut entries = Vec::new();
+            for hash in chunk {
+                if Catalog::forget_subject_if_done(&mut tx, hash, now).await? {
+                    entries.push(AuditEntry {
+                        event: "subject_forgotten",
+                        subject_hash: Some(hash.clone()),
+                        outcome: "done",
+                        detail: "no uploads left: subject id deleted from the catalog".into(),
+                        ..Default::default()
+                    });
+                }
             }
+            forgotten += entries.len() as u64;
+            self.commit_audited_all(tx, &entries, now).await?;
         }
         if forgotten > 0 {
             self.catalog().truncate_wal().await?;
@@ -803,7 +836,15 @@ impl Retention {
     /// that an export holds exactly one person's data and nothing else. An export that
     /// fails part-way deletes what it wrote, so no partial copy is left to hand over.
     pub async fn export(&self, subject: &str, out: &crate::store::Store) -> Result<Export, RetentionError> {
-        self.known_hashes(subject).await?;
+        let hashes = self.known_hashes(subject).await?;
+        // Residency: nothing is copied to a place an upload's class may not be stored in.
+        for hash in &hashes {
+            for upload in self.catalog().subject_uploads(hash).await?.into_iter().filter(|u| u.key.is_some()) {
+                if let Some(message) = self.policy().residency_refusal(&upload.class, out.location()) {
+                    return Err(RetentionError::Residency { id: upload.id, class: upload.class, message: format!("not exported: {message}") });
+                }
+            }
+        }
         if !out.is_empty().await? {
             return Err(RetentionError::ExportNotEmpty(out.location().to_string()));
         }
@@ -963,6 +1004,13 @@ impl Retention {
         }
         status.failing = self.catalog().failing(20).await?;
         status.unaccounted = self.unaccounted().await?;
+        // Only when some class limits where it is stored: it reads every active upload.
+        let limited = self.policy().classes.values().any(|r| !r.locations.is_empty());
+        for (class, store, uploads) in if limited { self.catalog().uploads_by_store().await? } else { Vec::new() } {
+            if let Some(reason) = self.policy().residency_refusal(&class, &store) {
+                status.misplaced.push(Misplaced { class, store, uploads, reason });
+            }
+        }
         Ok(status)
     }
 

@@ -12,6 +12,10 @@
 //! on_unsubscribe = "purge"
 //! grace = "0s"                 # delay after unsubscribe (default 0: synchronous)
 //! legal_hold = false           # true: nothing of this class is deleted; reported instead
+//! locations = ["eu"]           # optional: stored only in stores declared there
+//!
+//! [stores]                     # optional: where each store keeps its data (`residency`)
+//! "s3://photos-eu" = "eu"
 //! ```
 
 use std::collections::BTreeMap;
@@ -65,6 +69,10 @@ pub struct ClassRule {
     /// `held` and are reported by `status`.
     #[serde(default)]
     pub legal_hold: bool,
+    /// Where uploads of this class may be stored: location names of the policy's
+    /// `[stores]` (empty: anywhere). See [`residency`](super::residency).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<String>,
 }
 
 /// A whole policy file.
@@ -75,6 +83,9 @@ pub struct Policy {
     #[serde(with = "duration")]
     pub deadline: Duration,
     pub classes: BTreeMap<String, ClassRule>,
+    /// Store (folder path or `s3://bucket[/prefix]`) → the location it keeps its data in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<String, String>,
 }
 
 /// Why a policy file was refused. The message names the line.
@@ -115,12 +126,27 @@ impl Policy {
                 return Err(format!("class name {name:?}: use letters, digits, '_' or '-'"));
             }
         }
+        for (name, rule) in &policy.classes {
+            for location in &rule.locations {
+                if !policy.stores.values().any(|l| l == location) {
+                    return Err(format!("class {name} may only be stored in {location:?}, but no store in [stores] is there: nothing of it could be registered"));
+                }
+            }
+        }
         Ok(policy)
     }
 
     /// The rule for `class`, if the policy has one.
     pub fn class(&self, class: &str) -> Option<&ClassRule> {
         self.classes.get(class)
+    }
+
+    /// Why an upload of `class` may not be kept in `store` (its class limits where it is
+    /// stored, and the store is elsewhere), or `None`. A class the policy does not name
+    /// has no limit to break.
+    pub fn residency_refusal(&self, class: &str, store: &str) -> Option<String> {
+        let allowed = self.class(class).map(|r| r.locations.as_slice()).unwrap_or_default();
+        super::residency::refusal(&self.stores, allowed, store)
     }
 }
 

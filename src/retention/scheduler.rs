@@ -1,5 +1,13 @@
 //! The scheduler: queues expiries, applies legal holds, claims due jobs, runs them with
-//! bounded concurrency and records each result with its audit record in one transaction.
+//! bounded concurrency and records each result with its audit record.
+//!
+//! Results are recorded a claimed batch at a time, in one transaction with one update of
+//! the audit log's head (group commit): per-job transactions serialised every finished
+//! job on that one row and on SQLite's write lock (`benches/RESULTS.md`, "Retention at
+//! scale"). The records still form one MAC chain, in claim order, so what `audit
+//! --verify` proves is unchanged. The recording of one batch overlaps the actions of the
+//! next. A batch the database refuses is recorded job by job, so one bad record cannot
+//! hold back its neighbours.
 //!
 //! Crash safety comes from three rules: a job is marked done only after its action is
 //! complete and verified; actions are idempotent (a rerun after `kill -9` at any point
@@ -8,6 +16,7 @@
 //! file), after the lease expires on PostgreSQL (where instances share the queue with
 //! `FOR UPDATE SKIP LOCKED`).
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,20 +172,45 @@ impl Retention {
             tick.summary.expiries_queued += self.catalog().enqueue_expired(class, age, now - age, &job, now).await?;
         }
         let owner = format!("scheduler:{}", self.config().instance);
+        // Two stages: while one batch's results are recorded (one transaction), the next
+        // batch's actions run. The recording future is lazy: it makes progress only while
+        // it is joined with the next batch's actions, or awaited at the end.
+        let mut recording: Option<futures::future::BoxFuture<'_, Vec<JobOutcome>>> = None;
         loop {
             // Asked to stop: claim nothing more. A batch already claimed runs to the end
             // (dropping it half-way would be safe, but would leave its jobs leased).
-            if futures::FutureExt::now_or_never(&mut *shutdown).is_some() {
-                tick.stopped = true;
-                return Ok(tick);
-            }
-            let jobs = self.catalog().claim(&owner, None, options.batch, self.config().lease).await?;
+            let stop = futures::FutureExt::now_or_never(&mut *shutdown).is_some();
+            let claimed = if stop { Ok(Vec::new()) } else { self.catalog().claim(&owner, None, options.batch, self.config().lease).await };
+            let jobs = match claimed {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    // The batch already acted on is still recorded.
+                    if let Some(last) = recording.take() {
+                        tick.summary.add(&count(last.await));
+                    }
+                    return Err(e.into());
+                }
+            };
             if jobs.is_empty() {
-                self.forget_finished_subjects(None).await?;
+                if let Some(last) = recording.take() {
+                    tick.summary.add(&count(last.await));
+                }
+                if stop {
+                    tick.stopped = true;
+                } else {
+                    self.forget_finished_subjects(None).await?;
+                }
                 return Ok(tick);
             }
-            let results = execute_counted(self, jobs).await;
-            tick.summary.add(&results);
+            let previous = async {
+                match recording.take() {
+                    Some(r) => r.await,
+                    None => Vec::new(),
+                }
+            };
+            let (acted, recorded) = futures::join!(act_all(self, jobs), previous);
+            tick.summary.add(&count(recorded));
+            recording = Some(Box::pin(record_all(self, acted)));
         }
     }
 }
@@ -223,9 +257,10 @@ impl std::fmt::Display for JobOutcome {
     }
 }
 
-async fn execute_counted(retention: &Retention, jobs: Vec<Job>) -> RunSummary {
+/// What a batch's outcomes add up to (failures logged).
+fn count(outcomes: Vec<JobOutcome>) -> RunSummary {
     let mut summary = RunSummary::default();
-    for outcome in execute_all(retention, jobs).await {
+    for outcome in outcomes {
         match outcome {
             JobOutcome::Done(Done::Purged { .. }) => summary.purged += 1,
             JobOutcome::Done(Done::Anonymised { .. }) => summary.anonymised += 1,
@@ -240,76 +275,145 @@ async fn execute_counted(retention: &Retention, jobs: Vec<Job>) -> RunSummary {
     summary
 }
 
-/// Runs claimed jobs, `concurrency` at a time, and says what each came to.
+/// Runs claimed jobs, `concurrency` at a time, then records every result in one
+/// transaction (group commit, [`record`]) and says what each came to.
 pub(crate) async fn execute_all(retention: &Retention, jobs: Vec<Job>) -> Vec<JobOutcome> {
-    futures::stream::iter(jobs).map(|job| run_job(retention, job)).buffer_unordered(retention.config().concurrency.max(1)).collect().await
+    record_all(retention, act_all(retention, jobs).await).await
 }
 
-/// Executes one job and records the outcome (or the failure) with its audit record.
-async fn run_job(retention: &Retention, job: Job) -> JobOutcome {
-    let result = act(retention, &job).await;
-    let subject_hash = job.upload.subject_hash.clone();
-    let now = now_ms();
-    // Messages as logged, stored and returned: never with a store key in the clear
-    // (keys often name the person, and the audit log keeps what it is given forever).
-    let keys: Vec<&str> = job.upload.key.iter().chain(&job.upload.derived).chain(&job.new_key).map(String::as_str).collect();
-    let error = result.as_ref().err().map(|e| super::audit::scrub(&e.to_string(), &keys));
-    let record = async {
-        let mut tx = retention.catalog().begin().await?;
-        let entry = match &result {
-            Ok(done) => {
-                if !Catalog::finish_job(&mut tx, &job, done.outcome(), now).await? {
-                    // Changed meanwhile (an anonymise upgraded to a purge): give it back so
-                    // it runs again as what it is now, without waiting for the lease.
-                    Catalog::rollback(tx).await?;
-                    retention.catalog().release(&job).await?;
-                    return Ok::<_, super::RetentionError>(None);
-                }
-                match done {
-                    Done::Anonymised { key, .. } => retention.catalog().mark_anonymised(&mut tx, &job.upload, key, now).await?,
-                    Done::Purged { .. } | Done::PurgedInstead { .. } => Catalog::mark_purged(&mut tx, &job.upload.id, now).await?,
-                }
-                let entry = AuditEntry {
-                    event: job.action.as_str(),
-                    subject_hash: subject_hash.clone(),
-                    upload_id: Some(job.upload.id.clone()),
-                    rule: Some(format!("{} ({})", job.rule, job.reason.as_str())),
-                    outcome: done.outcome(),
-                    detail: super::audit::scrub(&done.detail(), &keys),
-                };
-                entry
+/// Runs the jobs' actions, `concurrency` at a time; records nothing.
+async fn act_all(retention: &Retention, jobs: Vec<Job>) -> Vec<Acted> {
+    futures::stream::iter(jobs)
+        .map(|job| async move {
+            let result = act(retention, &job).await;
+            Acted::new(job, result)
+        })
+        .buffer_unordered(retention.config().concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Records the results of a batch in one transaction ([`record`]) and says what each job
+/// came to.
+async fn record_all(retention: &Retention, acted: Vec<Acted>) -> Vec<JobOutcome> {
+    match record(retention, &acted).await {
+        Ok(recorded) => acted.into_iter().zip(recorded).map(|(a, r)| a.outcome(r)).collect(),
+        // One record the batch could not take (or a lost connection) must not hold back
+        // its neighbours: each is recorded on its own.
+        Err(error) if acted.len() > 1 => {
+            tracing::warn!(%error, jobs = acted.len(), "recording the batch failed; recording its jobs one by one");
+            let mut outcomes = Vec::with_capacity(acted.len());
+            for a in acted {
+                let recorded = record(retention, std::slice::from_ref(&a)).await;
+                outcomes.push(match recorded {
+                    Ok(mut r) => a.outcome(r.remove(0)),
+                    Err(error) => JobOutcome::Unrecorded { upload: a.job.upload.id, error },
+                });
             }
+            outcomes
+        }
+        // At most one job here.
+        Err(error) => acted.into_iter().next().map(|a| JobOutcome::Unrecorded { upload: a.job.upload.id, error }).into_iter().collect(),
+    }
+}
+
+/// A job whose action ran, with its result and the message to record if it failed
+/// (scrubbed: never with a store key in the clear, since keys often name the person and
+/// the audit log keeps what it is given forever).
+struct Acted {
+    job: Job,
+    result: Result<Done, ActionError>,
+    error: Option<String>,
+}
+
+impl Acted {
+    fn new(job: Job, result: Result<Done, ActionError>) -> Self {
+        let error = result.as_ref().err().map(|e| super::audit::scrub(&e.to_string(), &job_keys(&job)));
+        Acted { job, result, error }
+    }
+
+    fn outcome(self, recorded: bool) -> JobOutcome {
+        match (recorded, self.result) {
+            (false, _) => JobOutcome::Released,
+            (true, Ok(done)) => JobOutcome::Done(done),
+            (true, Err(_)) => JobOutcome::Failed { upload: self.job.upload.id, message: self.error.unwrap_or_default() },
+        }
+    }
+
+    /// The audit record of this result.
+    fn entry(&self, retention: &Retention) -> AuditEntry {
+        let job = &self.job;
+        let (outcome, detail) = match &self.result {
+            Ok(done) => (done.outcome(), super::audit::scrub(&done.detail(), &job_keys(job))),
             Err(_) => {
-                let message = error.as_deref().unwrap_or_default();
-                let config = retention.config();
-                let backoff = config.retry_base.saturating_mul(1u32 << job.attempts.clamp(0, 20) as u32).min(config.retry_max);
-                let retry_at = now + super::catalog::ms(backoff);
-                if !Catalog::fail_job(&mut tx, &job, message, retry_at).await? {
-                    Catalog::rollback(tx).await?;
-                    return Ok(None);
-                }
-                let entry = AuditEntry {
-                    event: job.action.as_str(),
-                    subject_hash: subject_hash.clone(),
-                    upload_id: Some(job.upload.id.clone()),
-                    rule: Some(format!("{} ({})", job.rule, job.reason.as_str())),
-                    outcome: "failed",
-                    detail: format!("attempt {}: {message}; retry in {}", job.attempts + 1, humantime::format_duration(Duration::from_secs(backoff.as_secs()))),
-                };
-                entry
+                let message = self.error.as_deref().unwrap_or_default();
+                ("failed", format!("attempt {}: {message}; retry in {}", job.attempts + 1, humantime::format_duration(Duration::from_secs(backoff(retention, job).as_secs()))))
             }
         };
-        retention.commit_audited(tx, &entry, now).await?;
-        Ok(Some(()))
-    };
-    match record.await {
-        Ok(Some(())) => match result {
-            Ok(done) => JobOutcome::Done(done),
-            Err(_) => JobOutcome::Failed { upload: job.upload.id, message: error.unwrap_or_default() },
-        },
-        Ok(None) => JobOutcome::Released,
-        Err(error) => JobOutcome::Unrecorded { upload: job.upload.id, error },
+        AuditEntry {
+            event: job.action.as_str(),
+            subject_hash: job.upload.subject_hash.clone(),
+            upload_id: Some(job.upload.id.clone()),
+            rule: Some(format!("{} ({})", job.rule, job.reason.as_str())),
+            outcome,
+            detail,
+        }
     }
+}
+
+/// Every store key a job touches (what scrubbing removes from messages).
+fn job_keys(job: &Job) -> Vec<&str> {
+    job.upload.key.iter().chain(&job.upload.derived).chain(&job.new_key).map(String::as_str).collect()
+}
+
+/// How long a failed job waits before its next attempt: doubling per attempt, capped.
+fn backoff(retention: &Retention, job: &Job) -> Duration {
+    let config = retention.config();
+    config.retry_base.saturating_mul(1u32 << job.attempts.clamp(0, 20) as u32).min(config.retry_max)
+}
+
+/// Records the results of `acted` in one transaction: each job done (or failed and
+/// queued for a retry) under its lease, its upload marked, and its audit record
+/// appended, all committed together with one update of the log's head. Says, per job,
+/// whether it was recorded; one that was not had lost its lease or changed meanwhile
+/// (an anonymise upgraded to a purge), and a changed one is given back so it runs
+/// again as what it is now, without waiting for the lease.
+async fn record(retention: &Retention, acted: &[Acted]) -> Result<Vec<bool>, RetentionError> {
+    let catalog = retention.catalog();
+    let now = now_ms();
+    let mut tx = catalog.begin().await?;
+    // Done jobs, marked per (claim, action, outcome): usually one statement a batch.
+    let mut groups: HashMap<(&str, Action, &str), Vec<i64>> = HashMap::new();
+    for a in acted {
+        if let Ok(done) = &a.result {
+            groups.entry((a.job.lease.as_str(), a.job.action, done.outcome())).or_default().push(a.job.id);
+        }
+    }
+    let mut recorded = HashSet::new();
+    for ((lease, action, outcome), ids) in groups {
+        recorded.extend(Catalog::finish_jobs(&mut tx, lease, action, outcome, &ids, now).await?);
+    }
+    let mut purged = Vec::new();
+    for a in acted.iter().filter(|a| recorded.contains(&a.job.id)) {
+        match &a.result {
+            Ok(Done::Anonymised { key, .. }) => catalog.mark_anonymised(&mut tx, &a.job.upload, key, now).await?,
+            Ok(Done::Purged { .. } | Done::PurgedInstead { .. }) => purged.push(a.job.upload.id.as_str()),
+            Err(_) => {}
+        }
+    }
+    Catalog::mark_purged(&mut tx, &purged, now).await?;
+    for a in acted.iter().filter(|a| a.result.is_err()) {
+        let retry_at = now + super::catalog::ms(backoff(retention, &a.job));
+        if Catalog::fail_job(&mut tx, &a.job, a.error.as_deref().unwrap_or_default(), retry_at).await? {
+            recorded.insert(a.job.id);
+        }
+    }
+    let entries: Vec<AuditEntry> = acted.iter().filter(|a| recorded.contains(&a.job.id)).map(|a| a.entry(retention)).collect();
+    retention.commit_audited_all(tx, &entries, now).await?;
+    for a in acted.iter().filter(|a| a.result.is_ok() && !recorded.contains(&a.job.id)) {
+        catalog.release(&a.job).await?;
+    }
+    Ok(acted.iter().map(|a| recorded.contains(&a.job.id)).collect())
 }
 
 async fn act(retention: &Retention, job: &Job) -> Result<Done, ActionError> {

@@ -57,6 +57,7 @@ impl From<RetentionError> for ApiError {
             RetentionError::Unsubscribed(_) => (StatusCode::CONFLICT, "subject_unsubscribed"),
             RetentionError::Erased => (StatusCode::CONFLICT, "subject_erased"),
             RetentionError::ExportNotEmpty(_) => (StatusCode::CONFLICT, "export_not_empty"),
+            RetentionError::Residency { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "residency"),
             RetentionError::Store(crate::store::StoreError::Link { .. }) => (StatusCode::CONFLICT, "symbolic_link"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "retention_failed"),
         };
