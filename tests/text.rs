@@ -36,6 +36,11 @@ fn a_badge_an_id_card_and_a_plate_are_redacted_at_their_boxes_and_no_text_is_fou
     let found = text_found(&input, tmp.path());
     for (name, rect) in TEXT_BOXES {
         assert!(share_under(rect, &found) > 0.9, "{name} at {rect:?} is found on the input: {found:?}");
+        // And tightly (IoU at least 0.5): a box loosened by a coarser view's would blank
+        // more of the photo than its text (a regression once).
+        let gt = obscura::geometry::BBox::from_xywh(rect.x as f32, rect.y as f32, rect.w as f32, rect.h as f32);
+        let best = found.iter().map(|b| b.iou(&gt)).fold(0.0, f32::max);
+        assert!(best >= 0.5, "{name} at {rect:?} has a tight box (best IoU {best:.2}): {found:?}");
     }
     // The default text style (fill) with --shape ellipse for faces, then pixelate and blur.
     for (style, args) in [("fill", &["--targets", "face,text", "--shape", "ellipse"][..]), ("pixelate", &["--targets", "face,text", "--text-style", "pixelate"]), ("blur", &["--targets", "face,text", "--text-style", "blur"])] {

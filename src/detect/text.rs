@@ -24,7 +24,9 @@
 //! with their own [`TextConfig::max_side`]. Every photo is also seen whole at lower
 //! scales ([`TextConfig::coarse_sides`], longer side 960 and 480 px): the model stops
 //! finding letters taller than about 500 of its input pixels, so a close-up of a sign is
-//! found only there. A line cut by a tile's edge is found in each
+//! found only there (and only lines at least 32 of their input pixels high are kept
+//! from them: smaller ones are found with tighter boxes by the finer views). A line cut
+//! by a tile's edge is found in each
 //! tile in part, and overlapping boxes of one line are merged into their union (never
 //! dropped, as NMS would: a union cannot uncover a letter).
 //!
@@ -76,7 +78,9 @@ pub struct TextConfig {
     /// Longer sides of extra whole views, downscaled further (default 960 and 480): the
     /// model stops finding letters taller than about 500 of its input pixels, so a sign
     /// whose letters fill most of the photo is found only at these scales. A side not
-    /// smaller than the main whole view is skipped; `[]` turns them off.
+    /// smaller than the main whole view is skipped; `[]` turns them off. They keep only
+    /// lines at least 32 of their input pixels high (smaller ones are found, with
+    /// tighter boxes, by the finer views).
     pub coarse_sides: Vec<u32>,
 }
 
@@ -87,13 +91,19 @@ impl Default for TextConfig {
 }
 
 impl TextConfig {
-    /// Every view of a `width`×`height` image: the tiling's, then the coarse ones.
-    fn views(&self, width: u32, height: u32) -> Vec<View> {
-        let mut views = Tiling { max_side: self.max_side, tile: self.tile, overlap: self.tile_overlap }.plan(width, height);
-        views.extend(views::coarse(width, height, self.max_side, &self.coarse_sides));
-        views
+    /// The views of a `width`×`height` image: the tiling's, and the coarse ones.
+    fn views(&self, width: u32, height: u32) -> (Vec<View>, Vec<View>) {
+        let tiling = Tiling { max_side: self.max_side, tile: self.tile, overlap: self.tile_overlap }.plan(width, height);
+        (tiling, views::coarse(width, height, self.max_side, &self.coarse_sides))
     }
 }
+
+/// The shortest text line (its grown short side, in the model's input pixels) a coarse
+/// view keeps. Coarse views are for lettering too large for the finer views; a line
+/// shorter than this there is at least twice as tall in a finer view, which finds it
+/// with a tighter box (at 480 px a 19-px line's box is 48 px tall, at full resolution
+/// 31), and a union with the coarse box would only loosen it.
+const COARSE_MIN_SIDE: f32 = 32.0;
 
 /// The PP-OCRv4 text detector over a session pool.
 pub struct TextDetector {
@@ -110,8 +120,8 @@ impl TextDetector {
         Ok(Self { pool, config: config.clone(), info })
     }
 
-    /// Text boxes in the input's pixel space.
-    fn run(&self, input: &ViewInput) -> Result<Vec<Detection>, DetectError> {
+    /// Text boxes in the input's pixel space, at least `min_side` input pixels high.
+    fn run(&self, input: &ViewInput, min_side: f32) -> Result<Vec<Detection>, DetectError> {
         let shape = [1, 3, input.h as usize, input.w as usize];
         self.pool.run(shape, &input.data, |outputs| {
             if outputs.len() != 1 {
@@ -126,7 +136,7 @@ impl TextDetector {
                 return Err(unexpected("the probability map holds non-finite values".into()));
             }
             let map = ProbabilityMap { data, width: input.w as usize, content_w: input.content_w as usize, content_h: input.content_h as usize };
-            Ok(decode(&map, &self.config, self.config.min_height * input.scale))
+            Ok(decode(&map, &self.config, min_side))
         })
     }
 }
@@ -144,8 +154,10 @@ impl Detector for TextDetector {
         // may put it on white or on black: both are searched.
         let mut found = Vec::new();
         for seen in over_backgrounds(frame) {
-            let planned = self.config.views(seen.width, seen.height);
-            found.extend(views::detect_all(&seen, &planned, pixel, |input| self.run(input))?);
+            let (tiling, coarse) = self.config.views(seen.width, seen.height);
+            let min_side = |input: &ViewInput| self.config.min_height * input.scale;
+            found.extend(views::detect_all(&seen, &tiling, pixel, |input| self.run(input, min_side(input)))?);
+            found.extend(views::detect_all(&seen, &coarse, pixel, |input| self.run(input, min_side(input).max(COARSE_MIN_SIDE)))?);
         }
         Ok(merge(found))
     }
