@@ -325,6 +325,19 @@ async fn with_history(db: &Db) -> (TempDir, Retention) {
     (dir, r)
 }
 
+/// What a database owner can do to the append-only log: switch its update guard off, run
+/// `sql`, and switch it back on (PostgreSQL; SQLite's guard is dropped).
+async fn edit_audit_as_owner(db: &Db, pool: &sqlx::AnyPool, sql: &str) {
+    let (disable, enable) = if db.url.starts_with("postgres") {
+        ("ALTER TABLE audit DISABLE TRIGGER audit_no_update", "ALTER TABLE audit ENABLE TRIGGER audit_no_update")
+    } else {
+        ("DROP TRIGGER audit_no_update", "SELECT 1")
+    };
+    sqlx::query(disable).execute(pool).await.unwrap();
+    sqlx::query(sql).execute(pool).await.unwrap();
+    sqlx::query(enable).execute(pool).await.unwrap();
+}
+
 async fn audit_verify_detects_tampering(db: Db) {
     let (_dir, r) = with_history(&db).await;
     let records = r.verify_audit().await.unwrap().records;
@@ -335,14 +348,7 @@ async fn audit_verify_detects_tampering(db: Db) {
     let edit = sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 2").execute(&pool).await;
     assert!(edit.is_err(), "the audit table accepted an UPDATE");
     // …and someone who disables that guard is caught by verify.
-    let (disable, enable) = if db.url.starts_with("postgres") {
-        ("ALTER TABLE audit DISABLE TRIGGER audit_no_update", "ALTER TABLE audit ENABLE TRIGGER audit_no_update")
-    } else {
-        ("DROP TRIGGER audit_no_update", "SELECT 1")
-    };
-    sqlx::query(disable).execute(&pool).await.unwrap();
-    sqlx::query("UPDATE audit SET detail = 'nothing happened' WHERE seq = 3").execute(&pool).await.unwrap();
-    sqlx::query(enable).execute(&pool).await.unwrap();
+    edit_audit_as_owner(&db, &pool, "UPDATE audit SET detail = 'nothing happened' WHERE seq = 3").await;
     let verdict = r.verify_audit().await.unwrap();
     assert_eq!(verdict.broken_at, Some(3), "{verdict:?}");
     assert_eq!(verdict.records, 2);
@@ -358,14 +364,7 @@ async fn audit_verify_detects_two_records_of_one_batch_swapped(db: Db) {
     assert_eq!((a.seq - b.seq).abs(), 1, "one batch, consecutive records: {purges:?}");
     assert_eq!(a.at, b.at, "appended in one transaction");
     let pool = owner(&db.url).await;
-    let (disable, enable) = if db.url.starts_with("postgres") {
-        ("ALTER TABLE audit DISABLE TRIGGER audit_no_update", "ALTER TABLE audit ENABLE TRIGGER audit_no_update")
-    } else {
-        ("DROP TRIGGER audit_no_update", "SELECT 1")
-    };
-    sqlx::query(disable).execute(&pool).await.unwrap();
-    sqlx::query("UPDATE audit SET upload_id = CASE upload_id WHEN 'i1' THEN 'i2' ELSE 'i1' END WHERE event = 'purge' AND upload_id IN ('i1', 'i2')").execute(&pool).await.unwrap();
-    sqlx::query(enable).execute(&pool).await.unwrap();
+    edit_audit_as_owner(&db, &pool, "UPDATE audit SET upload_id = CASE upload_id WHEN 'i1' THEN 'i2' ELSE 'i1' END WHERE event = 'purge' AND upload_id IN ('i1', 'i2')").await;
     let verdict = r.verify_audit().await.unwrap();
     assert_eq!(verdict.broken_at, Some(a.seq.min(b.seq)), "{verdict:?}");
 }

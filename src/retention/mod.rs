@@ -280,8 +280,9 @@ pub struct Status {
     /// erasure and wind-down still reach them, by the strictest rule. Not empty: `status`
     /// exits 1.
     pub unaccounted: Vec<Unaccounted>,
-    /// Active uploads kept in a store outside the locations their class allows (registered before the policy said so, or the store was declared
-    /// elsewhere since). Not empty: `status` exits 1.
+    /// Active uploads kept in a store outside the locations their class allows
+    /// (registered before the policy said so, or the store was declared elsewhere since).
+    /// Not empty: `status` exits 1.
     pub misplaced: Vec<Misplaced>,
 }
 

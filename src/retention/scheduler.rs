@@ -185,16 +185,12 @@ impl Retention {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     // The batch already acted on is still recorded.
-                    if let Some(last) = recording.take() {
-                        tick.summary.add(&count(last.await));
-                    }
+                    tick.summary.add(&count(finish(recording.take()).await));
                     return Err(e.into());
                 }
             };
             if jobs.is_empty() {
-                if let Some(last) = recording.take() {
-                    tick.summary.add(&count(last.await));
-                }
+                tick.summary.add(&count(finish(recording.take()).await));
                 if stop {
                     tick.stopped = true;
                 } else {
@@ -202,13 +198,7 @@ impl Retention {
                 }
                 return Ok(tick);
             }
-            let previous = async {
-                match recording.take() {
-                    Some(r) => r.await,
-                    None => Vec::new(),
-                }
-            };
-            let (acted, recorded) = futures::join!(act_all(self, jobs), previous);
+            let (acted, recorded) = futures::join!(act_all(self, jobs), finish(recording.take()));
             tick.summary.add(&count(recorded));
             recording = Some(Box::pin(record_all(self, acted)));
         }
@@ -254,6 +244,14 @@ impl std::fmt::Display for JobOutcome {
             JobOutcome::Failed { upload, message } => write!(f, "upload {upload}: {message}"),
             JobOutcome::Unrecorded { upload, error } => write!(f, "upload {upload}: recording the result: {error}"),
         }
+    }
+}
+
+/// The outcomes of the batch being recorded, if there is one (its recording runs to the end).
+async fn finish(recording: Option<futures::future::BoxFuture<'_, Vec<JobOutcome>>>) -> Vec<JobOutcome> {
+    match recording {
+        Some(r) => r.await,
+        None => Vec::new(),
     }
 }
 
