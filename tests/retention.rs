@@ -742,7 +742,13 @@ fn store_with_links() -> (TempDir, String, PathBuf) {
 async fn symbolic_links_in_a_folder_store_are_refused_not_followed(db: Db) {
     let (dir, store, outside) = store_with_links();
     let r = open(&db, POLICY).await;
-    r.register_many(&[upload("o1", "oda", &store, "o/link.jpg", "photo"), upload("o2", "oda", &store, "linked/p.jpg", "photo"), upload("o3", "oda", &store, "o/real.jpg", "photo")])
+    // An upload whose own file is fine but whose thumbnail is a link: refused whole,
+    // before any of its files is deleted.
+    std::fs::write(dir.path().join("o/kept.jpg"), b"jpeg").unwrap();
+    std::os::unix::fs::symlink(outside.join("p.jpg"), dir.path().join("o/kept.thumb.jpg")).unwrap();
+    let mut o4 = upload("o4", "oda", &store, "o/kept.jpg", "photo");
+    o4.derived = vec!["o/kept.thumb.jpg".into()];
+    r.register_many(&[upload("o1", "oda", &store, "o/link.jpg", "photo"), upload("o2", "oda", &store, "linked/p.jpg", "photo"), upload("o3", "oda", &store, "o/real.jpg", "photo"), o4])
         .await
         .unwrap();
     let out_dir = TempDir::new().unwrap();
@@ -753,15 +759,16 @@ async fn symbolic_links_in_a_folder_store_are_refused_not_followed(db: Db) {
     assert_eq!(files_containing(out_dir.path(), b"THE PHOTO OUTSIDE"), Vec::<PathBuf>::new());
 
     let summary = r.erase_subject("oda").await.unwrap();
-    assert_eq!((summary.queued, summary.done, summary.pending), (3, 1, 2), "{summary:?}");
+    assert_eq!((summary.queued, summary.done, summary.pending), (4, 1, 3), "{summary:?}");
     assert!(summary.errors.iter().all(|e| e.contains("symbolic link")), "{:?}", summary.errors);
     assert!(!dir.path().join("o/real.jpg").exists());
+    assert!(dir.path().join("o/kept.jpg").exists(), "o4's photo stays until its whole purge can be done");
     // Nothing outside deleted, and the links stay too: deleting a link alone while the
     // photo it names stays would be reported as a purge that did not happen.
     assert!(outside.join("secret.key").exists() && outside.join("p.jpg").exists());
     assert!(dir.path().join("o/link.jpg").symlink_metadata().is_ok() && dir.path().join("linked").symlink_metadata().is_ok());
     let status = r.status().await.unwrap();
-    assert_eq!((status.uploads_active, status.jobs_pending, status.failing.len()), (2, 2, 2), "{status:?}");
+    assert_eq!((status.uploads_active, status.jobs_pending, status.failing.len()), (3, 3, 3), "{status:?}");
     assert!(status.failing.iter().all(|f| f.last_error.contains("symbolic link")), "{status:?}");
     std::fs::remove_dir_all(&outside).unwrap();
 }

@@ -105,16 +105,10 @@ impl Stores {
 /// Deletes `keys` and checks each is gone (every version, on a versioned bucket).
 /// Returns the number of versions removed by id.
 pub async fn delete_verified(store: &Store, keys: &[String]) -> Result<usize, ActionError> {
-    let mut versions = 0;
-    for key in keys {
-        versions += store.purge(key).await?;
+    match store.purge_verified(keys).await? {
+        (versions, None) => Ok(versions),
+        (_, Some(key)) => Err(ActionError::NotGone { key }),
     }
-    for key in keys {
-        if store.exists(key).await? {
-            return Err(ActionError::NotGone { key: key.clone() });
-        }
-    }
-    Ok(versions)
 }
 
 /// Purges an upload's original and derived objects.

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use audit::{Secret, SecretError, Witness, WitnessError, WitnessedHead, normalize_subject};
+pub use audit::{AuditFields, Secret, SecretError, Witness, WitnessError, WitnessedHead, normalize_subject};
 pub use catalog::{AuditRecord, AuditVerdict, CatalogError, Reason, Upload, UploadState, now_ms};
 pub(crate) use catalog::Catalog;
 pub use policy::{Action, ClassRule, Policy, PolicyError};
