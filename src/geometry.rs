@@ -113,6 +113,19 @@ impl PixelRect {
     pub fn to_bbox(&self) -> BBox {
         BBox::from_xywh(self.x as f32, self.y as f32, self.w as f32, self.h as f32)
     }
+
+    /// Whether `other` lies wholly inside this rectangle (edges may touch).
+    pub fn contains(&self, other: &PixelRect) -> bool {
+        let end = |start: u32, len: u32| u64::from(start) + u64::from(len);
+        other.x >= self.x && other.y >= self.y && end(other.x, other.w) <= end(self.x, self.w) && end(other.y, other.h) <= end(self.y, self.h)
+    }
+
+    /// The part of this rectangle inside a `width` × `height` image, if any.
+    pub fn clipped(&self, width: u32, height: u32) -> Option<PixelRect> {
+        let x2 = self.x.saturating_add(self.w).min(width);
+        let y2 = self.y.saturating_add(self.h).min(height);
+        (self.x < x2 && self.y < y2).then(|| PixelRect { x: self.x, y: self.y, w: x2 - self.x, h: y2 - self.y })
+    }
 }
 
 /// Anything NMS can rank: a box and a score.
@@ -173,6 +186,19 @@ mod tests {
         assert_eq!(a.iou(&a), 1.0);
         assert_eq!(a.iou(&BBox::new(20.0, 20.0, 30.0, 30.0)), 0.0);
         assert_eq!(a.iou(&BBox::new(3.0, 3.0, 3.0, 3.0)), 0.0);
+    }
+
+    #[test]
+    fn containment_and_clipping_of_pixel_rects() {
+        let r = |x, y, w, h| PixelRect { x, y, w, h };
+        assert!(r(10, 10, 20, 20).contains(&r(10, 10, 20, 20)));
+        assert!(r(10, 10, 20, 20).contains(&r(15, 12, 5, 5)));
+        assert!(!r(10, 10, 20, 20).contains(&r(15, 12, 16, 5)), "past the right edge");
+        assert!(!r(10, 10, 20, 20).contains(&r(9, 12, 5, 5)), "left of it");
+        assert!(!r(0, 0, u32::MAX, 1).contains(&r(u32::MAX, 0, u32::MAX, 1)), "no overflow");
+        assert_eq!(r(300, 150, 50, 80).clipped(320, 200), Some(r(300, 150, 20, 50)));
+        assert_eq!(r(320, 0, 5, 5).clipped(320, 200), None);
+        assert_eq!(r(u32::MAX, 0, u32::MAX, 1).clipped(320, 200), None);
     }
 
     #[test]

@@ -179,17 +179,29 @@ impl Anonymizer {
         if !more.is_empty() && !image_io::holds_several(format, timing.is_some()) {
             return Err(crate::config::ConfigError { field: "format", reason: image_io::holds_one(format, timing.is_some()) }.into());
         }
-        // Every frame or page is detected and redacted on its own; any failure fails the
-        // whole image.
+        // Every frame or page is detected on its own; any failure fails the whole image.
         let mut pictures = Vec::with_capacity(1 + more.len());
         pictures.push(frame);
         pictures.extend(more);
         let mut timings = Timings { decode: decode_ms, ..Timings::default() };
+        let mut plans = Vec::with_capacity(pictures.len());
+        for picture in &pictures {
+            let t = Instant::now();
+            plans.push(self.plan_with(picture, options)?);
+            timings.detect += ms(t);
+        }
+        if timing.is_some() {
+            // An animation's frames share one canvas: a face missed in one frame is still
+            // covered where its neighbours found it.
+            let own: Vec<Vec<Region>> = plans.iter().map(|(_, regions)| regions.clone()).collect();
+            let spread = redact::spread_over_frames(&own, (pictures[0].width, pictures[0].height));
+            for ((_, regions), spread) in plans.iter_mut().zip(spread) {
+                *regions = spread;
+            }
+        }
         let mut frames = Vec::with_capacity(pictures.len());
-        for (i, picture) in pictures.iter_mut().enumerate() {
-            let (detections, regions, spent) = self.redact_frame_with(picture, options)?;
-            timings.detect += spent.detect;
-            timings.redact += spent.redact;
+        for (i, (picture, (detections, regions))) in pictures.iter_mut().zip(plans).enumerate() {
+            timings.redact += self.apply(picture, &detections, &regions, options)?;
             frames.push(FrameReport { width: picture.width, height: picture.height, delay_ms: timing.as_ref().map(|t| t.delays_ms[i]), detections, regions });
         }
         // A still's one picture is the report itself; several are listed, and totalled.
@@ -285,24 +297,27 @@ impl Anonymizer {
     /// Detects and redacts in place on already-decoded pixels. On `Err` the frame may be
     /// partly redacted and must be discarded.
     pub fn redact_frame(&self, frame: &mut Frame) -> Result<(Vec<Detection>, Vec<Region>, Timings), Error> {
-        self.redact_frame_with(frame, &Options::default())
+        let t = Instant::now();
+        let (detections, regions) = self.plan(frame)?;
+        let detect = ms(t);
+        let redact = self.apply(frame, &detections, &regions, &Options::default())?;
+        Ok((detections, regions, Timings { detect, redact, ..Timings::default() }))
     }
 
-    fn redact_frame_with(&self, frame: &mut Frame, options: &Options) -> Result<(Vec<Detection>, Vec<Region>, Timings), Error> {
+    /// Redacts planned regions in place (and outlines the detections when the settings
+    /// ask for it); returns the milliseconds spent.
+    fn apply(&self, frame: &mut Frame, detections: &[Detection], regions: &[Region], options: &Options) -> Result<f64, Error> {
         let redact = options.redact.as_ref().unwrap_or(&self.inner.config.redact);
         let t = Instant::now();
-        let (detections, regions) = self.plan_with(frame, options)?;
-        let detect = ms(t);
-        let t = Instant::now();
-        self.inner.redactor.redact(frame, &regions, &Params::for_image(redact))?;
+        self.inner.redactor.redact(frame, regions, &Params::for_image(redact))?;
         if redact.draw_boxes {
-            for d in &detections {
+            for d in detections {
                 if let Some(rect) = d.bbox.to_pixels(frame.width, frame.height) {
                     redact::cpu::draw_outline(frame, rect, [255, 0, 0]);
                 }
             }
         }
-        Ok((detections, regions, Timings { detect, redact: ms(t), ..Timings::default() }))
+        Ok(ms(t))
     }
 
     /// [`Anonymizer::anonymize`] for async code: runs on tokio's blocking pool, never on

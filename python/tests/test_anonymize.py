@@ -200,7 +200,9 @@ def test_every_frame_of_an_animation_is_redacted_and_nothing_else_is_kept(name: 
     faces = obscura.Anonymizer(detect={"targets": ["face"]})
     result = faces.anonymize(data)
     assert result.format == {"gif": "gif", "png": "png", "webp": "webp", "tif": "tiff"}[name.rsplit(".", 1)[1]]
-    assert len(result.regions) == 3 and [len(f["regions"]) for f in result.report["frames"]] == [1, 1, 1]
+    # An animation's frames also take their neighbours' regions; a TIFF's pages do not.
+    per_frame = [1, 1, 1] if name.endswith(".tif") else [2, 3, 2]
+    assert len(result.regions) == sum(per_frame) and [len(f["regions"]) for f in result.report["frames"]] == per_frame
     for secret in (b"SECRET", b"Exif", b"XMP", b"eXIf", b"tEXt"):
         assert secret not in result.data, secret
     with Image.open(io.BytesIO(data)) as before, Image.open(io.BytesIO(result.data)) as after:

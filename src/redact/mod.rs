@@ -183,6 +183,37 @@ pub fn plan(detections: &[Detection], config: &RedactConfig, width: u32, height:
         .collect()
 }
 
+/// Spreads each animation frame's regions to the frames either side of it, so a face
+/// the detector misses in one frame (turned away, blurred by motion) is still covered
+/// where it was a frame before or after. A neighbour's region is added, clipped to the
+/// frame, unless a region of the same class already contains it; regions only reach one
+/// frame each way, from the neighbour's own detections (nothing is spread further).
+/// For animations only: a TIFF's pages are separate pictures.
+///
+/// ```
+/// use obscura::detect::Class;
+/// use obscura::geometry::PixelRect;
+/// use obscura::redact::{spread_over_frames, Region, Shape, Style};
+/// let at = |x| Region { rect: PixelRect { x, y: 0, w: 10, h: 10 }, class: Class::Face, style: Style::default(), shape: Shape::Rect };
+/// let spread = spread_over_frames(&[vec![at(0)], vec![], vec![at(40)]], (64, 64));
+/// assert_eq!(spread, [vec![at(0)], vec![at(0), at(40)], vec![at(40)]]);
+/// ```
+pub fn spread_over_frames(frames: &[Vec<Region>], (width, height): (u32, u32)) -> Vec<Vec<Region>> {
+    (0..frames.len())
+        .map(|i| {
+            let mut regions = frames[i].clone();
+            let neighbours = [i.checked_sub(1), Some(i + 1)].into_iter().flatten().filter_map(|j| frames.get(j));
+            for region in neighbours.flatten() {
+                let Some(rect) = region.rect.clipped(width, height) else { continue };
+                if !regions.iter().any(|r| r.class == region.class && r.rect.contains(&rect)) {
+                    regions.push(Region { rect, ..*region });
+                }
+            }
+            regions
+        })
+        .collect()
+}
+
 /// Per-image parameters every backend applies identically.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Params {
@@ -201,5 +232,40 @@ impl Params {
             u64::from_le_bytes(b)
         });
         Params { feather: config.feather.max(0.0), noise: config.noise.max(0.0), seed: (seed ^ (seed >> 32)) as u32 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(class: Class, x: u32, y: u32, w: u32, h: u32) -> Region {
+        Region { rect: PixelRect { x, y, w, h }, class, style: Style::default(), shape: Shape::Rect }
+    }
+
+    #[test]
+    fn a_frame_gets_its_neighbours_regions_unless_it_already_covers_them() {
+        let face = |x, w| region(Class::Face, x, 10, w, 20);
+        let frames = vec![vec![face(0, 20)], vec![face(0, 30)], vec![], vec![face(100, 20)], vec![face(200, 20)]];
+        let spread = spread_over_frames(&frames, (210, 100));
+        // Frame 1's face (0..30) is wider than frame 0's (0..20), so frame 0 gets it too.
+        assert_eq!(spread[0], [face(0, 20), face(0, 30)]);
+        // Frame 1's own region holds frame 0's; frame 2 has none to give.
+        assert_eq!(spread[1], [face(0, 30)]);
+        // The frame with no detection gets both neighbours' faces.
+        assert_eq!(spread[2], [face(0, 30), face(100, 20)]);
+        // Clipped to the frame: frame 4's face at 200..220 becomes 200..210.
+        assert_eq!(spread[3], [face(100, 20), face(200, 10)]);
+        // Only one frame each way: frame 4 does not get frame 2's (spread) regions.
+        assert_eq!(spread[4], [face(200, 20), face(100, 20)]);
+    }
+
+    #[test]
+    fn a_region_of_another_class_does_not_stand_in_and_an_animation_of_one_frame_is_unchanged() {
+        let frames = vec![vec![region(Class::Person, 0, 0, 100, 100)], vec![region(Class::Face, 10, 10, 20, 20)]];
+        let spread = spread_over_frames(&frames, (100, 100));
+        assert_eq!(spread[0].len(), 2, "a face inside a body is still redacted as a face");
+        assert_eq!(spread_over_frames(&frames[..1], (100, 100)), &frames[..1]);
+        assert!(spread_over_frames(&[], (100, 100)).is_empty());
     }
 }
