@@ -3,6 +3,10 @@
 //! scheduler drains every due purge from a local folder store. Prints one JSON line of
 //! timings. Only the objects that will be purged are written to disk; the rest exist in
 //! the catalog only (their files would not be touched).
+//!
+//! To profile the drain alone: `--prepare-only` stops before the drain (copy the folder
+//! aside); `--drain-only` drains a catalog so prepared (put the copy back at the same
+//! path first: the catalog names the store by its absolute path).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,12 +21,25 @@ struct Args {
     unsubscribe: usize,
     concurrency: usize,
     batch: i64,
+    prepare_only: bool,
+    drain_only: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { catalog: String::new(), dir: PathBuf::new(), uploads: 1_000_000, subjects: 100_000, unsubscribe: 10_000, concurrency: 8, batch: 256 };
+    let mut a = Args { catalog: String::new(), dir: PathBuf::new(), uploads: 1_000_000, subjects: 100_000, unsubscribe: 10_000, concurrency: 8, batch: 256, prepare_only: false, drain_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--prepare-only" => {
+                a.prepare_only = true;
+                continue;
+            }
+            "--drain-only" => {
+                a.drain_only = true;
+                continue;
+            }
+            _ => {}
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--catalog" => a.catalog = value,
@@ -60,7 +77,7 @@ async fn main() {
     // Upload i belongs to subject i % subjects; subjects below `unsubscribe` leave.
     let t = Instant::now();
     let mut files = 0usize;
-    for chunk_start in (0..a.uploads).step_by(10_000) {
+    for chunk_start in (0..if a.drain_only { 0 } else { a.uploads }).step_by(10_000) {
         let chunk: Vec<NewUpload> = (chunk_start..(chunk_start + 10_000).min(a.uploads))
             .map(|i| {
                 let subject = i % a.subjects;
@@ -85,7 +102,7 @@ async fn main() {
     let plan_empty_s = secs(t);
 
     let t = Instant::now();
-    for s in 0..a.unsubscribe {
+    for s in 0..if a.drain_only { 0 } else { a.unsubscribe } {
         r.unsubscribe(&format!("subject-{s}")).await.unwrap();
     }
     let unsubscribe_s = secs(t);
@@ -97,8 +114,16 @@ async fn main() {
     let t = Instant::now();
     let status = r.status().await.unwrap();
     let status_s = secs(t);
+    if a.drain_only {
+        files = plan_due.purge as usize;
+    }
     assert_eq!(plan_due.purge as usize, files, "every unsubscribed upload is due");
+    if a.prepare_only {
+        eprintln!("retention_bench: prepared {} due purges; stopping before the drain", plan_due.purge);
+        return;
+    }
 
+    eprintln!("retention_bench: draining {} due purges (pid {})", plan_due.purge, std::process::id());
     let t = Instant::now();
     let run = r.run(&RunOptions { until_idle: true, batch: a.batch, ..RunOptions::default() }, std::future::pending()).await.unwrap();
     let drain_s = secs(t);

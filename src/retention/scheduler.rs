@@ -7,7 +7,9 @@
 //! scale"). The records still form one MAC chain, in claim order, so what `audit
 //! --verify` proves is unchanged. The recording of one batch overlaps the actions of the
 //! next. A batch the database refuses is recorded job by job, so one bad record cannot
-//! hold back its neighbours.
+//! hold back its neighbours. On SQLite the drain's WAL is copied into the main file by
+//! passive checkpoints on a connection of their own, beside the batches, instead of
+//! inside every few commits (where they had cost a third of the recording time).
 //!
 //! Crash safety comes from three rules: a job is marked done only after its action is
 //! complete and verified; actions are idempotent (a rerun after `kill -9` at any point
@@ -28,6 +30,9 @@ use serde::Serialize;
 use super::actions::{self, ActionError, Done};
 use super::catalog::{AuditEntry, Catalog, Dialect, Job, NewJob, now_ms};
 use super::{Action, Retention, RetentionError};
+
+/// The pause between SQLite checkpoints while a tick drains ([`Retention::checkpoint_until`]).
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(10);
 
 /// How `run` behaves.
 #[derive(Clone, Debug)]
@@ -171,6 +176,37 @@ impl Retention {
             let job = NewJob { action: rule.on_expiry, reason: super::Reason::Expiry, rule: &name, due_at: 0, held: rule.legal_hold };
             tick.summary.expiries_queued += self.catalog().enqueue_expired(class, age, now - age, &job, now).await?;
         }
+        // SQLite copies its WAL into the main file beside the drain, on a connection of its
+        // own, rather than inside a commit every few batches (`benches/RESULTS.md`).
+        let drained = tokio::sync::Notify::new();
+        let drain = async {
+            let result = self.drain(options, shutdown, tick).await;
+            drained.notify_one();
+            result
+        };
+        futures::join!(drain, self.checkpoint_until(&drained)).0
+    }
+
+    /// SQLite: passive checkpoints, one after another with a short pause, until
+    /// `drained` is notified. PostgreSQL: nothing. A checkpoint that fails is logged; the
+    /// writers' own automatic checkpoints still bound the WAL.
+    async fn checkpoint_until(&self, drained: &tokio::sync::Notify) {
+        if self.catalog().dialect() != Dialect::Sqlite {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = drained.notified() => return,
+                _ = tokio::time::sleep(CHECKPOINT_PAUSE) => {}
+            }
+            if let Err(error) = self.catalog().checkpoint_beside_writers().await {
+                tracing::warn!(%error, "checkpoint beside the drain failed");
+            }
+        }
+    }
+
+    /// Claims, runs and records batches until nothing is runnable or `shutdown`.
+    async fn drain<F: std::future::Future<Output = ()> + Unpin>(&self, options: &RunOptions, shutdown: &mut F, mut tick: Tick) -> Result<Tick, RetentionError> {
         let owner = format!("scheduler:{}", self.config().instance);
         // Two stages: while one batch's results are recorded (one transaction), the next
         // batch's actions run. The recording future is lazy: it makes progress only while
@@ -389,7 +425,7 @@ async fn record(retention: &Retention, acted: &[Acted]) -> Result<Vec<bool>, Ret
     }
     let mut recorded = HashSet::new();
     for ((lease, action, outcome), ids) in groups {
-        recorded.extend(Catalog::finish_jobs(&mut tx, lease, action, outcome, &ids, now).await?);
+        recorded.extend(catalog.finish_jobs(&mut tx, lease, action, outcome, &ids, now).await?);
     }
     let mut purged = Vec::new();
     for a in acted.iter().filter(|a| recorded.contains(&a.job.id)) {
@@ -399,7 +435,7 @@ async fn record(retention: &Retention, acted: &[Acted]) -> Result<Vec<bool>, Ret
             Err(_) => {}
         }
     }
-    Catalog::mark_purged(&mut tx, &purged, now).await?;
+    catalog.mark_purged(&mut tx, &purged, now).await?;
     for a in acted.iter().filter(|a| a.result.is_err()) {
         let retry_at = now + super::catalog::ms(backoff(retention, &a.job));
         if Catalog::fail_job(&mut tx, &a.job, a.error.as_deref().unwrap_or_default(), retry_at).await? {
