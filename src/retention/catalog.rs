@@ -1096,7 +1096,7 @@ impl Catalog {
     /// before it exactly as if they had been appended one by one.
     /// Returns the last record's sequence number and MAC (for the
     /// [`Witness`](super::audit::Witness)); with no entries, the head as it is.
-    pub(crate) async fn append_audit(&self, tx: &mut Transaction<'static, Any>, secret: &Secret, entries: &[AuditEntry], now: i64) -> Result<(i64, String), CatalogError> {
+    pub(crate) async fn append_audit(&self, tx: &mut Transaction<'static, Any>, entries: &[AuditEntry], now: i64) -> Result<(i64, String), CatalogError> {
         let n = entries.len() as i64;
         // The update takes the head row's lock (PostgreSQL) or the write lock (SQLite)
         // before the head is read, so no other transaction can chain to the same record.
@@ -1121,7 +1121,7 @@ impl Catalog {
                 outcome: entry.outcome,
                 detail: &entry.detail,
             };
-            let mac = secret.chain(&prev, &fields);
+            let mac = self.secret.chain(&prev, &fields);
             rows.push((seq, entry, std::mem::replace(&mut prev, mac.clone()), mac));
         }
         // Ten values a record; chunks keep well under either database's bind limit.

@@ -419,7 +419,7 @@ impl Retention {
         if entries.is_empty() {
             return Ok(Catalog::commit(tx).await?);
         }
-        let (seq, mac) = self.catalog().append_audit(&mut tx, self.secret(), entries, now).await?;
+        let (seq, mac) = self.catalog().append_audit(&mut tx, entries, now).await?;
         Catalog::commit(tx).await?;
         if let Some(witness) = &self.inner.witness
             && let Err(e) = witness.advance(self.secret(), seq, &mac)
