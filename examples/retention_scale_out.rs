@@ -5,7 +5,8 @@
 //! third of the files are gone; the others carry on, and once the dead one's lease has
 //! expired one more process takes its claims over. Then it checks exactly-once: every
 //! upload purged, every file gone, exactly one purge record per upload, and the audit log
-//! intact. Prints one JSON line.
+//! intact. Prints one JSON line. `--prepare-only` registers the uploads and stops, to
+//! profile one scheduler by hand on the catalog it leaves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,14 +22,16 @@ struct Args {
     schedulers: usize,
     concurrency: usize,
     kill_one: bool,
+    prepare_only: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { obscura: PathBuf::new(), catalog: String::new(), dir: PathBuf::new(), uploads: 100_000, schedulers: 1, concurrency: 8, kill_one: false };
+    let mut a = Args { obscura: PathBuf::new(), catalog: String::new(), dir: PathBuf::new(), uploads: 100_000, schedulers: 1, concurrency: 8, kill_one: false, prepare_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--kill-one" {
-            a.kill_one = true;
+        if flag == "--kill-one" || flag == "--prepare-only" {
+            a.kill_one |= flag == "--kill-one";
+            a.prepare_only |= flag == "--prepare-only";
             continue;
         }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -96,6 +99,10 @@ async fn main() {
             })
             .collect();
         r.register_many(&chunk).await.unwrap();
+    }
+    if a.prepare_only {
+        eprintln!("retention_scale_out: registered {} expired uploads; stopping before the schedulers", a.uploads);
+        return;
     }
 
     let t = Instant::now();

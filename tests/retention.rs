@@ -76,6 +76,7 @@ on_both_databases!(
     a_legal_hold_ends_with_the_class_that_set_it,
     a_record_the_database_refuses_does_not_hold_back_the_rest_of_its_batch,
     audit_verify_detects_two_records_of_one_batch_swapped,
+    a_job_queued_for_an_upload_already_purged_is_closed_not_run_again,
 );
 
 const POLICY: &str = r#"
@@ -457,6 +458,35 @@ async fn a_record_the_database_refuses_does_not_hold_back_the_rest_of_its_batch(
         assert_eq!(records.iter().filter(|a| a.outcome == "purged").count(), 1, "k{i} purged exactly once: {records:?}");
     }
     assert_audit_clean(&r, &["kim"]).await;
+}
+
+/// Two schedulers on one PostgreSQL catalog: one's expiry pass reads an upload as active
+/// in its snapshot, and its insert finds no open job, because the other has just purged
+/// the upload and closed its job. The new job is there (the database owner writes it here,
+/// as that race leaves it); the scheduler closes it without acting or recording a second
+/// purge, and the log stays intact.
+async fn a_job_queued_for_an_upload_already_purged_is_closed_not_run_again(db: Db) {
+    let (dir, store) = folder_with(&["l/1.jpg", "l/2.jpg"]);
+    let mut config = RetentionConfig::new(&db.url, Policy::parse(POLICY).unwrap(), secret());
+    config.audit_witness = Some(db.dir.path().join("audit.witness"));
+    let r = Retention::open(config).await.unwrap();
+    r.register_many(&[upload("l1", "lee", &store, "l/1.jpg", "photo"), upload("l2", "lee", &store, "l/2.jpg", "photo")]).await.unwrap();
+    let summary = r.unsubscribe("lee").await.unwrap();
+    assert_eq!(summary.done, 2, "{summary:?}");
+    let pool = owner(&db.url).await;
+    sqlx::query("INSERT INTO jobs (upload_id, action, reason, rule, due_at, state, next_try_at, created_at) VALUES ('l1', 'purge', 'expiry', 'photo.max_age', 0, 'pending', 0, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let tick = r.tick(&RunOptions::default()).await.unwrap();
+    assert_eq!((tick.purged, tick.failed_attempts), (0, 0), "{tick:?}");
+    let (state, outcome): (String, String) = sqlx::query_as("SELECT state, outcome FROM jobs WHERE upload_id = 'l1' AND reason = 'expiry'").fetch_one(&pool).await.unwrap();
+    assert_eq!((state.as_str(), outcome.as_str()), ("done", "already_purged"));
+    let records = r.audit(None, Some("l1"), 0, 10).await.unwrap();
+    assert_eq!(records.iter().filter(|a| a.outcome == "purged").count(), 1, "purged once: {records:?}");
+    assert_eq!(r.status().await.unwrap().jobs_pending, 0);
+    assert_eq!(count_files(dir.path()), 0);
+    assert_audit_clean(&r, &["lee"]).await;
 }
 
 /// Every file under `dir` (recursively) whose name or bytes contain `needle`.

@@ -176,6 +176,10 @@ pub struct RunArgs {
     /// Actions at once.
     #[arg(long, default_value = SHOWN.concurrency.as_str())]
     pub concurrency: usize,
+    /// Jobs claimed at a time; their results are recorded in one transaction. Each
+    /// claimed batch must finish within `--lease`.
+    #[arg(long, default_value = SHOWN.batch.as_str(), value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub batch: i64,
     /// How long a claimed job is reserved for this instance.
     #[arg(long, default_value = SHOWN.lease.as_str(), value_parser = humantime::parse_duration)]
     pub lease: Duration,
@@ -328,7 +332,7 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
                 Ok(0)
             }
             RetentionCommand::Run(r) => {
-                let options = RunOptions { interval: r.interval, until_idle: r.until_idle, ..RunOptions::default() };
+                let options = RunOptions { interval: r.interval, until_idle: r.until_idle, batch: r.batch, ..RunOptions::default() };
                 let summary = retention.run(&options, shutdown_signal("stopping: finishing the actions in flight")).await?;
                 if args.json {
                     print_json(&summary)?;

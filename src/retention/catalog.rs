@@ -502,6 +502,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// PostgreSQL: refreshes the planner's statistics of `jobs` (`ANALYZE`, a sample of
+    /// the table). Run when a backlog appears faster than autovacuum notices: planned
+    /// with statistics that say pending jobs are rare, each claim sorted every pending
+    /// job and each batch's finishing walked them all (quadratic in the backlog;
+    /// `benches/RESULTS.md`, "Scale-out"). SQLite: nothing (its statements name their
+    /// plans, as in [`finish_jobs`](Self::finish_jobs)).
+    pub(crate) async fn refresh_job_statistics(&self) -> Result<(), CatalogError> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("ANALYZE jobs").execute(&self.pool).await.map_err(q("analysing jobs"))?;
+        }
+        Ok(())
+    }
+
     fn seal_derived(&self, store: &str, derived: &[String]) -> String {
         serde_json::to_string(&derived.iter().map(|d| self.secret.seal(store, d)).collect::<Vec<_>>()).expect("strings serialise")
     }
@@ -733,13 +746,17 @@ impl Catalog {
 
     /// Queues expiry jobs for active uploads of `class` uploaded at or before `cutoff`
     /// that have no open job. Returns how many were queued.
+    ///
+    /// An upload with an open job is skipped by the unique index (`ON CONFLICT … DO
+    /// NOTHING`), not by a `NOT EXISTS` over `jobs`: PostgreSQL planned that as a scan of
+    /// `jobs` per upload when the table had no statistics yet, which made queueing N
+    /// expiries quadratic (100,000 took 174 s; `benches/RESULTS.md`, "Scale-out").
     pub async fn enqueue_expired(&self, class: &str, max_age: i64, cutoff: i64, job: &NewJob<'_>, now: i64) -> Result<u64, CatalogError> {
         let state = if job.held { "held" } else { "pending" };
         let r = sqlx::query(
             "INSERT INTO jobs (upload_id, action, reason, rule, due_at, state, next_try_at, created_at)
              SELECT u.id, $1, 'expiry', $2, u.uploaded_at + $3, $4, u.uploaded_at + $3, $5 FROM uploads u
              WHERE u.class = $6 AND u.state = 'active' AND u.uploaded_at <= $7
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state <> 'done')
              ON CONFLICT (upload_id) WHERE state <> 'done' DO NOTHING",
         )
         .bind(job.action.as_str())
@@ -787,7 +804,40 @@ impl Catalog {
     /// Claims up to `limit` runnable jobs in `scope` (`None`: any job) for `lease_for`,
     /// under a fresh claim id derived from `owner`. On PostgreSQL, rows another instance
     /// is claiming are skipped (`FOR UPDATE SKIP LOCKED`), so no job is claimed twice.
+    ///
+    /// A job whose upload is already purged is closed here (outcome `already_purged`, no
+    /// action, no audit record: nothing of the person is left to act on) and not
+    /// returned. Such a job comes from a race no constraint can stop: an expiry pass or
+    /// an event reads the upload as active in its snapshot, and by the time its insert
+    /// checks the one-open-job index, another scheduler has purged the upload and closed
+    /// the job that stood there. Acting on it would record a second purge.
     pub async fn claim(&self, owner: &str, scope: Option<Scope<'_>>, limit: i64, lease_for: Duration) -> Result<Vec<Job>, CatalogError> {
+        loop {
+            let claimed = self.claim_once(owner, scope, limit, lease_for).await?;
+            if claimed.is_empty() {
+                return Ok(claimed);
+            }
+            let (obsolete, live): (Vec<Job>, Vec<Job>) = claimed.into_iter().partition(|j| j.upload.state == UploadState::Purged);
+            if let Some(first) = obsolete.first() {
+                // One claim, one lease; `finish_jobs` matches each job's action too.
+                let mut tx = self.begin().await?;
+                let mut closed = 0;
+                for action in [Action::Purge, Action::Anonymise] {
+                    let ids: Vec<i64> = obsolete.iter().filter(|j| j.action == action).map(|j| j.id).collect();
+                    if !ids.is_empty() {
+                        closed += self.finish_jobs(&mut tx, &first.lease, action, "already_purged", &ids, now_ms()).await?.len();
+                    }
+                }
+                Self::commit(tx).await?;
+                tracing::info!(jobs = closed, "closed jobs queued for uploads already purged");
+            }
+            if !live.is_empty() {
+                return Ok(live);
+            }
+        }
+    }
+
+    async fn claim_once(&self, owner: &str, scope: Option<Scope<'_>>, limit: i64, lease_for: Duration) -> Result<Vec<Job>, CatalogError> {
         let now = now_ms();
         let lease = format!("{owner}:{}", unique_suffix());
         let lock = match self.dialect {

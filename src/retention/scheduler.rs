@@ -42,7 +42,8 @@ pub struct RunOptions {
     /// Stop when nothing is runnable (jobs waiting for a retry or a grace period do not
     /// count) instead of waiting for more.
     pub until_idle: bool,
-    /// Jobs claimed at a time (default 64).
+    /// Jobs claimed at a time, their results recorded in one transaction (default 256:
+    /// `benches/RESULTS.md`, "Scale-out"; a batch must finish within the lease).
     pub batch: i64,
     /// Set while this run holds the scheduler lock and runs (after the lock and the
     /// models are taken), cleared when it returns: what a service's readiness reads.
@@ -51,7 +52,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(10), until_idle: false, batch: 64, running: None }
+        Self { interval: Duration::from_secs(10), until_idle: false, batch: 256, running: None }
     }
 }
 
@@ -212,6 +213,8 @@ impl Retention {
         // batch's actions run. The recording future is lazy: it makes progress only while
         // it is joined with the next batch's actions, or awaited at the end.
         let mut recording: Option<futures::future::BoxFuture<'_, Vec<JobOutcome>>> = None;
+        // A full first batch means a backlog: the planner learns of it before the next claim.
+        let mut first = true;
         loop {
             // Asked to stop: claim nothing more. A batch already claimed runs to the end
             // (dropping it half-way would be safe, but would leave its jobs leased).
@@ -233,6 +236,11 @@ impl Retention {
                     self.forget_finished_subjects(None).await?;
                 }
                 return Ok(tick);
+            }
+            if std::mem::take(&mut first) && jobs.len() as i64 >= options.batch {
+                if let Err(error) = self.catalog().refresh_job_statistics().await {
+                    tracing::warn!(%error, "refreshing the job statistics failed");
+                }
             }
             let (acted, recorded) = futures::join!(act_all(self, jobs), finish(recording.take()));
             tick.summary.add(&count(recorded));
