@@ -421,6 +421,11 @@ def test_heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_nothing_else(
     assert loaded, "libheif is loaded"
     if obscura.LIBHEIF.is_file():
         assert all(os.path.realpath(p).startswith(str(obscura.LIBHEIF.parent)) for p in loaded), loaded
+        # No GPL code shipped: the x265 encoder libheif links is the package's empty
+        # stand-in (packaging/x265-absent.c), and has no licence file beside the others.
+        x265 = list(obscura.LIBHEIF.parent.glob("libx265.so.*"))
+        assert x265 and all(p.stat().st_size < 64 * 1024 and b"x265_encoder_open" not in p.read_bytes() for p in x265), x265
+        assert not list((obscura.LIBHEIF.parent / "licences").glob("*x265*"))
     # Files: the output format follows the name; HEIC and AVIF are not written.
     src = tmp_path / name
     src.write_bytes(data)
