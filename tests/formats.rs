@@ -307,6 +307,46 @@ fn heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_only_the_primary_im
     }
 }
 
+/// A phone's HEIC also carries a depth map and an HDR gain map: auxiliary images of the
+/// photo itself (tests/fixtures/make_heif.py retypes astronaut.heic's two alpha images).
+/// Neither survives: the output is the one redacted picture.
+#[test]
+fn a_heic_with_a_depth_map_and_a_gain_map_comes_out_as_the_photo_alone() {
+    if !libheif_here("a_heic_with_a_depth_map_and_a_gain_map") {
+        return;
+    }
+    let name = "astronaut-depth-gainmap.heic";
+    let bytes = heif_fixture(name, "hvc1");
+    // The input really holds both, each an auxiliary image (`auxl`) of the primary item.
+    let urns: Vec<String> = isobmff_boxes(&bytes, &["meta", "iprp", "ipco"])
+        .into_iter()
+        .filter(|(k, _)| k == "auxC")
+        .map(|(_, body)| String::from_utf8_lossy(&body[4..body[4..].iter().position(|&b| b == 0).unwrap() + 4]).into_owned())
+        .collect();
+    assert_eq!(urns, ["urn:mpeg:hevc:2015:auxid:2", "urn:com:apple:photo:2020:aux:hdrgainmap"], "a depth map and a gain map");
+    let pitm = isobmff_boxes(&bytes, &["meta"]).into_iter().find(|(k, _)| k == "pitm").unwrap().1;
+    let primary = u16::from_be_bytes([pitm[4], pitm[5]]);
+    let aux_of: Vec<u16> =
+        isobmff_boxes(&bytes, &["meta", "iref"]).into_iter().filter(|(k, _)| k == "auxl").map(|(_, body)| u16::from_be_bytes([body[4], body[5]])).collect();
+    assert_eq!(aux_of, [primary, primary], "both belong to the photo");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out.jpg");
+    let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(fixture(name)).arg("-o").arg(&dest));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = std::fs::read(&dest).unwrap();
+    let after = image::load_from_memory_with_format(&written, image::ImageFormat::Jpeg).unwrap().to_rgb8();
+    assert_eq!(after.dimensions(), (384, 384), "the photo, not the 96-pixel gain map");
+    let face = mean_abs_diff(&decoded_rgb(&bytes), &after, ASTRONAUT_FACE);
+    assert!(face > 15.0, "the face is redacted (mean change {face:.1})");
+    let (markers, one) = jpeg_markers(&written);
+    assert!(one, "one image: no depth map or gain map beside it");
+    assert!(markers.iter().all(|m| matches!(m, 0xE0 | 0xDB | 0xC4 | 0xC0 | 0xDA)), "no metadata segment (an MPF gain map would be APP2): {markers:02x?}");
+    for secret in [&b"SECRET"[..], b"hdrgainmap", b"auxid", b"Exif"] {
+        assert!(!written.windows(secret.len()).any(|w| w == secret), "{} survived", String::from_utf8_lossy(secret));
+    }
+}
+
 #[test]
 fn bad_heif_files_are_refused_with_the_format_named_and_no_output() {
     if !libheif_here("bad_heif_files_are_refused") {
