@@ -108,9 +108,11 @@ fn bad_inputs_fail_one_by_one_with_clear_errors_and_no_output() {
     std::fs::write(d.join("cut.jpg"), [&full[..full.len() * 2 / 3], &[0xFF, 0xD9][..]].concat()).unwrap();
     std::fs::write(d.join("text.jpg"), b"this is not an image\n").unwrap();
     std::fs::write(d.join("bomb.png"), png_claiming(100_000, 100_000)).unwrap();
+    // 30 bytes that would decode to a 100-megapixel picture of background.
+    std::fs::write(d.join("screen.gif"), gif_claiming(10_000, 10_000)).unwrap();
     copy_one_face(d, "good.jpg");
     let out_dir = d.join("out");
-    let names = ["empty.jpg", "truncated.jpg", "cut.jpg", "text.jpg", "bomb.png", "good.jpg", "missing.jpg"];
+    let names = ["empty.jpg", "truncated.jpg", "cut.jpg", "text.jpg", "bomb.png", "screen.gif", "good.jpg", "missing.jpg"];
     let out = run(obscura().arg("anonymise").arg("--out-dir").arg(&out_dir).args(names.map(|n| d.join(n))));
     assert_eq!(out.status.code(), Some(1), "some images failed");
     assert_eq!(files_in(&out_dir), ["good.jpg"], "only the good image has an output");
@@ -121,8 +123,9 @@ fn bad_inputs_fail_one_by_one_with_clear_errors_and_no_output() {
     assert!(line_for("cut.jpg").contains("corrupt or truncated JPEG") && line_for("cut.jpg").contains("cut short"), "{err}");
     assert!(line_for("text.jpg").contains("not a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF"));
     assert!(line_for("bomb.png").contains("100000×100000") && line_for("bomb.png").contains("over the limit"));
+    assert!(line_for("screen.gif").contains("corrupt or truncated GIF") && line_for("screen.gif").contains("claims far more pixels"), "{err}");
     assert!(line_for("missing.jpg").contains("No such file"));
-    assert!(err.contains("6 failed"));
+    assert!(err.contains("7 failed"));
 }
 
 #[test]

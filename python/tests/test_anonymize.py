@@ -131,15 +131,49 @@ def gif_extensions(data: bytes) -> list[int]:
     return labels
 
 
+def gif_images(data: bytes) -> int:
+    """How many images (image descriptors) a GIF holds."""
+    table = lambda flags: 3 << ((flags & 7) + 1) if flags & 0x80 else 0  # noqa: E731
+    count, i = 0, 13 + table(data[10])
+    while data[i] != 0x3B:
+        if data[i] == 0x2C:
+            count += 1
+            i += 11 + table(data[i + 9])
+        else:
+            i += 2
+        while data[i]:
+            i += 1 + data[i]
+        i += 1
+    return count
+
+
+def riff_chunks(data: bytes) -> list[bytes]:
+    """The kinds of a WebP's top-level chunks, in order."""
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    chunks, i = [], 12
+    while i + 8 <= len(data):
+        (length,) = struct.unpack("<I", data[i + 4 : i + 8])
+        chunks.append(data[i : i + 4])
+        i += 8 + length + (length & 1)
+    return chunks
+
+
 # TIFF tags that describe the pixels and nothing else.
 TIFF_BASELINE = {256, 257, 258, 259, 262, 273, 277, 278, 279, 282, 283, 284, 296, 317, 338, 339}
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "gif", "tiff"])
 def test_the_output_carries_no_metadata(anonymizer: obscura.Anonymizer, fmt: str) -> None:
-    result = anonymizer.anonymize(photo_with_metadata(fmt))
+    data = photo_with_metadata(fmt)
+    result = anonymizer.anonymize(data)
     assert result.format == fmt
     assert SECRET.encode() not in result.data
+    # The face is redacted at its ground-truth box in this format too (the pixels, not
+    # only the report).
+    before, after = decode(data), decode(result.data)
+    for x, y, w, h in next(iter(must_cover_faces().values())):
+        changed = numpy.abs(before[y : y + h, x : x + w].astype(int) - after[y : y + h, x : x + w].astype(int)).mean()
+        assert changed > 8, (fmt, (x, y, w, h), changed)
     if fmt == "jpeg":
         # No APPn but the JFIF header, no comment: no EXIF, XMP, ICC, IPTC or MPF.
         markers = jpeg_segments(result.data)
@@ -147,9 +181,10 @@ def test_the_output_carries_no_metadata(anonymizer: obscura.Anonymizer, fmt: str
     elif fmt == "png":
         assert set(png_chunks(result.data)) <= {b"IHDR", b"PLTE", b"IDAT", b"IEND"}, png_chunks(result.data)
     elif fmt == "webp":
-        assert not {b"EXIF", b"XMP ", b"ICCP"} & {result.data[i : i + 4] for i in range(12, len(result.data) - 4)}
+        assert set(riff_chunks(result.data)) <= {b"VP8 ", b"VP8L", b"VP8X", b"ALPH"}, riff_chunks(result.data)
     elif fmt == "gif":
         assert set(gif_extensions(result.data)) <= {0xF9}, gif_extensions(result.data)
+        assert gif_images(result.data) == 1
     with Image.open(io.BytesIO(result.data)) as image:
         if fmt == "tiff":
             # One page, and only the tags that describe its pixels.
@@ -205,6 +240,16 @@ def test_every_frame_of_an_animation_is_redacted_and_nothing_else_is_kept(name: 
     assert len(result.regions) == sum(per_frame) and [len(f["regions"]) for f in result.report["frames"]] == per_frame
     for secret in (b"SECRET", b"Exif", b"XMP", b"eXIf", b"tEXt"):
         assert secret not in result.data, secret
+    # Nothing but the three pictures and their timing, the file's structure parsed.
+    if result.format == "gif":
+        assert gif_images(result.data) == 3
+        labels = gif_extensions(result.data)
+        assert set(labels) <= {0xF9, 0xFF} and labels.count(0xFF) == 1 and b"NETSCAPE2.0" in result.data, labels
+    elif result.format == "png":
+        chunks = [c for i, c in enumerate(png_chunks(result.data)) if i == 0 or c != png_chunks(result.data)[i - 1]]
+        assert chunks == [b"IHDR", b"acTL", b"fcTL", b"IDAT", b"fcTL", b"fdAT", b"fcTL", b"fdAT", b"IEND"], chunks
+    elif result.format == "webp":
+        assert riff_chunks(result.data) == [b"VP8X", b"ANIM", b"ANMF", b"ANMF", b"ANMF"], riff_chunks(result.data)
     with Image.open(io.BytesIO(data)) as before, Image.open(io.BytesIO(result.data)) as after:
         assert after.n_frames == before.n_frames == 3
         if not name.endswith(".tif"):
@@ -412,6 +457,15 @@ def test_heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_nothing_else(
     result = anonymizer.anonymize(data)
     assert result.format == "jpeg" and result.data[:3] == b"\xff\xd8\xff"
     assert redacted_share(result.regions, ASTRONAUT_FACE, (384, 384)) >= 0.8, result.regions
+    # The pixels, against the picture the fixture was coded from (tests/fixtures/
+    # make_heif.py: progressive.jpg scaled to 384x384): the face changed far more than
+    # the HEVC/AV1 and JPEG coding changes a corner.
+    with Image.open(FIXTURES / "progressive.jpg") as source:
+        before = numpy.asarray(source.convert("RGB").resize((384, 384), Image.LANCZOS), dtype=int)
+    after = decode(result.data).astype(int)
+    x, y, w, h = ASTRONAUT_FACE
+    face, corner = numpy.abs(after - before)[y : y + h, x : x + w].mean(), numpy.abs(after - before)[300:380, 300:380].mean()
+    assert face > 15 and corner < 8, (face, corner)
     # One picture and no metadata: only JFIF, tables, frame, scan; no second image.
     assert set(jpeg_markers(result.data)) <= {0xE0, 0xDB, 0xC4, 0xC0}, jpeg_markers(result.data)
     assert result.data.count(b"\xff\xd8\xff") == 1 and b"SECRET" not in result.data
@@ -419,6 +473,10 @@ def test_heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_nothing_else(
     maps = open("/proc/self/maps").read()
     loaded = {line.split()[-1] for line in maps.splitlines() if "libheif" in line}
     assert loaded, "libheif is loaded"
+    # And its decoders (HEVC: libde265; AV1: dav1d or aom) from the same place.
+    decoders = {line.split()[-1] for line in maps.splitlines() if any(n in line for n in ("libde265", "libdav1d", "libaom"))}
+    assert decoders, "an HEVC or AV1 decoder is loaded"
+    loaded |= decoders
     if obscura.LIBHEIF.is_file():
         assert all(os.path.realpath(p).startswith(str(obscura.LIBHEIF.parent)) for p in loaded), loaded
         # No GPL code shipped: the x265 encoder libheif links is the package's empty
@@ -437,6 +495,18 @@ def test_heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_nothing_else(
         with pytest.raises(obscura.ConfigError, match="invalid format"):
             anonymizer.anonymize(data, format=ext)  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.png"])
+
+
+def test_a_heic_stored_on_its_side_is_redacted_where_it_is_shown(anonymizer: obscura.Anonymizer) -> None:
+    # tests/fixtures/make_heif.py: the coded picture turned a quarter, an `irot` property
+    # turning it back for display.
+    result = anonymizer.anonymize((FIXTURES / "astronaut-rotated.heic").read_bytes())
+    assert redacted_share(result.regions, ASTRONAUT_FACE, (384, 384)) >= 0.8, result.regions
+    with Image.open(FIXTURES / "progressive.jpg") as source:
+        before = numpy.asarray(source.convert("RGB").resize((384, 384), Image.LANCZOS), dtype=int)
+    change = numpy.abs(decode(result.data).astype(int) - before)
+    x, y, w, h = ASTRONAUT_FACE
+    assert change[y : y + h, x : x + w].mean() > 15 and change[300:380, 300:380].mean() < 8, "written upright, the face redacted"
 
 
 def test_bad_heif_files_are_refused_naming_their_format(anonymizer: obscura.Anonymizer) -> None:

@@ -71,6 +71,44 @@ def test_each_bad_input_raises_its_own_error(anonymizer: obscura.Anonymizer, lab
     assert isinstance(caught.value, ValueError) and isinstance(caught.value, obscura.Error)
 
 
+def still(fmt: str) -> bytes:
+    """A shared photo saved by Pillow as `fmt`, at half size."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg())).convert("RGB")
+    out = io.BytesIO()
+    image.resize((image.width // 2, image.height // 2)).save(out, fmt)
+    return out.getvalue()
+
+
+FIXTURES = ROOT / "tests" / "fixtures"
+CUT_FILES = [
+    ("JPEG", jpeg),
+    ("PNG", lambda: still("PNG")),
+    ("WebP", lambda: still("WEBP")),
+    ("GIF", lambda: still("GIF")),
+    ("TIFF", lambda: still("TIFF")),
+    ("GIF", lambda: (FIXTURES / "moving-face.gif").read_bytes()),
+    ("PNG", lambda: (FIXTURES / "moving-face.png").read_bytes()),
+    ("WebP", lambda: (FIXTURES / "moving-face.webp").read_bytes()),
+    ("TIFF", lambda: (FIXTURES / "pages.tif").read_bytes()),
+    ("HEIC", lambda: (FIXTURES / "astronaut.heic").read_bytes()),
+    ("AVIF", lambda: (FIXTURES / "astronaut.avif").read_bytes()),
+]
+
+
+@pytest.mark.parametrize("fmt, make", CUT_FILES, ids=["jpeg", "png", "webp", "gif", "tiff", "animated-gif", "apng", "animated-webp", "tiff-pages", "heic", "avif"])
+def test_a_cut_file_of_each_format_is_refused_naming_its_format(anonymizer: obscura.Anonymizer, fmt: str, make) -> None:
+    # Cut in half, and cut near the end (an animation: in its last frame or the
+    # metadata after it, which a decoder that stops at the last frame would not notice).
+    whole = make()
+    for cut in (len(whole) // 2, len(whole) - 100):
+        with pytest.raises(obscura.CorruptImage, match=f"corrupt or truncated {fmt} image"):
+            anonymizer.anonymize(whole[:cut])
+
+
 def test_a_good_image_after_bad_ones_still_works(anonymizer: obscura.Anonymizer) -> None:
     for data in (b"", b"junk", jpeg()[:1000]):
         with pytest.raises(obscura.InvalidImage):

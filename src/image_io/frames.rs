@@ -1,18 +1,45 @@
 //! What a file's structure alone says about its pictures.
 //!
-//! Owns two answers: does a GIF have more than one image (an animation) or a TIFF more
-//! than one page (image file directory), so that every one is decoded (`sequence`); and
-//! is a WebP coded lossy, so that WebP output stays lossy. Does not decode pixels or
-//! check what the blocks hold (the decoders do).
+//! Owns these answers: does a GIF have more than one image (an animation), and is its
+//! screen no larger than its images make plausible; does a TIFF have more
+//! than one page (image file directory), so that every one is decoded (`sequence`); is
+//! a WebP coded lossy, so that WebP output stays lossy; and is a WebP as long as its
+//! RIFF header says (the decoder would not notice a cut after the last chunk it needs).
+//! Does not decode pixels or check what the blocks hold (the decoders do).
 
 /// The number of images in a GIF (image descriptors), counted up to `stop_after`; `Err`
 /// when its block structure is broken.
 pub(super) fn gif_images(bytes: &[u8], stop_after: usize) -> Result<usize, &'static str> {
+    Ok(gif_image_sizes(bytes, stop_after)?.len())
+}
+
+/// `Err` when a GIF's logical screen (what the decoder fills and detection runs on) is
+/// far larger than every image in it: over `FILLED` pixels and over `RATIO` times the
+/// largest image's area. Such a header claims far more pixels than the file holds (a
+/// 100-byte file would become a 100-megapixel picture, all background); encoders make
+/// the screen the size of the picture.
+pub(super) fn gif_check_screen(bytes: &[u8]) -> Result<(), &'static str> {
+    const FILLED: u64 = 4_000_000;
+    const RATIO: u64 = 64;
+    let screen = bytes.get(6..10).map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])) * u64::from(u16::from_le_bytes([b[2], b[3]]))).unwrap_or(0);
+    if screen <= FILLED {
+        return Ok(());
+    }
+    let largest = gif_image_sizes(bytes, usize::MAX)?.into_iter().map(|(w, h)| u64::from(w) * u64::from(h)).max().unwrap_or(0);
+    if screen > largest.saturating_mul(RATIO) {
+        return Err("its screen size claims far more pixels than the images in it cover");
+    }
+    Ok(())
+}
+
+/// The size of each image in a GIF (image descriptors), up to `stop_after` of them;
+/// `Err` when its block structure is broken.
+fn gif_image_sizes(bytes: &[u8], stop_after: usize) -> Result<Vec<(u16, u16)>, &'static str> {
     const CUT: &str = "the data ends before the GIF's trailer";
     // Header (6) and logical screen descriptor (7), then the global colour table.
     let flags = *bytes.get(10).ok_or(CUT)?;
     let mut i = 13 + if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
-    let mut images = 0;
+    let mut images = Vec::new();
     // Sub-blocks: a length byte and that many bytes, until a zero length.
     let skip_sub_blocks = |mut i: usize| -> Result<usize, &'static str> {
         loop {
@@ -28,8 +55,9 @@ pub(super) fn gif_images(bytes: &[u8], stop_after: usize) -> Result<usize, &'sta
             0x3B => return Ok(images),
             0x21 => i = skip_sub_blocks(i + 2)?,
             0x2C => {
-                images += 1;
-                if images >= stop_after {
+                let size = bytes.get(i + 5..i + 9).ok_or(CUT)?;
+                images.push((u16::from_le_bytes([size[0], size[1]]), u16::from_le_bytes([size[2], size[3]])));
+                if images.len() >= stop_after {
                     return Ok(images);
                 }
                 let flags = *bytes.get(i + 9).ok_or(CUT)?;
@@ -84,6 +112,27 @@ pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'sta
     Ok(pages)
 }
 
+/// `Err` when a WebP is shorter than its RIFF header says (cut short), or its chunks do
+/// not end where the RIFF header says the file ends.
+pub(super) fn webp_check_length(bytes: &[u8]) -> Result<(), &'static str> {
+    const CUT: &str = "the file is shorter than its RIFF header says (cut short)";
+    let declared = bytes.get(4..8).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or(CUT)?;
+    let end = declared.checked_add(8).ok_or(CUT)?;
+    if bytes.len() < end {
+        return Err(CUT);
+    }
+    // "RIFF", size, "WEBP", then chunks, each padded to an even length (a last chunk's
+    // missing pad byte is forgiven, as decoders do).
+    const PAST: &str = "a WebP chunk runs past the end its RIFF header gives";
+    let mut i = 12usize;
+    while i < end {
+        let size = bytes.get(i + 4..i + 8).filter(|_| i + 8 <= end).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or(PAST)?;
+        let chunk_end = (i + 8).checked_add(size).filter(|&e| e <= end).ok_or(PAST)?;
+        i = chunk_end + (size & 1);
+    }
+    Ok(())
+}
+
 /// Whether a WebP holds lossy-coded pictures: a `VP8 ` chunk at the top level or inside
 /// an animation frame (`ANMF`). A file cut short answers from what it has.
 pub(super) fn webp_is_lossy(bytes: &[u8]) -> bool {
@@ -128,6 +177,49 @@ mod tests {
         let mut looped = b"II*\0\x08\0\0\0".to_vec();
         looped.extend_from_slice(&[0, 0, 8, 0, 0, 0]);
         assert_eq!(tiff_pages(&looped, 3), Err("the TIFF's directories form a loop"));
+    }
+
+    #[test]
+    fn a_webp_cut_short_or_with_a_chunk_past_its_end_is_an_error() {
+        let riff = |chunks: &[u8], declared: u32| [&b"RIFF"[..], &declared.to_le_bytes(), b"WEBP", chunks].concat();
+        // One 3-byte chunk (odd: a pad byte follows) and one of 2.
+        let chunks = [&b"VP8L\x03\0\0\0abc\0"[..], b"EXIF\x02\0\0\0xy"].concat();
+        let whole = riff(&chunks, 4 + chunks.len() as u32);
+        assert_eq!(webp_check_length(&whole), Ok(()));
+        // Trailing bytes after the RIFF's end are not part of it.
+        assert_eq!(webp_check_length(&[&whole[..], b"junk"].concat()), Ok(()));
+        // The last chunk's pad byte missing, the size not counting it: forgiven.
+        let unpadded = riff(b"VP8L\x03\0\0\0abc", 4 + 11);
+        assert_eq!(webp_check_length(&unpadded), Ok(()));
+        // Cut in the last chunk (the frames before it whole), and cut in the header.
+        assert_eq!(webp_check_length(&whole[..whole.len() - 1]), Err("the file is shorter than its RIFF header says (cut short)"));
+        assert_eq!(webp_check_length(&whole[..6]), Err("the file is shorter than its RIFF header says (cut short)"));
+        // A chunk claiming more than the RIFF holds, even with bytes after it.
+        let liar = riff(&[&b"VP8L\xff\0\0\0abc\0"[..], &[0; 300]].concat(), 4 + 12);
+        assert_eq!(webp_check_length(&liar), Err("a WebP chunk runs past the end its RIFF header gives"));
+        // A size field that would overflow the end.
+        assert_eq!(webp_check_length(&riff(b"", u32::MAX)), Err("the file is shorter than its RIFF header says (cut short)"));
+    }
+
+    #[test]
+    fn a_gif_screen_far_larger_than_its_images_is_an_error() {
+        // A screen of w×h and one image of iw×ih (no palettes; a one-byte LZW stream).
+        let gif = |w: u16, h: u16, iw: u16, ih: u16| {
+            let mut g = b"GIF89a".to_vec();
+            g.extend_from_slice(&[w.to_le_bytes(), h.to_le_bytes()].concat());
+            g.extend_from_slice(&[0, 0, 0, 0x2C, 0, 0, 0, 0]);
+            g.extend_from_slice(&[iw.to_le_bytes(), ih.to_le_bytes()].concat());
+            g.extend_from_slice(&[0, 2, 1, 0x44, 0, 0x3B]);
+            g
+        };
+        assert_eq!(gif_image_sizes(&gif(10, 20, 3, 4), 9), Ok(vec![(3, 4)]));
+        // Small screens pass whatever their images (a sprite on a small canvas).
+        assert_eq!(gif_check_screen(&gif(1000, 1000, 1, 1)), Ok(()));
+        // A large screen with an image covering a fair share of it passes.
+        assert_eq!(gif_check_screen(&gif(4000, 3000, 1000, 750)), Ok(()));
+        // A 10,000 × 10,000 screen for a 1-pixel image does not.
+        assert_eq!(gif_check_screen(&gif(10_000, 10_000, 1, 1)), Err("its screen size claims far more pixels than the images in it cover"));
+        assert_eq!(gif_check_screen(&gif(4000, 3000, 400, 300)), Err("its screen size claims far more pixels than the images in it cover"));
     }
 
     #[test]

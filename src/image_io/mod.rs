@@ -397,6 +397,14 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
             JpegProblem::Unsupported(what) => DecodeError::Unsupported { format, what: what.into() },
         })?;
     }
+    if format == Format::Gif {
+        frames::gif_check_screen(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
+    }
+    if format == Format::Webp {
+        // The WebP decoder stops at the last chunk it needs, so a file cut in a later one
+        // (metadata after an animation's frames) would pass as whole.
+        frames::webp_check_length(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
+    }
     // Read the header under the memory limit but no size limit, check the size ourselves
     // so the error can say how large the image claims to be, then decode. The memory limit
     // matters here already: a PNG's colour profile is inflated while its header is read (a

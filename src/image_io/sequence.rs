@@ -113,7 +113,8 @@ fn opaque_as_rgb(frames: Vec<Frame>) -> Vec<Frame> {
 }
 
 /// Every page of a TIFF, each in its own size: 8- or 16-bit grey, grey with alpha, RGB
-/// or RGBA (16-bit kept to its high byte).
+/// or RGBA (16-bit kept to its high byte). Thumbnail and mask directories are skipped
+/// (`is_thumbnail_or_mask`).
 fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeError> {
     use tiff::ColorType;
     use tiff::decoder::{Decoder, DecodingResult, Limits};
@@ -129,8 +130,19 @@ fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeEr
     let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(corrupt)?.with_limits(limits);
     let mut pages = Vec::new();
     let mut total = 0u64;
-    loop {
-        check_count(format, pages.len(), config)?;
+    for directory in 0usize.. {
+        if directory > 0 {
+            if !decoder.more_images() {
+                break;
+            }
+            decoder.next_image().map_err(corrupt)?;
+        }
+        // Thumbnails and masks count against the limit too: they are not decoded, but a
+        // chain of them is still work.
+        check_count(format, directory, config)?;
+        if is_thumbnail_or_mask(&mut decoder).map_err(corrupt)? {
+            continue;
+        }
         let (width, height) = decoder.dimensions().map_err(corrupt)?;
         config.check_size(width, height)?;
         let (channels_in, alpha) = match decoder.colortype().map_err(corrupt)? {
@@ -158,12 +170,23 @@ fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeEr
             _ => samples[..pixels * channels_in].to_vec(),
         };
         pages.push(Frame::new(width, height, channels, data));
-        if !decoder.more_images() {
-            break;
-        }
-        decoder.next_image().map_err(corrupt)?;
+    }
+    if pages.is_empty() {
+        return Err(DecodeError::Unsupported { format, what: "a TIFF whose every directory is a thumbnail or a mask (no full-resolution page)".into() });
     }
     Ok(pages)
+}
+
+/// Whether the decoder's current TIFF directory is a reduced-resolution copy of another
+/// page (a thumbnail or preview: NewSubfileType bit 0, or the older SubfileType = 2) or
+/// a transparency mask (NewSubfileType bit 2). Such directories are not pages: they are
+/// dropped, never redacted and written back (a face in a thumbnail is too small to be
+/// found, and the thumbnail is not what the user meant to share).
+fn is_thumbnail_or_mask(decoder: &mut tiff::decoder::Decoder<Cursor<&[u8]>>) -> tiff::TiffResult<bool> {
+    use tiff::tags::Tag;
+    let new_subfile: u32 = decoder.find_tag_unsigned(Tag::NewSubfileType)?.unwrap_or(0);
+    let old_subfile: u32 = decoder.find_tag_unsigned(Tag::SubfileType)?.unwrap_or(1);
+    Ok(new_subfile & 0b101 != 0 || old_subfile == 2)
 }
 
 /// Whether `format` can hold an input's several pictures: an `animation` goes to GIF,

@@ -103,7 +103,6 @@ pub fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A RIFF chunk (WebP): type, little-endian length, data, padding to even length.
 /// A PNG whose header claims `w`×`h` pixels (valid CRCs, a token IDAT; the data is not
 /// there): a decompression bomb as far as the header goes.
 pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
@@ -114,6 +113,18 @@ pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     [b"\x89PNG\r\n\x1a\n".to_vec(), png_chunk(b"IHDR", &ihdr), png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), png_chunk(b"IEND", &[])].concat()
 }
 
+/// A valid GIF whose screen is `w`×`h` and whose one image is a single pixel: a header
+/// that claims far more pixels than the file holds.
+pub fn gif_claiming(w: u16, h: u16) -> Vec<u8> {
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend([w.to_le_bytes(), h.to_le_bytes()].concat());
+    // No global palette; an image at (0, 0) of 1×1 with a 2-colour local palette, its
+    // LZW stream (clear, index 0, end), and the trailer.
+    gif.extend([0, 0, 0, 0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0x80, 0, 0, 0, 255, 255, 255, 2, 2, 0x44, 0x01, 0, 0x3B]);
+    gif
+}
+
+/// A RIFF chunk (WebP): type, little-endian length, data, padding to even length.
 pub fn riff_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let mut out = kind.to_vec();
     out.extend((data.len() as u32).to_le_bytes());
@@ -169,13 +180,6 @@ pub fn with_second_page(mut tiff: Vec<u8>) -> Vec<u8> {
 /// TIFF tags that describe the pixels and nothing else: size, samples, compression,
 /// photometric, strips, resolution, predictor, extra samples, sample format.
 pub const TIFF_PIXEL_TAGS: [u16; 16] = [256, 257, 258, 259, 262, 273, 277, 278, 279, 282, 283, 284, 296, 317, 338, 339];
-
-/// The tags of a little-endian TIFF's first directory, and whether another follows.
-pub fn tiff_tags(tiff: &[u8]) -> (Vec<u16>, bool) {
-    let mut directories = tiff_directories(tiff);
-    let more = directories.len() > 1;
-    (directories.swap_remove(0), more)
-}
 
 /// The tags of each directory (page) of a little-endian TIFF, following the chain.
 pub fn tiff_directories(tiff: &[u8]) -> Vec<Vec<u16>> {
@@ -415,4 +419,73 @@ pub fn png_chunks(bytes: &[u8]) -> Vec<String> {
         i += 12 + size;
     }
     kinds
+}
+
+/// The secrets the animation fixtures carry (tests/fixtures/make_animations.py wrote them
+/// in EXIF, XMP and text blocks beside the pictures).
+pub const ANIMATION_SECRETS: [&[u8]; 7] = [b"SECRET", b"Exif", b"XMP", b"http://ns.adobe.com", b"tEXt", b"eXIf", b"Author"];
+
+/// Asserts that an output `bytes` holds `pictures` pictures and nothing but what draws
+/// them, by parsing its structure: a JPEG's segments (one image: no EXIF thumbnail, MPF
+/// or appended preview; no APP1/APP2/APP13/COM), a PNG's chunks, a WebP's chunks, a GIF's
+/// blocks (graphic control blocks, and one loop block for an animation), a TIFF's
+/// directories and their tags; and that none of the fixtures' secrets is in it.
+pub fn assert_only_pixels(name: &str, bytes: &[u8], pictures: usize) {
+    fn chunk_list(chunks: &[String]) -> Vec<&str> {
+        chunks.iter().map(String::as_str).collect()
+    }
+    match image::guess_format(bytes).unwrap_or_else(|e| panic!("{name}: the output is no image: {e}")) {
+        image::ImageFormat::Jpeg => {
+            assert_eq!(pictures, 1, "{name}: a JPEG holds one picture");
+            let (markers, one) = jpeg_markers(bytes);
+            assert!(one, "{name}: one image");
+            assert!(markers.iter().all(|m| matches!(m, 0xE0 | 0xDB | 0xC4 | 0xC0 | 0xC2 | 0xDD | 0xDA)), "{name}: markers {markers:02x?}");
+        }
+        image::ImageFormat::Png => {
+            let mut chunks = png_chunks(bytes);
+            chunks.dedup();
+            if pictures == 1 {
+                assert!(chunk_list(&chunks).iter().all(|c| ["IHDR", "PLTE", "tRNS", "IDAT", "IEND"].contains(c)), "{name}: {chunks:?}");
+            } else {
+                let mut expected = vec!["IHDR", "acTL", "fcTL", "IDAT"];
+                expected.extend(std::iter::repeat_n(["fcTL", "fdAT"], pictures - 1).flatten());
+                expected.push("IEND");
+                assert_eq!(chunk_list(&chunks), expected, "{name}");
+            }
+        }
+        image::ImageFormat::WebP => {
+            let chunks = riff_chunks(bytes);
+            if pictures == 1 {
+                assert!(chunk_list(&chunks).iter().all(|c| ["VP8 ", "VP8L", "VP8X", "ALPH"].contains(c)), "{name}: {chunks:?}");
+            } else {
+                let mut expected = vec!["VP8X", "ANIM"];
+                expected.extend(std::iter::repeat_n("ANMF", pictures));
+                assert_eq!(chunk_list(&chunks), expected, "{name}");
+            }
+        }
+        image::ImageFormat::Gif => {
+            // Images; extensions: a graphic control block per frame (timing and
+            // transparency) and, for an animation, the one application block that says
+            // how often it loops: no comment, XMP, ICC or plain-text block.
+            let blocks = gif_blocks(bytes);
+            assert_eq!(blocks.iter().filter(|b| b.0 == "image").count(), pictures, "{name}: {blocks:?}");
+            let loops = blocks.iter().filter(|b| b.1 == 0xFF).count();
+            assert_eq!(loops, usize::from(pictures > 1), "{name}: {blocks:?}");
+            assert!(blocks.iter().all(|&(kind, label)| kind == "image" || label == 0xF9 || label == 0xFF), "{name}: {blocks:?}");
+            if pictures > 1 {
+                assert!(bytes.windows(11).any(|w| w == b"NETSCAPE2.0"), "{name}: the loop block");
+            }
+        }
+        image::ImageFormat::Tiff => {
+            // One directory a page (no thumbnail directory), each with only the tags that
+            // describe its pixels: no EXIF, GPS, XMP, IPTC, ICC or description tag.
+            let pages = tiff_directories(bytes);
+            assert_eq!(pages.len(), pictures, "{name}: {pages:?}");
+            assert!(pages.iter().flatten().all(|t| TIFF_PIXEL_TAGS.contains(t)), "{name}: tags {pages:?}");
+        }
+        other => panic!("{name}: {other:?} is not a format Obscura writes"),
+    }
+    for secret in ANIMATION_SECRETS {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret), "{name}: {} survived", String::from_utf8_lossy(secret));
+    }
 }
