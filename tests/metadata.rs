@@ -381,13 +381,37 @@ fn hostile_gif(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
 
 /// A TIFF whose directory also holds an ImageDescription, Artist, XMP, IPTC, an ICC
 /// profile (the face preview inside), an EXIF block (GPS, serial, MakerNote preview)
-/// and a SubIFD pointer: the tags a camera or archive writes.
+/// and a SubIFD pointer to a thumbnail directory: the tags a camera or archive writes.
 fn hostile_tiff(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
     let mut tiff = std::io::Cursor::new(Vec::new());
     image::codecs::tiff::TiffEncoder::new(&mut tiff).write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8).unwrap();
     let mut tiff = tiff.into_inner();
     let (at, n) = first_ifd(&tiff);
     let mut entries: Vec<[u8; 12]> = (0..n).map(|k| tiff[at + 2 + 12 * k..at + 14 + 12 * k].try_into().unwrap()).collect();
+    let entry = |tag: u16, kind: u16, count: u32, value: u32| -> [u8; 12] {
+        let mut e = [0u8; 12];
+        e[..2].copy_from_slice(&tag.to_le_bytes());
+        e[2..4].copy_from_slice(&kind.to_le_bytes());
+        e[4..8].copy_from_slice(&count.to_le_bytes());
+        e[8..].copy_from_slice(&value.to_le_bytes());
+        e
+    };
+    // A sub-IFD (tag 330, outside the main chain, as DNG and TIFF/EP cameras write their
+    // previews): a directory marked reduced-resolution (NewSubfileType 1) over the same
+    // pixels.
+    let mut thumbnail = entries.clone();
+    thumbnail.push(entry(254, 4, 1, 1));
+    thumbnail.sort_by_key(|e| u16::from_le_bytes([e[0], e[1]]));
+    if tiff.len() % 2 == 1 {
+        tiff.push(0);
+    }
+    let sub_ifd = u32::try_from(tiff.len()).unwrap();
+    tiff.extend_from_slice(&u16::try_from(thumbnail.len()).unwrap().to_le_bytes());
+    for e in &thumbnail {
+        tiff.extend_from_slice(e);
+    }
+    tiff.extend_from_slice(&[0; 4]);
+    entries.push(entry(330, 4, 1, sub_ifd));
     // Values go after the image; each extra tag points at its own (type UNDEFINED/ASCII).
     let exif = hostile_exif(preview);
     let exif_body = &exif[6..]; // without "Exif\0\0"
@@ -405,12 +429,7 @@ fn hostile_tiff(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
         }
         let offset = u32::try_from(tiff.len()).unwrap();
         tiff.extend_from_slice(&value);
-        let mut entry = [0u8; 12];
-        entry[..2].copy_from_slice(&tag.to_le_bytes());
-        entry[2..4].copy_from_slice(&kind.to_le_bytes());
-        entry[4..8].copy_from_slice(&u32::try_from(value.len()).unwrap().to_le_bytes());
-        entry[8..].copy_from_slice(&offset.to_le_bytes());
-        entries.push(entry);
+        entries.push(entry(tag, kind, u32::try_from(value.len()).unwrap(), offset));
     }
     entries.sort_by_key(|e| u16::from_le_bytes([e[0], e[1]]));
     if tiff.len() % 2 == 1 {
@@ -559,6 +578,8 @@ fn every_kind_of_metadata_in_every_output_mode_leaves_only_the_allowlist() {
     if libheif_here("every_kind_of_metadata (HEIC and AVIF inputs)") {
         inputs.push(("hostile.heic", std::fs::read(fixture("astronaut.heic")).unwrap()));
         inputs.push(("hostile.avif", std::fs::read(fixture("astronaut.avif")).unwrap()));
+        // The same HEIC with a depth map and an HDR gain map (auxiliary images).
+        inputs.push(("depth-map.heic", std::fs::read(fixture("astronaut-depth-gainmap.heic")).unwrap()));
     }
     // Animations and pages (tests/fixtures/make_animations.py): a GIF comment, PNG text
     // and EXIF with GPS, WebP EXIF and XMP, TIFF artist and description on every page.
