@@ -65,7 +65,10 @@ async fn main() {
         let end = (seq + PER_TRANSACTION).min(records + 1);
         while seq < end {
             let n = PER_STATEMENT.min(end - seq);
-            let values: Vec<String> = (0..n).map(|r| format!("({})", (1..=10).map(|c| format!("${}", r * 10 + c)).collect::<Vec<_>>().join(", "))).collect();
+            // Numbered on PostgreSQL; plain `?` on SQLite, where sqlx looks each numbered
+            // parameter up by name, a linear search (quadratic in a 5,000-value statement).
+            let param = |i: i64| if postgres { format!("${i}") } else { "?".to_string() };
+            let values: Vec<String> = (0..n).map(|r| format!("({})", (1..=10).map(|c| param(r * 10 + c)).collect::<Vec<_>>().join(", "))).collect();
             let sql = format!("INSERT INTO audit (seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac) VALUES {}", values.join(", "));
             let mut query = sqlx::query(&sql);
             for s in seq..seq + n {

@@ -5,8 +5,8 @@
 //! image, EXIF and XMP items are listed first, so the test knows what it drops); every
 //! frame of an animated GIF, PNG and WebP and every page of a TIFF is redacted where its
 //! face is, and written back as an animation (or pages) with its timing and nothing else;
-//! a TIFF's thumbnail directory is dropped; a HEIC stored on its side is redacted and
-//! written as it is shown; a HEIF of several images, a cut file of each format and an animation over the frame
+//! a TIFF's thumbnail directory is dropped; a HEIC stored on its side or in tiles is
+//! redacted and written as it is shown; a HEIF of several images, a cut file of each format and an animation over the frame
 //! limit are refused with no output. (The service and Python take the same bytes:
 //! tests/serve.rs, python/tests.)
 
@@ -363,35 +363,48 @@ fn a_heic_with_a_depth_map_and_a_gain_map_comes_out_as_the_photo_alone() {
     }
 }
 
-/// A HEIC as a phone stores a photo taken upright with its sensor sideways: the coded
-/// picture lies on its side and an `irot` property turns it for display
-/// (tests/fixtures/make_heif.py). The face is found and redacted where the photo shows
-/// it, and the JPEG written is upright, with nothing left for a viewer to turn.
+/// HEICs shaped as phones write them (tests/fixtures/make_heif.py): a photo taken
+/// upright with the sensor sideways (the coded picture on its side, an `irot` property
+/// turning it for display), and a photo coded as a grid of tiles (an iPhone's are
+/// 512x512; here 2x2 of 192x192, the face across two of them). Each is read as it is
+/// shown, the face found and redacted there, and the JPEG written is that picture, with
+/// nothing left for a viewer to turn or assemble.
 #[test]
-fn a_rotated_heic_is_redacted_where_it_is_shown_and_written_upright() {
-    if !libheif_here("a_rotated_heic_is_redacted_where_it_is_shown") {
+fn rotated_and_tiled_heics_are_redacted_where_the_photo_shows_the_face() {
+    if !libheif_here("rotated_and_tiled_heics_are_redacted") {
         return;
     }
-    let bytes = std::fs::read(fixture("astronaut-rotated.heic")).unwrap();
-    let properties: Vec<String> = isobmff_boxes(&bytes, &["meta", "iprp", "ipco"]).into_iter().map(|(kind, _)| kind).collect();
-    assert!(properties.iter().any(|p| p == "irot"), "the input is marked to be turned: {properties:?}");
-    // Shown upright: the picture decoded is astronaut.heic's (coded upright), not on its side.
-    let shown = decoded_rgb(&bytes);
     let upright = decoded_rgb(&std::fs::read(fixture("astronaut.heic")).unwrap());
     let whole = obscura::geometry::PixelRect { x: 0, y: 0, w: 384, h: 384 };
-    assert!(mean_abs_diff(&shown, &upright, whole) < 6.0, "the rotation is applied on reading");
     let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join("out.jpg");
-    let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(fixture("astronaut-rotated.heic")).arg("-o").arg(&dest));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("1 region(s) redacted"), "{}", stderr(&out));
-    let written = std::fs::read(&dest).unwrap();
-    assert_only_pixels("astronaut-rotated.heic", &written, 1);
-    let after = image::load_from_memory_with_format(&written, image::ImageFormat::Jpeg).unwrap().to_rgb8();
-    let face = mean_abs_diff(&shown, &after, ASTRONAUT_FACE);
-    assert!(face > 15.0, "the face, where the photo shows it, is redacted (mean change {face:.1})");
-    let corner = mean_abs_diff(&shown, &after, obscura::geometry::PixelRect { x: 300, y: 300, w: 80, h: 80 });
-    assert!(corner < 8.0, "upright: away from the face only the JPEG coding changes ({corner:.1})");
+    for name in ["astronaut-rotated.heic", "astronaut-grid.heic"] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        if name.contains("rotated") {
+            let properties: Vec<String> = isobmff_boxes(&bytes, &["meta", "iprp", "ipco"]).into_iter().map(|(kind, _)| kind).collect();
+            assert!(properties.iter().any(|p| p == "irot"), "{name}: marked to be turned: {properties:?}");
+        } else {
+            let items = heif_item_types(&bytes);
+            assert_eq!(items.iter().filter(|t| *t == "hvc1").count(), 4, "{name}: four coded tiles: {items:?}");
+            assert!(items.iter().any(|t| t == "grid"), "{name}: a grid item: {items:?}");
+            assert_eq!(heif_references(&bytes), ["dimg"], "{name}: the grid derives from the tiles");
+        }
+        // Read as shown: the picture of astronaut.heic (coded upright, whole), not one
+        // on its side or one tile.
+        let shown = decoded_rgb(&bytes);
+        assert_eq!(shown.dimensions(), (384, 384), "{name}");
+        assert!(mean_abs_diff(&shown, &upright, whole) < 6.0, "{name}: read as the photo is shown");
+        let dest = tmp.path().join(format!("{name}.jpg"));
+        let out = run(obscura().args(["anonymise", "--targets", "face"]).arg(fixture(name)).arg("-o").arg(&dest));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains("1 region(s) redacted"), "{name}: {}", stderr(&out));
+        let written = std::fs::read(&dest).unwrap();
+        assert_only_pixels(name, &written, 1);
+        let after = image::load_from_memory_with_format(&written, image::ImageFormat::Jpeg).unwrap().to_rgb8();
+        let face = mean_abs_diff(&shown, &after, ASTRONAUT_FACE);
+        assert!(face > 15.0, "{name}: the face, where the photo shows it, is redacted (mean change {face:.1})");
+        let corner = mean_abs_diff(&shown, &after, obscura::geometry::PixelRect { x: 300, y: 300, w: 80, h: 80 });
+        assert!(corner < 8.0, "{name}: written as shown: away from the face only the JPEG coding changes ({corner:.1})");
+    }
 }
 
 #[test]

@@ -497,10 +497,11 @@ def test_heic_and_avif_come_out_as_jpeg_with_the_face_redacted_and_nothing_else(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.png"])
 
 
-def test_a_heic_stored_on_its_side_is_redacted_where_it_is_shown(anonymizer: obscura.Anonymizer) -> None:
-    # tests/fixtures/make_heif.py: the coded picture turned a quarter, an `irot` property
-    # turning it back for display.
-    result = anonymizer.anonymize((FIXTURES / "astronaut-rotated.heic").read_bytes())
+@pytest.mark.parametrize("name", ["astronaut-rotated.heic", "astronaut-grid.heic"])
+def test_heics_as_phones_write_them_are_redacted_where_the_face_is_shown(anonymizer: obscura.Anonymizer, name: str) -> None:
+    # tests/fixtures/make_heif.py: the coded picture turned a quarter with an `irot`
+    # property turning it back for display, or coded as a 2x2 grid of tiles.
+    result = anonymizer.anonymize((FIXTURES / name).read_bytes())
     assert redacted_share(result.regions, ASTRONAUT_FACE, (384, 384)) >= 0.8, result.regions
     with Image.open(FIXTURES / "progressive.jpg") as source:
         before = numpy.asarray(source.convert("RGB").resize((384, 384), Image.LANCZOS), dtype=int)
