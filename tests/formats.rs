@@ -58,18 +58,28 @@ fn a_still_gif_and_a_tiff_are_anonymised_in_their_own_format_with_nothing_carrie
 
 /// The one-face photo as a TIFF the way cameras and scanners write one: the photo and a
 /// quarter-size copy of it (a thumbnail, marked NewSubfileType = 1 "reduced resolution")
-/// in a directory of its own, after the photo or before it.
-fn tiff_with_thumbnail(thumbnail_first: bool) -> Vec<u8> {
+/// in a directory of its own, after the photo or before it. `turned`: the photo stored a
+/// quarter anticlockwise with Orientation 6 (turn it clockwise to show), as a camera
+/// held upright writes it. `photo: false`: the thumbnail alone, as a raw file's first
+/// directory is (its photo in a sub-IFD, which Obscura does not read).
+fn tiff_with_thumbnail(thumbnail_first: bool, turned: bool, photo: bool) -> Vec<u8> {
     use tiff::encoder::{TiffEncoder, colortype::RGB8};
+    use tiff::tags::Tag;
     let rgb = load_rgb(&eval_image(ONE_FACE));
     let thumbnail = image::imageops::thumbnail(&rgb, rgb.width() / 4, rgb.height() / 4);
+    let stored = if turned { image::imageops::rotate270(&rgb) } else { rgb };
     let mut out = std::io::Cursor::new(Vec::new());
     let mut encoder = TiffEncoder::new(&mut out).unwrap();
-    let pictures = if thumbnail_first { [(&thumbnail, true), (&rgb, false)] } else { [(&rgb, false), (&thumbnail, true)] };
+    let mut pictures = vec![(&thumbnail, true)];
+    if photo {
+        pictures.insert(usize::from(thumbnail_first), (&stored, false));
+    }
     for (picture, reduced) in pictures {
         let mut page = encoder.new_image::<RGB8>(picture.width(), picture.height()).unwrap();
         if reduced {
-            page.encoder().write_tag(tiff::tags::Tag::NewSubfileType, 1u32).unwrap();
+            page.encoder().write_tag(Tag::NewSubfileType, 1u32).unwrap();
+        } else if turned {
+            page.encoder().write_tag(Tag::Orientation, 6u16).unwrap();
         }
         page.write_data(picture.as_raw()).unwrap();
     }
@@ -78,29 +88,40 @@ fn tiff_with_thumbnail(thumbnail_first: bool) -> Vec<u8> {
 
 /// A TIFF's thumbnail directory is not a page: it is dropped, not redacted and written
 /// back (a face in a quarter-size copy may be too small to find, and nobody meant to
-/// share it). The output is the photo alone, one directory, its face redacted, whether
-/// the thumbnail came after the photo or before it.
+/// share it). The output is the photo alone, one directory, upright, its face redacted,
+/// whether the thumbnail came after the photo or before it, and whether the photo was
+/// stored turned. A TIFF whose only directory is a thumbnail (a raw file's preview) is
+/// refused: the photo is elsewhere, and the preview is not it.
 #[test]
 fn a_tiff_thumbnail_directory_is_dropped_and_only_the_photo_comes_out() {
     let tmp = tempfile::tempdir().unwrap();
     let photo = load_rgb(&eval_image(ONE_FACE));
-    for thumbnail_first in [false, true] {
-        let bytes = tiff_with_thumbnail(thumbnail_first);
+    for (thumbnail_first, turned) in [(false, false), (true, false), (true, true)] {
+        let name = format!("scan-{thumbnail_first}-{turned}");
+        let bytes = tiff_with_thumbnail(thumbnail_first, turned, true);
         let directories = tiff_directories(&bytes);
-        assert_eq!(directories.len(), 2, "the input: the photo and its thumbnail");
-        assert_eq!(directories.iter().filter(|tags| tags.contains(&254)).count(), 1, "one directory is marked reduced-resolution");
-        let input = tmp.path().join(format!("scan-{thumbnail_first}.tif"));
+        assert_eq!(directories.len(), 2, "{name}: the input: the photo and its thumbnail");
+        assert_eq!(directories.iter().filter(|tags| tags.contains(&254)).count(), 1, "{name}: one directory is marked reduced-resolution");
+        let input = tmp.path().join(format!("{name}.tif"));
         std::fs::write(&input, &bytes).unwrap();
         let out = anonymise_one(&input);
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(stderr(&out).contains("1 region(s) redacted"), "the photo's face, nothing from the thumbnail: {}", stderr(&out));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains("1 region(s) redacted"), "{name}: the photo's face, nothing from the thumbnail: {}", stderr(&out));
         let written = std::fs::read(input.with_extension("anonymized.tif")).unwrap();
-        assert_only_pixels(&format!("thumbnail first: {thumbnail_first}"), &written, 1);
+        assert_only_pixels(&name, &written, 1);
         let after = decoded_rgb(&written);
-        assert_eq!(after.dimensions(), photo.dimensions(), "the photo, not its thumbnail");
+        assert_eq!(after.dimensions(), photo.dimensions(), "{name}: the photo, upright, not its thumbnail");
         let face = mean_abs_diff(&photo, &after, ONE_FACE_BOX);
-        assert!(face > 15.0, "the face at its ground-truth box is redacted (mean change {face:.1})");
+        assert!(face > 15.0, "{name}: the face at its ground-truth box is redacted (mean change {face:.1})");
+        let away = mean_abs_diff(&photo, &after, obscura::geometry::PixelRect { x: 0, y: 0, w: 100, h: 100 });
+        assert!(away < 3.0, "{name}: upright, and unchanged away from the face ({away:.1})");
     }
+    let input = tmp.path().join("preview-only.tif");
+    std::fs::write(&input, tiff_with_thumbnail(false, false, false)).unwrap();
+    let out = anonymise_one(&input);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no full-resolution page"), "{}", stderr(&out));
+    assert!(!tmp.path().join("preview-only.anonymized.tif").exists(), "no output");
 }
 
 /// A cut file of each still and animated format (HEIC and AVIF: below) is refused with

@@ -69,35 +69,87 @@ fn gif_image_sizes(bytes: &[u8], stop_after: usize) -> Result<Vec<(u16, u16)>, &
     }
 }
 
+/// A TIFF or BigTIFF header: byte order and which of the two.
+struct Tiff<'a> {
+    bytes: &'a [u8],
+    little: bool,
+    big: bool,
+}
+
+const TIFF_OUTSIDE: &str = "a TIFF directory lies outside the file";
+
+impl<'a> Tiff<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, &'static str> {
+        let little = match bytes.get(..2) {
+            Some(b"II") => true,
+            Some(b"MM") => false,
+            _ => return Err("not a TIFF header"),
+        };
+        let mut tiff = Tiff { bytes, little, big: false };
+        tiff.big = match tiff.read(2, 2)? {
+            42 => false,
+            43 => true,
+            _ => return Err("not a TIFF header"),
+        };
+        Ok(tiff)
+    }
+
+    /// The `n`-byte unsigned number at `at`, in the file's byte order.
+    fn read(&self, at: usize, n: usize) -> Result<u64, &'static str> {
+        let b = self.bytes.get(at..at.checked_add(n).ok_or(TIFF_OUTSIDE)?).ok_or(TIFF_OUTSIDE)?;
+        Ok((0..n).fold(0u64, |v, k| (v << 8) | u64::from(if self.little { b[n - 1 - k] } else { b[k] })))
+    }
+
+    /// Sizes of an offset, an entry count and an entry, and where the first offset is.
+    fn sizes(&self) -> (usize, usize, usize, usize) {
+        if self.big { (8, 8, 20, 8) } else { (4, 2, 12, 4) }
+    }
+
+    /// The first directory's position.
+    fn first(&self) -> Result<u64, &'static str> {
+        let (offset_size, _, _, first) = self.sizes();
+        self.read(first, offset_size)
+    }
+
+    /// The directory at `at`: how many entries it has and where they start.
+    fn entries(&self, at: usize) -> Result<(usize, usize), &'static str> {
+        let (_, count_size, _, _) = self.sizes();
+        let n = usize::try_from(self.read(at, count_size)?).map_err(|_| TIFF_OUTSIDE)?;
+        Ok((n, at.checked_add(count_size).ok_or(TIFF_OUTSIDE)?))
+    }
+
+    /// The value of a one-value SHORT, LONG or LONG8 `tag` in the directory at `at`.
+    fn tag(&self, at: usize, tag: u16) -> Result<Option<u64>, &'static str> {
+        let (_, _, entry_size, _) = self.sizes();
+        let (n, start) = self.entries(at)?;
+        for k in 0..n {
+            let entry = k.checked_mul(entry_size).and_then(|o| o.checked_add(start)).ok_or(TIFF_OUTSIDE)?;
+            if self.read(entry, 2)? != u64::from(tag) {
+                continue;
+            }
+            let size = match self.read(entry + 2, 2)? {
+                3 => 2,
+                4 => 4,
+                16 => 8,
+                _ => return Ok(None),
+            };
+            // Tag, type, count (4 bytes, BigTIFF 8), then the value itself (it fits).
+            return self.read(entry + if self.big { 12 } else { 8 }, size).map(Some);
+        }
+        Ok(None)
+    }
+}
+
 /// The number of pages (image file directories in the main chain) of a TIFF or BigTIFF,
 /// counted up to `stop_after`; `Err` when the chain points outside the file or loops.
 pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'static str> {
-    const OUTSIDE: &str = "a TIFF directory lies outside the file";
-    let little = match bytes.get(..2) {
-        Some(b"II") => true,
-        Some(b"MM") => false,
-        _ => return Err("not a TIFF header"),
-    };
-    let read = |at: usize, n: usize| -> Result<u64, &'static str> {
-        let b = bytes.get(at..at.checked_add(n).ok_or(OUTSIDE)?).ok_or(OUTSIDE)?;
-        let mut v = 0u64;
-        for k in 0..n {
-            let byte = u64::from(if little { b[n - 1 - k] } else { b[k] });
-            v = (v << 8) | byte;
-        }
-        Ok(v)
-    };
-    let big = match read(2, 2)? {
-        42 => false,
-        43 => true,
-        _ => return Err("not a TIFF header"),
-    };
-    let (offset_size, count_size, entry_size, first) = if big { (8, 8, 20, 8) } else { (4, 2, 12, 4) };
-    let mut next = read(first, offset_size)?;
+    let tiff = Tiff::new(bytes)?;
+    let (offset_size, _, entry_size, _) = tiff.sizes();
+    let mut next = tiff.first()?;
     let mut pages = 0;
     let mut seen = std::collections::HashSet::new();
     while next != 0 {
-        let at = usize::try_from(next).map_err(|_| OUTSIDE)?;
+        let at = usize::try_from(next).map_err(|_| TIFF_OUTSIDE)?;
         if !seen.insert(at) {
             return Err("the TIFF's directories form a loop");
         }
@@ -105,11 +157,29 @@ pub(super) fn tiff_pages(bytes: &[u8], stop_after: usize) -> Result<usize, &'sta
         if pages >= stop_after {
             break;
         }
-        let entries = usize::try_from(read(at, count_size)?).map_err(|_| OUTSIDE)?;
-        let after = entries.checked_mul(entry_size).and_then(|n| n.checked_add(at.checked_add(count_size)?)).ok_or(OUTSIDE)?;
-        next = read(after, offset_size)?;
+        let (entries, start) = tiff.entries(at)?;
+        let after = entries.checked_mul(entry_size).and_then(|n| n.checked_add(start)).ok_or(TIFF_OUTSIDE)?;
+        next = tiff.read(after, offset_size)?;
     }
     Ok(pages)
+}
+
+/// Whether a TIFF directory with these NewSubfileType (254) and SubfileType (255) values
+/// is not a page: a reduced-resolution copy of another picture (a thumbnail or preview:
+/// NewSubfileType bit 0, or SubfileType 2) or a transparency mask (NewSubfileType bit
+/// 2). Such directories are dropped, never redacted and written back: a face in a
+/// thumbnail is too small to be found, and nobody meant to share the thumbnail.
+pub(super) fn tiff_is_thumbnail(new_subfile: Option<u64>, old_subfile: Option<u64>) -> bool {
+    new_subfile.unwrap_or(0) & 0b101 != 0 || old_subfile == Some(2)
+}
+
+/// Whether a TIFF's first directory is a thumbnail or mask (`tiff_is_thumbnail`), as a
+/// DNG's or another raw file's is (its photo in a sub-IFD): then it is not the photo,
+/// and must not be read as one.
+pub(super) fn tiff_first_is_thumbnail(bytes: &[u8]) -> Result<bool, &'static str> {
+    let tiff = Tiff::new(bytes)?;
+    let at = usize::try_from(tiff.first()?).map_err(|_| TIFF_OUTSIDE)?;
+    Ok(tiff_is_thumbnail(tiff.tag(at, 254)?, tiff.tag(at, 255)?))
 }
 
 /// `Err` when a WebP is shorter than its RIFF header says (cut short), or its chunks do
@@ -125,8 +195,9 @@ pub(super) fn webp_check_length(bytes: &[u8]) -> Result<(), &'static str> {
     // missing pad byte is forgiven, as decoders do).
     const PAST: &str = "a WebP chunk runs past the end its RIFF header gives";
     let mut i = 12usize;
-    while i < end {
-        let size = bytes.get(i + 4..i + 8).filter(|_| i + 8 <= end).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or(PAST)?;
+    // Fewer than a chunk header's 8 bytes left inside the RIFF: padding, not a chunk.
+    while i + 8 <= end {
+        let size = bytes.get(i + 4..i + 8).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or(PAST)?;
         let chunk_end = (i + 8).checked_add(size).filter(|&e| e <= end).ok_or(PAST)?;
         i = chunk_end + (size & 1);
     }
@@ -197,8 +268,38 @@ mod tests {
         // A chunk claiming more than the RIFF holds, even with bytes after it.
         let liar = riff(&[&b"VP8L\xff\0\0\0abc\0"[..], &[0; 300]].concat(), 4 + 12);
         assert_eq!(webp_check_length(&liar), Err("a WebP chunk runs past the end its RIFF header gives"));
+        // A stray byte inside the RIFF after the last (even) chunk: padding, accepted.
+        let slack = riff(&[&b"EXIF\x02\0\0\0xy"[..], b"\0"].concat(), 4 + 11);
+        assert_eq!(webp_check_length(&slack), Ok(()));
         // A size field that would overflow the end.
         assert_eq!(webp_check_length(&riff(b"", u32::MAX)), Err("the file is shorter than its RIFF header says (cut short)"));
+    }
+
+    #[test]
+    fn a_tiff_whose_first_directory_is_a_thumbnail_or_mask_is_told_apart() {
+        // Little-endian, one directory at 8 with the given (tag, type, value) entries.
+        let tiff = |entries: &[(u16, u16, u32)]| {
+            let mut t = b"II*\0\x08\0\0\0".to_vec();
+            t.extend_from_slice(&u16::try_from(entries.len()).unwrap().to_le_bytes());
+            for &(tag, kind, value) in entries {
+                t.extend_from_slice(&tag.to_le_bytes());
+                t.extend_from_slice(&kind.to_le_bytes());
+                t.extend_from_slice(&1u32.to_le_bytes());
+                t.extend_from_slice(&value.to_le_bytes());
+            }
+            t.extend_from_slice(&[0; 4]);
+            t
+        };
+        assert_eq!(tiff_first_is_thumbnail(&tiff(&[(256, 3, 640)])), Ok(false));
+        assert_eq!(tiff_first_is_thumbnail(&tiff(&[(254, 4, 0), (256, 3, 640)])), Ok(false), "a full-resolution page");
+        assert_eq!(tiff_first_is_thumbnail(&tiff(&[(254, 4, 1), (256, 3, 160)])), Ok(true), "reduced resolution (a DNG's preview)");
+        assert_eq!(tiff_first_is_thumbnail(&tiff(&[(254, 4, 4)])), Ok(true), "a transparency mask");
+        assert_eq!(tiff_first_is_thumbnail(&tiff(&[(254, 4, 2)])), Ok(false), "one page of several");
+        assert_eq!(tiff_first_is_thumbnail(&tiff(&[(255, 3, 2)])), Ok(true), "the old SubfileType: reduced");
+        // A directory count reaching past the end is an error, not a panic.
+        let mut cut = tiff(&[(254, 4, 1)]);
+        cut[8] = 0xFF;
+        assert_eq!(tiff_first_is_thumbnail(&cut), Err("a TIFF directory lies outside the file"));
     }
 
     #[test]

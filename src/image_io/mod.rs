@@ -397,9 +397,6 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
             JpegProblem::Unsupported(what) => DecodeError::Unsupported { format, what: what.into() },
         })?;
     }
-    if format == Format::Gif {
-        frames::gif_check_screen(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
-    }
     if format == Format::Webp {
         // The WebP decoder stops at the last chunk it needs, so a file cut in a later one
         // (metadata after an animation's frames) would pass as whole.
@@ -417,6 +414,9 @@ pub fn decode(bytes: &[u8], config: &ImageConfig) -> Result<Decoded, DecodeError
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     config.check_size(width, height)?;
+    if format == Format::Gif {
+        frames::gif_check_screen(bytes).map_err(|reason| DecodeError::Corrupt { format, reason: reason.into() })?;
+    }
     let lossy = format == Format::Jpeg || (format == Format::Webp && frames::webp_is_lossy(bytes));
     if is_animated(bytes, format, header_limits).map_err(corrupt)? {
         // Every frame or page; none of an animation's metadata is kept.
@@ -657,15 +657,18 @@ fn jpeg_check_structure(bytes: &[u8]) -> Result<Vec<std::ops::Range<usize>>, Jpe
     }
 }
 
-/// Whether a PNG is an APNG, a WebP or GIF is animated, or a TIFF has several pages:
-/// such files are decoded picture by picture (`sequence`), every one of them kept.
+/// Whether a PNG is an APNG, a WebP or GIF is animated, or a TIFF has several pages (or
+/// a thumbnail first): such files are decoded picture by picture (`sequence`), every
+/// one of them kept (a TIFF's thumbnails and masks dropped).
 fn is_animated(bytes: &[u8], format: Format, limits: image::Limits) -> Result<bool, image::ImageError> {
     let broken = |reason: &str| image::ImageError::Decoding(image::error::DecodingError::new(format.to_image().map_or(image::error::ImageFormatHint::Unknown, Into::into), reason.to_string()));
     match format {
         Format::Png => image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), limits)?.is_apng(),
         Format::Webp => Ok(image::codecs::webp::WebPDecoder::new(Cursor::new(bytes))?.has_animation()),
         Format::Gif => Ok(frames::gif_images(bytes, 2).map_err(broken)? > 1),
-        Format::Tiff => Ok(frames::tiff_pages(bytes, 2).map_err(broken)? > 1),
+        // A TIFF whose first directory is a thumbnail (a raw file's preview) too: its
+        // directories are sorted there, and a file of thumbnails only is refused.
+        Format::Tiff => Ok(frames::tiff_pages(bytes, 2).map_err(broken)? > 1 || frames::tiff_first_is_thumbnail(bytes).map_err(broken)?),
         Format::Jpeg | Format::Heic | Format::Avif => Ok(false),
     }
 }

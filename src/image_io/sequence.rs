@@ -113,8 +113,8 @@ fn opaque_as_rgb(frames: Vec<Frame>) -> Vec<Frame> {
 }
 
 /// Every page of a TIFF, each in its own size: 8- or 16-bit grey, grey with alpha, RGB
-/// or RGBA (16-bit kept to its high byte). Thumbnail and mask directories are skipped
-/// (`is_thumbnail_or_mask`).
+/// or RGBA (16-bit kept to its high byte), each turned upright by its Orientation tag.
+/// Thumbnail and mask directories are skipped (`is_thumbnail_or_mask`).
 fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeError> {
     use tiff::ColorType;
     use tiff::decoder::{Decoder, DecodingResult, Limits};
@@ -169,7 +169,8 @@ fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeEr
             2 => samples[..pixels * 2].chunks_exact(2).flat_map(|p| [p[0], p[0], p[0], p[1]]).collect(),
             _ => samples[..pixels * channels_in].to_vec(),
         };
-        pages.push(Frame::new(width, height, channels, data));
+        let orientation = decoder.find_tag_unsigned(tiff::tags::Tag::Orientation).map_err(corrupt)?;
+        pages.push(upright(Frame::new(width, height, channels, data), orientation));
     }
     if pages.is_empty() {
         return Err(DecodeError::Unsupported { format, what: "a TIFF whose every directory is a thumbnail or a mask (no full-resolution page)".into() });
@@ -177,16 +178,28 @@ fn tiff_pages(bytes: &[u8], config: &ImageConfig) -> Result<Vec<Frame>, DecodeEr
     Ok(pages)
 }
 
-/// Whether the decoder's current TIFF directory is a reduced-resolution copy of another
-/// page (a thumbnail or preview: NewSubfileType bit 0, or the older SubfileType = 2) or
-/// a transparency mask (NewSubfileType bit 2). Such directories are not pages: they are
-/// dropped, never redacted and written back (a face in a thumbnail is too small to be
-/// found, and the thumbnail is not what the user meant to share).
+/// Whether the decoder's current TIFF directory is a thumbnail or a mask, not a page
+/// (`frames::tiff_is_thumbnail`).
 fn is_thumbnail_or_mask(decoder: &mut tiff::decoder::Decoder<Cursor<&[u8]>>) -> tiff::TiffResult<bool> {
     use tiff::tags::Tag;
-    let new_subfile: u32 = decoder.find_tag_unsigned(Tag::NewSubfileType)?.unwrap_or(0);
-    let old_subfile: u32 = decoder.find_tag_unsigned(Tag::SubfileType)?.unwrap_or(1);
-    Ok(new_subfile & 0b101 != 0 || old_subfile == 2)
+    Ok(super::frames::tiff_is_thumbnail(decoder.find_tag_unsigned(Tag::NewSubfileType)?, decoder.find_tag_unsigned(Tag::SubfileType)?))
+}
+
+/// A page turned upright by its Orientation tag (274), as a still TIFF is.
+fn upright(page: Frame, orientation: Option<u16>) -> Frame {
+    let Some(orientation) = orientation.and_then(|o| u8::try_from(o).ok()).and_then(image::metadata::Orientation::from_exif) else {
+        return page;
+    };
+    let (width, height, channels) = (page.width, page.height, page.channels);
+    let mut picture = if channels == 4 {
+        image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(width, height, page.data).expect("a frame's size matches its data"))
+    } else {
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, page.data).expect("a frame's size matches its data"))
+    };
+    picture.apply_orientation(orientation);
+    let (width, height) = (picture.width(), picture.height());
+    let data = if channels == 4 { picture.into_rgba8().into_raw() } else { picture.into_rgb8().into_raw() };
+    Frame::new(width, height, channels, data)
 }
 
 /// Whether `format` can hold an input's several pictures: an `animation` goes to GIF,

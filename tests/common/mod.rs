@@ -429,7 +429,7 @@ pub const ANIMATION_SECRETS: [&[u8]; 7] = [b"SECRET", b"Exif", b"XMP", b"http://
 /// them, by parsing its structure: a JPEG's segments (one image: no EXIF thumbnail, MPF
 /// or appended preview; no APP1/APP2/APP13/COM), a PNG's chunks, a WebP's chunks, a GIF's
 /// blocks (graphic control blocks, and one loop block for an animation), a TIFF's
-/// directories and their tags; and that none of the fixtures' secrets is in it.
+/// directories and their tags; and that none of the fixtures' longer secrets is in it.
 pub fn assert_only_pixels(name: &str, bytes: &[u8], pictures: usize) {
     fn chunk_list(chunks: &[String]) -> Vec<&str> {
         chunks.iter().map(String::as_str).collect()
@@ -485,7 +485,11 @@ pub fn assert_only_pixels(name: &str, bytes: &[u8], pictures: usize) {
         }
         other => panic!("{name}: {other:?} is not a format Obscura writes"),
     }
-    for secret in ANIMATION_SECRETS {
-        assert!(!bytes.windows(secret.len()).any(|w| w == secret), "{name}: {} survived", String::from_utf8_lossy(secret));
+    // The fixtures' secrets, byte for byte: the long ones only. A redacted picture's
+    // coded pixels are random enough to hold a 3- or 4-byte name such as "XMP" or "Exif"
+    // by chance (a 2 MB TIFF, about one run in eight); the containers that would carry
+    // those were parsed above.
+    for secret in ANIMATION_SECRETS.iter().filter(|s| s.len() >= 6) {
+        assert!(!bytes.windows(secret.len()).any(|w| w == *secret), "{name}: {} survived", String::from_utf8_lossy(secret));
     }
 }
