@@ -76,6 +76,7 @@ on_both_databases!(
     a_legal_hold_ends_with_the_class_that_set_it,
     a_record_the_database_refuses_does_not_hold_back_the_rest_of_its_batch,
     audit_verify_detects_two_records_of_one_batch_swapped,
+    audit_verify_detects_a_record_deleted_or_forged_in_the_middle,
     a_job_queued_for_an_upload_already_purged_is_closed_not_run_again,
 );
 
@@ -368,6 +369,28 @@ async fn audit_verify_detects_two_records_of_one_batch_swapped(db: Db) {
     edit_audit_as_owner(&db, &pool, "UPDATE audit SET upload_id = CASE upload_id WHEN 'i1' THEN 'i2' ELSE 'i1' END WHERE event = 'purge' AND upload_id IN ('i1', 'i2')").await;
     let verdict = r.verify_audit().await.unwrap();
     assert_eq!(verdict.broken_at, Some(a.seq.min(b.seq)), "{verdict:?}");
+}
+
+/// The database owner deletes one record from the middle of the log (guards dropped):
+/// caught there, as missing. Then puts a forged one in its place, chained to the record
+/// before it with a made-up MAC (the secret is not the owner's): caught there too.
+async fn audit_verify_detects_a_record_deleted_or_forged_in_the_middle(db: Db) {
+    let (_dir, r) = with_history(&db).await;
+    let records = r.verify_audit().await.unwrap();
+    assert!(records.intact() && records.records >= 6, "{records:?}");
+    let pool = owner(&db.url).await;
+    let disable = if db.url.starts_with("postgres") { "ALTER TABLE audit DISABLE TRIGGER audit_no_update" } else { "DROP TRIGGER audit_no_delete" };
+    sqlx::query(disable).execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM audit WHERE seq = 4").execute(&pool).await.unwrap();
+    let verdict = r.verify_audit().await.unwrap();
+    assert_eq!(verdict.broken_at, Some(4), "{verdict:?}");
+    assert!(verdict.problem.as_deref().unwrap().contains("record 4 is missing"), "{verdict:?}");
+    let prev: String = sqlx::query_scalar("SELECT mac FROM audit WHERE seq = 3").fetch_one(&pool).await.unwrap();
+    let forged = format!("INSERT INTO audit (seq, at, event, outcome, detail, prev, mac) VALUES (4, 0, 'purge', 'purged', 'nothing to see', '{prev}', '{}')", "0".repeat(64));
+    sqlx::query(&forged).execute(&pool).await.unwrap();
+    let verdict = r.verify_audit().await.unwrap();
+    assert_eq!(verdict.broken_at, Some(4), "{verdict:?}");
+    assert!(verdict.problem.as_deref().unwrap().contains("MAC"), "{verdict:?}");
 }
 
 /// The review's attack: drop the guards, delete the newest records and point the head row

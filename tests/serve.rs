@@ -109,6 +109,36 @@ fn encoded(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
     bytes.into_inner()
 }
 
+/// `img` in `format`, carrying metadata that holds "SECRET": a JPEG's EXIF segment and
+/// comment, a PNG's text chunk, a GIF's comment block, a TIFF's description tag.
+fn with_secrets(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    use image::ImageFormat::*;
+    let plain = encoded(img, format);
+    let secret = match format {
+        Jpeg => {
+            let segment = |marker: u8, body: &[u8]| [&[0xFF, marker][..], &u16::try_from(body.len() + 2).unwrap().to_be_bytes(), body].concat();
+            [&plain[..2], &segment(0xE1, b"Exif\0\0SECRET-EXIF"), &segment(0xFE, b"SECRET-COMMENT"), &plain[2..]].concat()
+        }
+        // After the 8-byte signature and the 25-byte IHDR chunk.
+        Png => [&plain[..33], &png_chunk(b"tEXt", b"Comment\0SECRET-TEXT"), &plain[33..]].concat(),
+        // Before the trailer.
+        Gif => [&plain[..plain.len() - 1], b"\x21\xFE\x0ESECRET-COMMENT\x00\x3B"].concat(),
+        Tiff => {
+            use tiff::encoder::{TiffEncoder, colortype::RGB8};
+            let mut out = std::io::Cursor::new(Vec::new());
+            let mut encoder = TiffEncoder::new(&mut out).unwrap();
+            let mut page = encoder.new_image::<RGB8>(img.width(), img.height()).unwrap();
+            page.encoder().write_tag(tiff::tags::Tag::ImageDescription, "SECRET-DESCRIPTION").unwrap();
+            page.write_data(img.as_raw()).unwrap();
+            out.into_inner()
+        }
+        _ => return plain,
+    };
+    assert!(secret.windows(6).any(|w| w == b"SECRET"), "{format:?}");
+    assert_eq!(decoded(&secret), decoded(&plain), "{format:?}: the same picture");
+    secret
+}
+
 fn decoded(bytes: &[u8]) -> image::RgbImage {
     image::load_from_memory(bytes).unwrap().to_rgb8()
 }
@@ -118,12 +148,13 @@ async fn anonymises_jpeg_png_webp_gif_and_tiff_with_the_face_redacted_and_no_met
     let service = Service::start(&["--targets", "face"]);
     let original = load_rgb(&eval_image(ONE_FACE));
     let jpeg = std::fs::read(eval_image(ONE_FACE)).unwrap();
+    // Each (but WebP: its animated fixture below carries EXIF and XMP) with metadata.
     for (format, body, mime) in [
-        (image::ImageFormat::Jpeg, jpeg.clone(), "image/jpeg"),
-        (image::ImageFormat::Png, encoded(&original, image::ImageFormat::Png), "image/png"),
+        (image::ImageFormat::Jpeg, with_secrets(&original, image::ImageFormat::Jpeg), "image/jpeg"),
+        (image::ImageFormat::Png, with_secrets(&original, image::ImageFormat::Png), "image/png"),
         (image::ImageFormat::WebP, encoded(&original, image::ImageFormat::WebP), "image/webp"),
-        (image::ImageFormat::Gif, encoded(&original, image::ImageFormat::Gif), "image/gif"),
-        (image::ImageFormat::Tiff, encoded(&original, image::ImageFormat::Tiff), "image/tiff"),
+        (image::ImageFormat::Gif, with_secrets(&original, image::ImageFormat::Gif), "image/gif"),
+        (image::ImageFormat::Tiff, with_secrets(&original, image::ImageFormat::Tiff), "image/tiff"),
     ] {
         let response = post(&service, "/v1/anonymise", Some(ANONYMISE), body).await;
         assert_eq!(response.status(), 200, "{format:?}");
