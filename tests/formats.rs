@@ -132,12 +132,7 @@ fn cut_files_of_every_format_are_refused_with_no_output() {
     let gif = gif_photo();
     let tiff = tiff_photo();
     let rgb = load_rgb(&eval_image(ONE_FACE));
-    let encoded = |format| {
-        let mut out = std::io::Cursor::new(Vec::new());
-        rgb.write_to(&mut out, format).unwrap();
-        out.into_inner()
-    };
-    let (png, webp) = (encoded(image::ImageFormat::Png), encoded(image::ImageFormat::WebP));
+    let (png, webp) = (encoded(&rgb, image::ImageFormat::Png), encoded(&rgb, image::ImageFormat::WebP));
     let read = |name| std::fs::read(fixture(name)).unwrap();
     let (pages, animation, apng, animated_webp) = (read("pages.tif"), read("moving-face.gif"), read("moving-face.png"), read("moving-face.webp"));
     let cases: [(&str, Vec<u8>, &str); 8] = [

@@ -396,21 +396,27 @@ fn hostile_tiff(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
         e[8..].copy_from_slice(&value.to_le_bytes());
         e
     };
+    // Appends a directory of `entries` (sorted by tag, no next directory) at an even
+    // offset, and returns that offset.
+    let directory = |tiff: &mut Vec<u8>, mut entries: Vec<[u8; 12]>| -> u32 {
+        entries.sort_by_key(|e| u16::from_le_bytes([e[0], e[1]]));
+        if tiff.len() % 2 == 1 {
+            tiff.push(0);
+        }
+        let at = u32::try_from(tiff.len()).unwrap();
+        tiff.extend_from_slice(&u16::try_from(entries.len()).unwrap().to_le_bytes());
+        for e in &entries {
+            tiff.extend_from_slice(e);
+        }
+        tiff.extend_from_slice(&[0; 4]);
+        at
+    };
     // A sub-IFD (tag 330, outside the main chain, as DNG and TIFF/EP cameras write their
     // previews): a directory marked reduced-resolution (NewSubfileType 1) over the same
     // pixels.
     let mut thumbnail = entries.clone();
     thumbnail.push(entry(254, 4, 1, 1));
-    thumbnail.sort_by_key(|e| u16::from_le_bytes([e[0], e[1]]));
-    if tiff.len() % 2 == 1 {
-        tiff.push(0);
-    }
-    let sub_ifd = u32::try_from(tiff.len()).unwrap();
-    tiff.extend_from_slice(&u16::try_from(thumbnail.len()).unwrap().to_le_bytes());
-    for e in &thumbnail {
-        tiff.extend_from_slice(e);
-    }
-    tiff.extend_from_slice(&[0; 4]);
+    let sub_ifd = directory(&mut tiff, thumbnail);
     entries.push(entry(330, 4, 1, sub_ifd));
     // Values go after the image; each extra tag points at its own (type UNDEFINED/ASCII).
     let exif = hostile_exif(preview);
@@ -431,16 +437,7 @@ fn hostile_tiff(img: &image::RgbImage, preview: &[u8]) -> Vec<u8> {
         tiff.extend_from_slice(&value);
         entries.push(entry(tag, kind, u32::try_from(value.len()).unwrap(), offset));
     }
-    entries.sort_by_key(|e| u16::from_le_bytes([e[0], e[1]]));
-    if tiff.len() % 2 == 1 {
-        tiff.push(0);
-    }
-    let ifd = u32::try_from(tiff.len()).unwrap();
-    tiff.extend_from_slice(&u16::try_from(entries.len()).unwrap().to_le_bytes());
-    for e in &entries {
-        tiff.extend_from_slice(e);
-    }
-    tiff.extend_from_slice(&[0; 4]);
+    let ifd = directory(&mut tiff, entries);
     tiff[4..8].copy_from_slice(&ifd.to_le_bytes());
     tiff
 }

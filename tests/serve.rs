@@ -103,12 +103,6 @@ async fn error_of(response: reqwest::Response, status: u16) -> (String, String) 
     (body["error"]["code"].as_str().unwrap().to_string(), message)
 }
 
-fn encoded(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, format).unwrap();
-    bytes.into_inner()
-}
-
 /// `img` in `format`, carrying metadata that holds "SECRET": a JPEG's EXIF segment and
 /// comment, a PNG's text chunk, a GIF's comment block, a TIFF's description tag.
 fn with_secrets(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {

@@ -66,6 +66,13 @@ pub fn load_rgb(path: &Path) -> image::RgbImage {
     image::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display())).to_rgb8()
 }
 
+/// `img` written in `format` by the `image` crate's encoder.
+pub fn encoded(img: &image::RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format).unwrap();
+    bytes.into_inner()
+}
+
 /// The picture Obscura itself decodes from `bytes`, as RGB: the reference for formats
 /// the `image` crate cannot open (HEIC, AVIF).
 pub fn decoded_rgb(bytes: &[u8]) -> image::RgbImage {
