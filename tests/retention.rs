@@ -78,6 +78,7 @@ on_both_databases!(
     audit_verify_detects_two_records_of_one_batch_swapped,
     audit_verify_detects_a_record_deleted_or_forged_in_the_middle,
     a_job_queued_for_an_upload_already_purged_is_closed_not_run_again,
+    a_drain_forgets_every_finished_subject_and_only_those,
 );
 
 const POLICY: &str = r#"
@@ -183,6 +184,49 @@ async fn unsubscribe_purges_every_object_before_returning(db: Db) {
     assert_audit_clean(&r, &["alice-7"]).await;
     let status = r.status().await.unwrap();
     assert_eq!((status.uploads_active, status.uploads_purged, status.jobs_pending, status.overdue), (1, 2, 0, 0));
+}
+
+/// 300 people leave with a one-second grace, three of whom also have an upload under
+/// legal hold. One drain, in batches of 64 (several claimed ahead of their recording),
+/// purges the rest and forgets exactly the 297 people with nothing left: more than one
+/// transaction of forgetting (256 each), one record each, none forgotten twice.
+async fn a_drain_forgets_every_finished_subject_and_only_those(db: Db) {
+    let people: Vec<String> = (0..300).map(|i| format!("person-{i}")).collect();
+    let held = [0, 150, 299];
+    let mut keys: Vec<String> = people.iter().map(|p| format!("{p}/1.jpg")).collect();
+    keys.extend(held.iter().map(|&i| format!("{}/evidence.jpg", people[i])));
+    let (dir, store) = folder_with(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let policy = format!("{POLICY}\n[classes.soon]\non_expiry = \"purge\"\non_unsubscribe = \"purge\"\ngrace = \"1s\"\n");
+    let r = open(&db, &policy).await;
+    let mut uploads: Vec<NewUpload> = people.iter().enumerate().map(|(i, p)| upload(&format!("s{i}"), p, &store, &format!("{p}/1.jpg"), "soon")).collect();
+    uploads.extend(held.iter().map(|&i| upload(&format!("e{i}"), &people[i], &store, &format!("{}/evidence.jpg", people[i]), "evidence")));
+    r.register_many(&uploads).await.unwrap();
+    for p in &people {
+        r.unsubscribe(p).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let run = r.run(&RunOptions { until_idle: true, batch: 64, ..RunOptions::default() }, std::future::pending()).await.unwrap();
+    assert_eq!((run.purged, run.failed_attempts), (300, 0), "{run:?}");
+
+    for (i, p) in people.iter().enumerate() {
+        assert!(!dir.path().join(format!("{p}/1.jpg")).exists(), "{p}/1.jpg still there");
+        let state = r.subject_state(p).await.unwrap();
+        if held.contains(&i) {
+            assert!(dir.path().join(format!("{p}/evidence.jpg")).exists(), "a held upload was deleted");
+            assert_eq!(state.as_deref(), Some("unsubscribed"), "{p} was forgotten with an upload left");
+        } else {
+            assert_eq!(state, None, "{p} was not forgotten");
+        }
+    }
+    let forgotten: Vec<String> = r.audit(None, None, 0, 1_000_000).await.unwrap().into_iter().filter(|a| a.event == "subject_forgotten").filter_map(|a| a.subject_hash).collect();
+    let mut expected: Vec<String> = people.iter().enumerate().filter(|(i, _)| !held.contains(i)).map(|(_, p)| secret().subject_hash(p)).collect();
+    let mut got = forgotten.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "one subject_forgotten record for each person with nothing left, and none other");
+    let again = r.register(&upload("again", &people[1], &store, "person-1/2.jpg", "soon")).await;
+    assert!(matches!(again, Err(RetentionError::Erased)), "{again:?}");
+    assert_audit_clean(&r, &people.iter().map(String::as_str).collect::<Vec<_>>()).await;
 }
 
 async fn legal_hold_blocks_deletion_and_is_reported(db: Db) {

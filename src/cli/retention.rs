@@ -173,9 +173,12 @@ pub struct RunArgs {
     /// Pause between passes when nothing is due.
     #[arg(long, default_value = SHOWN.interval.as_str(), value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// Actions at once.
+    /// Anonymisations at once (each decodes, detects and encodes an image).
     #[arg(long, default_value = SHOWN.concurrency.as_str())]
     pub concurrency: usize,
+    /// Purges at once (each waits on its store, not on the CPU).
+    #[arg(long, default_value = SHOWN.purge_concurrency.as_str())]
+    pub purge_concurrency: usize,
     /// Jobs claimed at a time; their results are recorded in one transaction. Each
     /// claimed batch must finish within `--lease`.
     #[arg(long, default_value = SHOWN.batch.as_str(), value_parser = clap::value_parser!(i64).range(1..=10_000))]
@@ -217,6 +220,7 @@ pub fn run(args: &RetentionArgs, m: &ArgMatches) -> Result<i32> {
     layer(m, "device", &mut config.anonymizer.runtime.device, &args.device);
     if let RetentionCommand::Run(run) = &args.command {
         config.concurrency = run.concurrency.max(1);
+        config.purge_concurrency = run.purge_concurrency.max(1);
         config.lease = run.lease;
         config.retry_base = run.retry_after;
     }

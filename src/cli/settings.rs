@@ -40,6 +40,7 @@ pub struct Shown {
     pub lease: String,
     pub retry_after: String,
     pub concurrency: String,
+    pub purge_concurrency: String,
     pub batch: String,
 }
 
@@ -64,6 +65,7 @@ pub static SHOWN: LazyLock<Shown> = LazyLock::new(|| {
         lease: humantime::format_duration(RetentionConfig::DEFAULT_LEASE).to_string(),
         retry_after: humantime::format_duration(RetentionConfig::DEFAULT_RETRY_BASE).to_string(),
         concurrency: RetentionConfig::DEFAULT_CONCURRENCY.to_string(),
+        purge_concurrency: RetentionConfig::DEFAULT_PURGE_CONCURRENCY.to_string(),
         batch: RunOptions::default().batch.to_string(),
     }
 });

@@ -112,8 +112,12 @@ pub struct RetentionConfig {
     /// `retry_max` (defaults 30 s and 1 h).
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// Actions run at once (default 8).
+    /// Anonymisations run at once (default 8): each decodes, detects and encodes an image.
     pub concurrency: usize,
+    /// Purges run at once (default 32). A purge waits on its store (a folder's deletes,
+    /// S3 round trips), not on the CPU: with eight at once, a 2-core VM's drain waited on
+    /// its disk's deletes (`benches/RESULTS.md`, "Retention at scale").
+    pub purge_concurrency: usize,
 }
 
 impl RetentionConfig {
@@ -123,8 +127,10 @@ impl RetentionConfig {
     pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(30);
     /// Longest retry delay by default.
     pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
-    /// Actions at once by default.
+    /// Anonymisations at once by default.
     pub const DEFAULT_CONCURRENCY: usize = 8;
+    /// Purges at once by default.
+    pub const DEFAULT_PURGE_CONCURRENCY: usize = 32;
 
     pub fn new(catalog: &str, policy: Policy, secret: Secret) -> Self {
         let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
@@ -140,6 +146,7 @@ impl RetentionConfig {
             retry_base: Self::DEFAULT_RETRY_BASE,
             retry_max: Self::DEFAULT_RETRY_MAX,
             concurrency: Self::DEFAULT_CONCURRENCY,
+            purge_concurrency: Self::DEFAULT_PURGE_CONCURRENCY,
         }
     }
 }
@@ -722,18 +729,19 @@ impl Retention {
         for chunk in ids.chunks(256) {
             let now = now_ms();
             let mut tx = self.catalog().begin().await?;
-            let mut entries = Vec::new();
-            for hash in chunk {
-                if Catalog::forget_subject_if_done(&mut tx, hash, now).await? {
-                    entries.push(AuditEntry {
-                        event: "subject_forgotten",
-                        subject_hash: Some(hash.clone()),
-                        outcome: "done",
-                        detail: "no uploads left: subject id deleted from the catalog".into(),
-                        ..Default::default()
-                    });
-                }
-            }
+            let entries: Vec<AuditEntry> = self
+                .catalog()
+                .forget_subjects_if_done(&mut tx, chunk, now)
+                .await?
+                .into_iter()
+                .map(|hash| AuditEntry {
+                    event: "subject_forgotten",
+                    subject_hash: Some(hash),
+                    outcome: "done",
+                    detail: "no uploads left: subject id deleted from the catalog".into(),
+                    ..Default::default()
+                })
+                .collect();
             forgotten += entries.len() as u64;
             self.commit_audited_all(tx, &entries, now).await?;
         }

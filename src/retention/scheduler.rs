@@ -5,8 +5,8 @@
 //! the audit log's head (group commit): per-job transactions serialised every finished
 //! job on that one row and on SQLite's write lock (`benches/RESULTS.md`, "Retention at
 //! scale"). The records still form one MAC chain, in claim order, so what `audit
-//! --verify` proves is unchanged. The recording of one batch overlaps the actions of the
-//! next. A batch the database refuses is recorded job by job, so one bad record cannot
+//! --verify` proves is unchanged. While one batch's actions run, the batch before it is
+//! recorded and the batch after it claimed. A batch the database refuses is recorded job by job, so one bad record cannot
 //! hold back its neighbours. On SQLite the drain's WAL is copied into the main file by
 //! passive checkpoints on a connection of their own, beside the batches, instead of
 //! inside every few commits (where they had cost a third of the recording time).
@@ -209,17 +209,25 @@ impl Retention {
     /// Claims, runs and records batches until nothing is runnable or `shutdown`.
     async fn drain<F: std::future::Future<Output = ()> + Unpin>(&self, options: &RunOptions, shutdown: &mut F, mut tick: Tick) -> Result<Tick, RetentionError> {
         let owner = format!("scheduler:{}", self.config().instance);
-        // Two stages: while one batch's results are recorded (one transaction), the next
-        // batch's actions run. The recording future is lazy: it makes progress only while
-        // it is joined with the next batch's actions, or awaited at the end.
+        let claim = || self.catalog().claim(&owner, None, options.batch, self.config().lease);
+        // Three batches in flight: while one batch's actions run, the batch before it is
+        // recorded and then the batch after it claimed, one after the other (both write,
+        // and SQLite lets one writer in at a time). The recording future is lazy: it
+        // makes progress only while it is joined with the next batch's actions, or
+        // awaited at the end.
         let mut recording: Option<futures::future::BoxFuture<'_, Vec<JobOutcome>>> = None;
+        // Asked to stop: claim nothing more. A batch already claimed runs to the end
+        // (dropping it half-way would be safe, but would leave its jobs leased).
+        // `shutdown` is polled until it resolves, never after.
+        let mut stop = false;
+        let mut stopping = |stop: &mut bool| {
+            *stop = *stop || futures::FutureExt::now_or_never(&mut *shutdown).is_some();
+            *stop
+        };
+        let mut claimed = if stopping(&mut stop) { Ok(Vec::new()) } else { claim().await };
         // A full first batch means a backlog: the planner learns of it before the next claim.
         let mut first = true;
         loop {
-            // Asked to stop: claim nothing more. A batch already claimed runs to the end
-            // (dropping it half-way would be safe, but would leave its jobs leased).
-            let stop = futures::FutureExt::now_or_never(&mut *shutdown).is_some();
-            let claimed = if stop { Ok(Vec::new()) } else { self.catalog().claim(&owner, None, options.batch, self.config().lease).await };
             let jobs = match claimed {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -242,9 +250,15 @@ impl Retention {
                     tracing::warn!(%error, "refreshing the job statistics failed");
                 }
             }
-            let (acted, recorded) = futures::join!(act_all(self, jobs), finish(recording.take()));
+            let record_then_claim = async {
+                let recorded = finish(recording.take()).await;
+                let next = if stopping(&mut stop) { Ok(Vec::new()) } else { claim().await };
+                (recorded, next)
+            };
+            let (acted, (recorded, next)) = futures::join!(act_all(self, jobs), record_then_claim);
             tick.summary.add(&count(recorded));
             recording = Some(Box::pin(record_all(self, acted)));
+            claimed = next;
         }
     }
 }
@@ -323,16 +337,23 @@ pub(crate) async fn execute_all(retention: &Retention, jobs: Vec<Job>) -> Vec<Jo
     record_all(retention, act_all(retention, jobs).await).await
 }
 
-/// Runs the jobs' actions, `concurrency` at a time; records nothing.
+/// Runs the jobs' actions, purges `purge_concurrency` and anonymisations `concurrency` at
+/// a time; records nothing.
 async fn act_all(retention: &Retention, jobs: Vec<Job>) -> Vec<Acted> {
-    futures::stream::iter(jobs)
-        .map(|job| async move {
-            let result = act(retention, &job).await;
-            Acted::new(job, result)
-        })
-        .buffer_unordered(retention.config().concurrency.max(1))
-        .collect()
-        .await
+    let config = retention.config();
+    let (purges, anonymisations): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| purges(retention, job));
+    let run = |jobs: Vec<Job>, at_once: usize| {
+        futures::stream::iter(jobs)
+            .map(|job| async move {
+                let result = act(retention, &job).await;
+                Acted::new(job, result)
+            })
+            .buffer_unordered(at_once.max(1))
+            .collect::<Vec<Acted>>()
+    };
+    let (mut acted, anonymised) = futures::join!(run(purges, config.purge_concurrency), run(anonymisations, config.concurrency));
+    acted.extend(anonymised);
+    acted
 }
 
 /// Records the results of a batch in one transaction ([`record`]) and says what each job
@@ -458,18 +479,22 @@ async fn record(retention: &Retention, acted: &[Acted]) -> Result<Vec<bool>, Ret
     Ok(acted.iter().map(|a| recorded.contains(&a.job.id)).collect())
 }
 
+/// Whether `job`'s action is a purge ([`act`]).
+fn purges(retention: &Retention, job: &Job) -> bool {
+    // The policy no longer anonymises (the job predates a policy change): the stronger
+    // action keeps the promise.
+    job.action == Action::Purge || !retention.inner.anonymises
+}
+
 async fn act(retention: &Retention, job: &Job) -> Result<Done, ActionError> {
     let store = retention.inner.stores.get(&job.upload.store)?;
-    match job.action {
-        Action::Purge => actions::purge(&store, job).await,
-        // The policy no longer anonymises (the job predates a policy change): the
-        // stronger action keeps the promise.
-        Action::Anonymise if !retention.inner.anonymises => actions::purge(&store, job).await,
-        // A missing model is not the image's fault: the job waits (and is reported) rather
-        // than turning into a purge.
-        Action::Anonymise => match retention.anonymizer().await {
-            Ok(anonymizer) => actions::anonymise(&store, retention.catalog(), anonymizer, job).await,
-            Err(e) => Err(ActionError::Anonymizer(e.to_string())),
-        },
+    if purges(retention, job) {
+        return actions::purge(&store, job).await;
+    }
+    // A missing model is not the image's fault: the job waits (and is reported) rather
+    // than turning into a purge.
+    match retention.anonymizer().await {
+        Ok(anonymizer) => actions::anonymise(&store, retention.catalog(), anonymizer, job).await,
+        Err(e) => Err(ActionError::Anonymizer(e.to_string())),
     }
 }
