@@ -220,7 +220,7 @@ async fn a_drain_forgets_every_finished_subject_and_only_those(db: Db) {
     }
     let forgotten: Vec<String> = r.audit(None, None, 0, 1_000_000).await.unwrap().into_iter().filter(|a| a.event == "subject_forgotten").filter_map(|a| a.subject_hash).collect();
     let mut expected: Vec<String> = people.iter().enumerate().filter(|(i, _)| !held.contains(i)).map(|(_, p)| secret().subject_hash(p)).collect();
-    let mut got = forgotten.clone();
+    let mut got = forgotten;
     got.sort();
     expected.sort();
     assert_eq!(got, expected, "one subject_forgotten record for each person with nothing left, and none other");

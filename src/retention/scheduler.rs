@@ -6,8 +6,9 @@
 //! job on that one row and on SQLite's write lock (`benches/RESULTS.md`, "Retention at
 //! scale"). The records still form one MAC chain, in claim order, so what `audit
 //! --verify` proves is unchanged. While one batch's actions run, the batch before it is
-//! recorded and the batch after it claimed. A batch the database refuses is recorded job by job, so one bad record cannot
-//! hold back its neighbours. On SQLite the drain's WAL is copied into the main file by
+//! recorded and, when the running batch is all purges, the batch after it claimed. A
+//! batch the database refuses is recorded job by job, so one bad record cannot hold back
+//! its neighbours. On SQLite the drain's WAL is copied into the main file by
 //! passive checkpoints on a connection of their own, beside the batches, instead of
 //! inside every few commits (where they had cost a third of the recording time).
 //!
@@ -210,8 +211,8 @@ impl Retention {
     async fn drain<F: std::future::Future<Output = ()> + Unpin>(&self, options: &RunOptions, shutdown: &mut F, mut tick: Tick) -> Result<Tick, RetentionError> {
         let owner = format!("scheduler:{}", self.config().instance);
         let claim = || self.catalog().claim(&owner, None, options.batch, self.config().lease);
-        // Three batches in flight: while one batch's actions run, the batch before it is
-        // recorded and then the batch after it claimed, one after the other (both write,
+        // While one batch's actions run, the batch before it is recorded and then (for a
+        // batch of purges) the batch after it claimed, one after the other (both write,
         // and SQLite lets one writer in at a time). The recording future is lazy: it
         // makes progress only while it is joined with the next batch's actions, or
         // awaited at the end.
@@ -250,15 +251,23 @@ impl Retention {
                     tracing::warn!(%error, "refreshing the job statistics failed");
                 }
             }
+            // A batch of purges acts in well under a lease: the batch after it is claimed
+            // while it acts. One with anonymisations may take minutes: the batch after it
+            // is claimed once it is done, so that one still has its whole lease to act in.
+            let ahead = jobs.iter().all(|job| purges(self, job));
             let record_then_claim = async {
                 let recorded = finish(recording.take()).await;
-                let next = if stopping(&mut stop) { Ok(Vec::new()) } else { claim().await };
+                let next = if !ahead { None } else if stopping(&mut stop) { Some(Ok(Vec::new())) } else { Some(claim().await) };
                 (recorded, next)
             };
             let (acted, (recorded, next)) = futures::join!(act_all(self, jobs), record_then_claim);
             tick.summary.add(&count(recorded));
             recording = Some(Box::pin(record_all(self, acted)));
-            claimed = next;
+            claimed = match next {
+                Some(next) => next,
+                None if stopping(&mut stop) => Ok(Vec::new()),
+                None => claim().await,
+            };
         }
     }
 }
