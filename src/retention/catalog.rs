@@ -632,7 +632,7 @@ impl Catalog {
             if gone.is_empty() {
                 continue;
             }
-            let values = (0..gone.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect::<Vec<_>>().join(", ");
+            let values = value_rows(gone.len(), 2);
             let sql = self.dialect.bulk(format!("INSERT INTO erased_subjects (subject_hash, erased_at) VALUES {values} ON CONFLICT (subject_hash) DO NOTHING"));
             let mut query = sqlx::query(&sql);
             for hash in &gone {
@@ -1191,7 +1191,7 @@ impl Catalog {
         }
         // Ten values a record; chunks keep well under either database's bind limit.
         for chunk in rows.chunks(IN_LIST / 10) {
-            let values = (0..chunk.len()).map(|r| format!("({})", placeholders(r * 10 + 1, 10))).collect::<Vec<_>>().join(", ");
+            let values = value_rows(chunk.len(), 10);
             let sql = self.dialect.bulk(format!("INSERT INTO audit (seq, at, event, subject_hash, upload_id, rule, outcome, detail, prev, mac) VALUES {values}"));
             let mut query = sqlx::query(&sql);
             for (seq, entry, prev, mac) in chunk {
@@ -1335,6 +1335,12 @@ fn placeholders(from: usize, n: usize) -> String {
     (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The rows of a multi-row `VALUES` list, `width` parameters each, numbered from `$1`:
+/// `value_rows(2, 2)` is `($1, $2), ($3, $4)`.
+fn value_rows(rows: usize, width: usize) -> String {
+    (0..rows).map(|r| format!("({})", placeholders(r * width + 1, width))).collect::<Vec<_>>().join(", ")
+}
+
 fn unique_suffix() -> String {
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).expect("the OS random source works");
@@ -1343,7 +1349,7 @@ fn unique_suffix() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Dialect, placeholders, redact_url};
+    use super::{Dialect, placeholders, redact_url, value_rows};
 
     #[test]
     fn bulk_statements_bind_in_order_on_sqlite_and_by_number_on_postgres() {
@@ -1351,6 +1357,7 @@ mod tests {
         assert_eq!(Dialect::Postgres.bulk(sql.clone()), sql);
         assert_eq!(Dialect::Sqlite.bulk(sql), format!("UPDATE t SET a = ? WHERE b = ? AND id IN ({})", vec!["?"; 11].join(", ")));
         assert_eq!(Dialect::Sqlite.bulk("SELECT 1".into()), "SELECT 1");
+        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
         // `$10` is one parameter, not `$1` followed by a zero.
         assert_eq!(Dialect::Sqlite.bulk(placeholders(1, 10)).matches('?').count(), 10);
         assert!(!Dialect::Sqlite.bulk(placeholders(1, 10)).contains('0'));

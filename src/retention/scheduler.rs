@@ -210,42 +210,40 @@ impl Retention {
     /// Claims, runs and records batches until nothing is runnable or `shutdown`.
     async fn drain<F: std::future::Future<Output = ()> + Unpin>(&self, options: &RunOptions, shutdown: &mut F, mut tick: Tick) -> Result<Tick, RetentionError> {
         let owner = format!("scheduler:{}", self.config().instance);
-        let claim = || self.catalog().claim(&owner, None, options.batch, self.config().lease);
         // While one batch's actions run, the batch before it is recorded and then (for a
         // batch of purges) the batch after it claimed, one after the other (both write,
         // and SQLite lets one writer in at a time). The recording future is lazy: it
         // makes progress only while it is joined with the next batch's actions, or
         // awaited at the end.
         let mut recording: Option<futures::future::BoxFuture<'_, Vec<JobOutcome>>> = None;
-        // Asked to stop: claim nothing more. A batch already claimed runs to the end
-        // (dropping it half-way would be safe, but would leave its jobs leased).
-        // `shutdown` is polled until it resolves, never after.
-        let mut stop = false;
-        let mut stopping = |stop: &mut bool| {
-            *stop = *stop || futures::FutureExt::now_or_never(&mut *shutdown).is_some();
-            *stop
+        // Asked to stop: claim nothing more (`None`), and the drain ends there, so
+        // `shutdown` is never polled after it resolves. A batch already claimed runs to
+        // the end (dropping it half-way would be safe, but would leave its jobs leased).
+        let mut claim = async || match futures::FutureExt::now_or_never(&mut *shutdown) {
+            Some(()) => None,
+            None => Some(self.catalog().claim(&owner, None, options.batch, self.config().lease).await),
         };
-        let mut claimed = if stopping(&mut stop) { Ok(Vec::new()) } else { claim().await };
+        let mut claimed = claim().await;
         // A full first batch means a backlog: the planner learns of it before the next claim.
         let mut first = true;
         loop {
             let jobs = match claimed {
-                Ok(jobs) => jobs,
-                Err(e) => {
+                Some(Ok(jobs)) if !jobs.is_empty() => jobs,
+                Some(Err(e)) => {
                     // The batch already acted on is still recorded.
                     tick.summary.add(&count(finish(recording.take()).await));
                     return Err(e.into());
                 }
-            };
-            if jobs.is_empty() {
-                tick.summary.add(&count(finish(recording.take()).await));
-                if stop {
-                    tick.stopped = true;
-                } else {
-                    self.forget_finished_subjects(None).await?;
+                stopped_or_idle => {
+                    tick.summary.add(&count(finish(recording.take()).await));
+                    if stopped_or_idle.is_none() {
+                        tick.stopped = true;
+                    } else {
+                        self.forget_finished_subjects(None).await?;
+                    }
+                    return Ok(tick);
                 }
-                return Ok(tick);
-            }
+            };
             if std::mem::take(&mut first) && jobs.len() as i64 >= options.batch {
                 if let Err(error) = self.catalog().refresh_job_statistics().await {
                     tracing::warn!(%error, "refreshing the job statistics failed");
@@ -257,15 +255,14 @@ impl Retention {
             let ahead = jobs.iter().all(|job| purges(self, job));
             let record_then_claim = async {
                 let recorded = finish(recording.take()).await;
-                let next = if !ahead { None } else if stopping(&mut stop) { Some(Ok(Vec::new())) } else { Some(claim().await) };
+                let next = if ahead { Some(claim().await) } else { None };
                 (recorded, next)
             };
-            let (acted, (recorded, next)) = futures::join!(act_all(self, jobs), record_then_claim);
+            let (acted, (recorded, claimed_ahead)) = futures::join!(act_all(self, jobs), record_then_claim);
             tick.summary.add(&count(recorded));
             recording = Some(Box::pin(record_all(self, acted)));
-            claimed = match next {
+            claimed = match claimed_ahead {
                 Some(next) => next,
-                None if stopping(&mut stop) => Ok(Vec::new()),
                 None => claim().await,
             };
         }
