@@ -322,10 +322,12 @@ impl MigrationSource<'static> for Embedded {
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "retention", include_str!("../../migrations/sqlite/0001_retention.sql")),
     (2, "sealed", include_str!("../../migrations/sqlite/0002_sealed.sql")),
+    (3, "partial indexes", include_str!("../../migrations/sqlite/0003_partial_indexes.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "retention", include_str!("../../migrations/postgres/0001_retention.sql")),
     (2, "sealed", include_str!("../../migrations/postgres/0002_sealed.sql")),
+    (3, "partial indexes", include_str!("../../migrations/postgres/0003_partial_indexes.sql")),
 ];
 
 /// The catalog database.
@@ -381,7 +383,11 @@ impl Catalog {
                     // secure_delete: deleted rows are overwritten, not left in free pages.
                     // wal_autocheckpoint: a commit checkpoints only past 16 MiB of WAL (not
                     // 4 MiB); the scheduler checkpoints beside its drain, off the commits.
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = 4000;")
+                    // temp_store: statement journals (the pages a multi-row statement
+                    // changes, kept so it can be undone alone) and temporary tables stay in
+                    // memory. In a temporary file they held old rows on disk and were 45 %
+                    // of the drain's writes (`benches/RESULTS.md`, "statement journals").
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = 4000; PRAGMA temp_store = MEMORY;")
                         .await?;
                     Ok(())
                 })
@@ -1367,6 +1373,26 @@ mod tests {
     #[should_panic(expected = "in the order they are bound")]
     fn a_bulk_statement_with_parameters_out_of_order_is_refused() {
         Dialect::Sqlite.bulk("UPDATE t SET a = $2 WHERE b = $1".into());
+    }
+
+    /// Every pooled SQLite connection overwrites what it deletes and keeps its statement
+    /// journals and temporary tables in memory: in a temporary file they would put the
+    /// old rows a statement changed on disk, outside the catalog's own files.
+    #[tokio::test]
+    async fn every_sqlite_connection_keeps_undo_pages_off_disk_and_overwrites_deletions() {
+        let dir = std::env::temp_dir().join(format!("obscura-catalog-pragmas-{}", super::unique_suffix()));
+        let catalog = super::Catalog::open(&dir.join("catalog.sqlite").display().to_string(), &crate::retention::Secret::from_bytes(vec![7; 32]).unwrap()).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut conn = catalog.pool.acquire().await.unwrap();
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut *conn).await.unwrap();
+            let secure_delete: i64 = sqlx::query_scalar("PRAGMA secure_delete").fetch_one(&mut *conn).await.unwrap();
+            assert_eq!((temp_store, secure_delete), (2, 1), "temp_store = MEMORY and secure_delete = ON on every connection");
+            held.push(conn);
+        }
+        drop(held);
+        catalog.pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
