@@ -385,8 +385,8 @@ impl Catalog {
                     // 4 MiB); the scheduler checkpoints beside its drain, off the commits.
                     // temp_store: statement journals (the pages a multi-row statement
                     // changes, kept so it can be undone alone) and temporary tables stay in
-                    // memory. In a temporary file they held old rows on disk and were 45 %
-                    // of the drain's writes (`benches/RESULTS.md`, "statement journals").
+                    // memory. In a temporary file they held old rows on disk and took more
+                    // than a third of the drain's writes (`benches/RESULTS.md`, "statement journals").
                     conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = 4000; PRAGMA temp_store = MEMORY;")
                         .await?;
                     Ok(())
