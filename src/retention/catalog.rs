@@ -1386,7 +1386,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("obscura-catalog-pragmas-{}", super::unique_suffix()));
         let catalog = super::Catalog::open(&dir.join("catalog.sqlite").display().to_string(), &crate::retention::Secret::from_bytes(vec![7; 32]).unwrap()).await.unwrap();
         let mut held = Vec::new();
-        for _ in 0..4 {
+        // All of them at once, so the pool cannot hand the same one back twice.
+        for _ in 0..catalog.pool.options().get_max_connections() {
             let mut conn = catalog.pool.acquire().await.unwrap();
             let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut *conn).await.unwrap();
             let secure_delete: i64 = sqlx::query_scalar("PRAGMA secure_delete").fetch_one(&mut *conn).await.unwrap();
