@@ -65,6 +65,7 @@ on_both_databases!(
     audit_verify_detects_tampering,
     wind_down_queues_everything_and_the_scheduler_finishes_it,
     concurrent_registration_cannot_outlive_an_unsubscribe,
+    concurrent_batches_sharing_people_all_register,
     audit_verify_detects_truncation_by_the_database_owner,
     a_forgotten_subject_leaves_no_trace_on_disk,
     audit_verify_detects_a_catalog_rolled_back_to_an_older_copy,
@@ -309,6 +310,12 @@ async fn bad_requests_get_clear_errors(db: Db) {
     let batch = r.register_many(&[upload("g1", "gina", &store, "g/1.jpg", "photo"), upload("f1", "gina", &store, "g/2.jpg", "photo")]).await;
     assert!(batch.is_err());
     assert!(r.upload("g1").await.unwrap().is_none(), "half a batch was registered");
+    // The same id twice in one batch, and two ids for one store key: refused whole.
+    for (twice, named) in [(["g1", "g1"], ["g/1.jpg", "g/2.jpg"]), (["g1", "g2"], ["g/1.jpg", "g/1.jpg"])] {
+        let batch = r.register_many(&[upload(twice[0], "gina", &store, named[0], "photo"), upload(twice[1], "gina", &store, named[1], "photo")]).await.unwrap_err();
+        assert!(matches!(&batch, RetentionError::Duplicate { id } if id == twice[1]), "{batch}");
+        assert!(r.upload("g1").await.unwrap().is_none(), "half a batch was registered");
+    }
     assert_eq!(r.status().await.unwrap().uploads_active, 1);
     // Upload times that would never expire, or are nonsense, are refused (the review
     // registered i64::MAX, i64::MIN and the year 2099); an hour of clock skew is allowed.
@@ -922,6 +929,30 @@ async fn concurrent_registration_cannot_outlive_an_unsubscribe(db: Db) {
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     let status = r.status().await.unwrap();
     assert_eq!(status.uploads_active, 0, "an upload registered around the unsubscribe survived it ({accepted} accepted): {status:?}");
+}
+
+/// Batches that share people, registered at the same time with their people in opposite
+/// orders (each batch locks its people; out of order, two would deadlock on PostgreSQL):
+/// every batch gets in, every upload is catalogued once under its own person.
+async fn concurrent_batches_sharing_people_all_register(db: Db) {
+    let (_dir, store) = folder_with(&[]);
+    let r = open(&db, POLICY).await;
+    let people: Vec<String> = (0..300).map(|p| format!("person-{p}")).collect();
+    let batches = (0..8).map(|b| {
+        let (r, store, people) = (r.clone(), store.clone(), people.clone());
+        tokio::spawn(async move {
+            let order: Vec<&String> = if b % 2 == 0 { people.iter().collect() } else { people.iter().rev().collect() };
+            let uploads: Vec<_> = order.iter().enumerate().map(|(i, p)| upload(&format!("b{b}-{i}"), p, &store, &format!("{b}/{p}.jpg"), "photo")).collect();
+            r.register_many(&uploads).await
+        })
+    });
+    for (b, done) in futures::future::join_all(batches).await.into_iter().enumerate() {
+        done.unwrap().unwrap_or_else(|e| panic!("batch {b}: {e}"));
+    }
+    assert_eq!(r.status().await.unwrap().uploads_active, 8 * 300);
+    let kept = r.upload("b1-0").await.unwrap().expect("catalogued");
+    assert_eq!(kept.key.as_deref(), Some("1/person-299.jpg"));
+    assert_eq!(r.subject_state("person-299").await.unwrap().as_deref(), Some("subscribed"));
 }
 
 // ---- anonymisation (real models) -------------------------------------------------------

@@ -27,6 +27,7 @@ pub mod policy;
 pub mod residency;
 pub mod scheduler;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -610,20 +611,27 @@ impl Retention {
         let mut tx = self.catalog().begin().await?;
         // Each person first, locked for the rest of the transaction: an unsubscribe
         // running at the same time either comes first (and this is refused) or waits and
-        // then sees these uploads. Locked in sorted order, so two batches sharing people
-        // cannot deadlock.
-        let subjects: std::collections::BTreeMap<String, String> = uploads.iter().map(|u| (normalize_subject(&u.subject), self.secret().subject_hash(&u.subject))).collect();
-        for (subject, hash) in &subjects {
-            match Catalog::lock_subject(&mut tx, hash, now).await?.as_deref() {
+        // then sees these uploads. Locked in the order of their hashes, so two batches
+        // sharing people cannot deadlock.
+        let hashes: HashMap<String, String> = uploads.iter().map(|u| (normalize_subject(&u.subject), self.secret().subject_hash(&u.subject))).collect();
+        let mut sorted: Vec<&str> = hashes.values().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let states = self.catalog().lock_subjects(&mut tx, &sorted, now).await?;
+        // Refused for the first person in the order given who may not be registered.
+        for u in uploads {
+            let subject = normalize_subject(&u.subject);
+            match states[&hashes[&subject]].as_deref() {
                 None => return Err(RetentionError::Erased),
                 Some("subscribed") => {}
-                Some(_) => return Err(RetentionError::Unsubscribed(subject.to_string())),
+                Some(_) => return Err(RetentionError::Unsubscribed(subject)),
             }
         }
-        for u in uploads {
-            let row = Upload {
+        let rows: Vec<Upload> = uploads
+            .iter()
+            .map(|u| Upload {
                 id: u.id.clone(),
-                subject_hash: Some(subjects[&normalize_subject(&u.subject)].clone()),
+                subject_hash: Some(hashes[&normalize_subject(&u.subject)].clone()),
                 key_names_subject: names_subject(&u.key, &u.subject),
                 store: u.store.clone(),
                 key: Some(u.key.clone()),
@@ -631,10 +639,10 @@ impl Retention {
                 uploaded_at: u.uploaded_at.unwrap_or(now),
                 state: UploadState::Active,
                 derived: u.derived.clone(),
-            };
-            if !self.catalog().insert_upload(&mut tx, &row).await? {
-                return Err(RetentionError::Duplicate { id: u.id.clone() });
-            }
+            })
+            .collect();
+        if let Some(id) = self.catalog().insert_uploads(&mut tx, &rows).await? {
+            return Err(RetentionError::Duplicate { id });
         }
         Catalog::commit(tx).await?;
         Ok(())
