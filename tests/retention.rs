@@ -1378,6 +1378,41 @@ async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
     check_every_job_done_once(&catalog, &policy, dir.path(), n, n_anon).await;
 }
 
+/// SQLite writes a statement journal (the old contents of every row a statement changes,
+/// so the statement alone can be undone) for each multi-row statement of a drain, in a
+/// temporary file unless the catalog keeps it in memory, as it does: a scheduler purging
+/// thousands of uploads, given a temporary folder of its own, never opens a file there.
+/// Watched from outside through `/proc/PID/fd`: SQLite unlinks its temporary files as it
+/// opens them, so they never show in the folder's listing.
+#[test]
+fn a_drain_on_sqlite_writes_no_temporary_file_of_old_rows() {
+    let dir = TempDir::new().unwrap();
+    let n = 3000;
+    let (store, csv, policy) = crash_fixture(n, 0, dir.path());
+    let catalog = dir.path().join("catalog.sqlite").display().to_string();
+    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let temp = dir.path().join("sqlite-temp");
+    std::fs::create_dir(&temp).unwrap();
+    let mut child = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]).env("SQLITE_TMPDIR", &temp).env("TMPDIR", &temp).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let fds = PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let (mut looks, mut opened) = (0, Vec::new());
+    while child.try_wait().unwrap().is_none() {
+        for link in std::fs::read_dir(&fds).into_iter().flatten().flatten().filter_map(|e| std::fs::read_link(e.path()).ok()) {
+            if link.starts_with(&temp) {
+                opened.push(link);
+            }
+        }
+        looks += 1;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(count_files(Path::new(&store)), 0, "every object purged");
+    assert!(looks > 20, "the drain ended before it could be watched ({looks} looks)");
+    assert!(opened.is_empty(), "the scheduler opened temporary files: {opened:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_scheduler_cleanly_between_batches() {
     let dir = TempDir::new().unwrap();

@@ -340,6 +340,9 @@ pub struct Catalog {
     display: String,
     /// Seals and unseals store keys.
     secret: Secret,
+    /// Jobs this process queued since it last refreshed `jobs`' statistics, and how many
+    /// it had queued by then ([`jobs_queued`](Self::jobs_queued)).
+    queued: std::sync::Arc<std::sync::Mutex<(u64, u64)>>,
 }
 
 /// A database URL for messages: the password, if any, replaced.
@@ -402,7 +405,7 @@ impl Catalog {
         };
         let migrator = Migrator::new(source).await.map_err(|e| open_err(e.to_string()))?;
         migrator.run(&pool).await.map_err(|e| open_err(format!("migrating: {e}")))?;
-        let catalog = Self { pool, dialect, display, secret: secret.clone() };
+        let catalog = Self { pool, dialect, display, secret: secret.clone(), queued: Default::default() };
         catalog.seal_legacy_rows().await?;
         Ok(catalog)
     }
@@ -520,6 +523,30 @@ impl Catalog {
             sqlx::query("ANALYZE jobs").execute(&self.pool).await.map_err(q("analysing jobs"))?;
         }
         Ok(())
+    }
+
+    /// Counts `n` jobs just queued by an event, and refreshes `jobs`' statistics
+    /// ([`refresh_job_statistics`](Self::refresh_job_statistics)) once the jobs queued
+    /// since the last refresh reach half of all queued before it (at least 1,000): a
+    /// handful of refreshes for a wave of any size. An unsubscribe wave grows `jobs` one
+    /// person at a time; planned with the statistics of a nearly empty table, each
+    /// person's claim and count read every job, and 10,000 unsubscribes at 1M uploads
+    /// slowed to ~20/s until autovacuum analysed the table (`benches/RESULTS.md`,
+    /// "an unsubscribe wave").
+    pub(crate) async fn jobs_queued(&self, n: u64) -> Result<(), CatalogError> {
+        if self.dialect != Dialect::Postgres || n == 0 {
+            return Ok(());
+        }
+        let due = {
+            let mut queued = self.queued.lock().expect("no panics while held");
+            queued.0 += n;
+            let due = queued.0 >= (queued.1 / 2).max(1_000);
+            if due {
+                *queued = (0, queued.1 + queued.0);
+            }
+            due
+        };
+        if due { self.refresh_job_statistics().await } else { Ok(()) }
     }
 
     fn seal_derived(&self, store: &str, derived: &[String]) -> String {

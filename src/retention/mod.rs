@@ -716,6 +716,9 @@ impl Retention {
         let detail = if rules.is_empty() { "no active uploads".to_string() } else { rules.join(", ") };
         let entry = AuditEntry { event, subject_hash: Some(hash.clone()), outcome: "queued", detail, ..Default::default() };
         self.commit_audited(tx, &entry, now).await?;
+        if let Err(error) = self.catalog().jobs_queued(summary.queued).await {
+            tracing::warn!(%error, "refreshing the job statistics failed");
+        }
         self.release_unnamed_holds(&unnamed).await?;
         self.run_now(Scope::Subject(&hash), &mut summary).await?;
         self.count_open(Scope::Subject(&hash), &mut summary).await?;
