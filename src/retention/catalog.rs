@@ -702,7 +702,7 @@ impl Catalog {
 
     // ---- uploads --------------------------------------------------------------------
 
-    /// Adds uploads (their keys sealed), eight values a row, 60 rows a statement. Returns
+    /// Adds uploads (their keys sealed), eight values a row, 62 rows a statement. Returns
     /// the id of the first one not added because its id or its store+key is already
     /// catalogued (or given twice), if any; the caller rolls back.
     pub(crate) async fn insert_uploads(&self, tx: &mut Transaction<'static, Any>, uploads: &[Upload]) -> Result<Option<String>, CatalogError> {
