@@ -1307,6 +1307,16 @@ fn crash_fixture(n: usize, n_anon: usize, dir: &Path) -> (String, PathBuf, PathB
     (store.display().to_string(), csv_path, policy)
 }
 
+/// [`crash_fixture`] registered through the CLI in a SQLite catalog in `dir`: the store,
+/// the catalog and the policy.
+fn registered_on_sqlite(n: usize, n_anon: usize, dir: &Path) -> (String, String, PathBuf) {
+    let (store, csv, policy) = crash_fixture(n, n_anon, dir);
+    let catalog = dir.join("catalog.sqlite").display().to_string();
+    let out = run(retention_cmd(&catalog, &policy, dir).args(["register", "--csv"]).arg(&csv));
+    assert!(out.status.success(), "{}", stderr(&out));
+    (store, catalog, policy)
+}
+
 fn retention_cmd(catalog: &str, policy: &Path, dir: &Path) -> std::process::Command {
     let mut cmd = obscura();
     cmd.args(["retention", "--catalog", catalog, "--policy"]).arg(policy).arg("--secret-file").arg(dir.join("secret"));
@@ -1347,10 +1357,7 @@ async fn check_every_job_done_once(catalog: &str, policy: &Path, secret_dir: &Pa
 async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
     let dir = TempDir::new().unwrap();
     let (n, n_anon) = (3000, 12);
-    let (store, csv, policy) = crash_fixture(n, n_anon, dir.path());
-    let catalog = dir.path().join("catalog.sqlite").display().to_string();
-    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (store, catalog, policy) = registered_on_sqlite(n, n_anon, dir.path());
     let total = 2 * n + n_anon;
     assert_eq!(count_files(Path::new(&store)), total);
 
@@ -1388,10 +1395,7 @@ async fn scheduler_killed_mid_purge_finishes_every_job_once_after_restart() {
 fn a_drain_on_sqlite_writes_no_temporary_file_of_old_rows() {
     let dir = TempDir::new().unwrap();
     let n = 3000;
-    let (store, csv, policy) = crash_fixture(n, 0, dir.path());
-    let catalog = dir.path().join("catalog.sqlite").display().to_string();
-    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (store, catalog, policy) = registered_on_sqlite(n, 0, dir.path());
     let temp = dir.path().join("sqlite-temp");
     std::fs::create_dir(&temp).unwrap();
     let mut child = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--until-idle"]).env("SQLITE_TMPDIR", &temp).env("TMPDIR", &temp).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -1417,10 +1421,7 @@ fn a_drain_on_sqlite_writes_no_temporary_file_of_old_rows() {
 async fn sigterm_stops_the_scheduler_cleanly_between_batches() {
     let dir = TempDir::new().unwrap();
     let n = 3000;
-    let (store, csv, policy) = crash_fixture(n, 0, dir.path());
-    let catalog = dir.path().join("catalog.sqlite").display().to_string();
-    let out = run(retention_cmd(&catalog, &policy, dir.path()).args(["register", "--csv"]).arg(&csv));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (store, catalog, policy) = registered_on_sqlite(n, 0, dir.path());
     let child = retention_cmd(&catalog, &policy, dir.path()).args(["run", "--concurrency", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     while count_files(Path::new(&store)) > 2 * n - 200 {
