@@ -27,7 +27,6 @@ pub mod policy;
 pub mod residency;
 pub mod scheduler;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -613,25 +612,25 @@ impl Retention {
         // running at the same time either comes first (and this is refused) or waits and
         // then sees these uploads. Locked in the order of their hashes, so two batches
         // sharing people cannot deadlock.
-        let hashes: HashMap<String, String> = uploads.iter().map(|u| (normalize_subject(&u.subject), self.secret().subject_hash(&u.subject))).collect();
-        let mut sorted: Vec<&str> = hashes.values().map(String::as_str).collect();
+        let hashes: Vec<String> = uploads.iter().map(|u| self.secret().subject_hash(&u.subject)).collect();
+        let mut sorted: Vec<&str> = hashes.iter().map(String::as_str).collect();
         sorted.sort_unstable();
         sorted.dedup();
         let states = self.catalog().lock_subjects(&mut tx, &sorted, now).await?;
         // Refused for the first person in the order given who may not be registered.
-        for u in uploads {
-            let subject = normalize_subject(&u.subject);
-            match states[&hashes[&subject]].as_deref() {
+        for (u, hash) in uploads.iter().zip(&hashes) {
+            match states[hash].as_deref() {
                 None => return Err(RetentionError::Erased),
                 Some("subscribed") => {}
-                Some(_) => return Err(RetentionError::Unsubscribed(subject)),
+                Some(_) => return Err(RetentionError::Unsubscribed(normalize_subject(&u.subject))),
             }
         }
         let rows: Vec<Upload> = uploads
             .iter()
-            .map(|u| Upload {
+            .zip(hashes)
+            .map(|(u, hash)| Upload {
                 id: u.id.clone(),
-                subject_hash: Some(hashes[&normalize_subject(&u.subject)].clone()),
+                subject_hash: Some(hash),
                 key_names_subject: names_subject(&u.key, &u.subject),
                 store: u.store.clone(),
                 key: Some(u.key.clone()),
